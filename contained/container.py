@@ -1,0 +1,654 @@
+"""The container lifecycle: run, create, exec, ps, stop, rm, gc — the API the CLI and magics use.
+
+Taught in notebook 06 (``%%container``) and used everywhere after notebook 05. The shell
+equivalents are Docker's: ``docker run --rm``, ``docker run -d --name``, ``docker exec``,
+``docker ps``, ``docker stop``, ``docker rm``. Every call can also explain itself: pass
+``explain=True`` to see each step's shell command as it runs, or ``dry_run=True`` to get them
+without running anything.
+
+This module never forks, never unshares and never mounts: it resolves the image and the
+options into a `ContainerSpec`, records state on disk, and hands the spec to the runner
+(`contained.runner`), a single-threaded helper process. So it is safe inside a Jupyter kernel.
+
+State lives in ``HOME/containers/<id>/`` (``state.json``, plus ``upper/``, ``work/``, ``root/``),
+shared by every process: the CLI and a notebook see the same containers. A lock file serialises
+name allocation and removal.
+"""
+
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from contained import cgroups, home, runner
+from contained.errors import ContainedError
+from contained.spec import ContainerSpec, ExecSpec
+
+NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+DEFAULT_STOP_TIMEOUT = 10.0
+# Docker's PATH for images that set none.
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class ContainerNotFound(ContainedError):
+    """No container has that name or id."""
+
+
+class NameInUse(ContainedError):
+    """A container with that name already exists."""
+
+
+class ContainerRunning(ContainedError):
+    """The operation needs a stopped container."""
+
+
+class ContainerNotRunning(ContainedError):
+    """The operation needs a running container."""
+
+
+class BadOption(ContainedError):
+    """An option's value is malformed (a volume, a name, a working directory...)."""
+
+
+@dataclass
+class RunResult:
+    """How a container's command ended: its exit status (128+N for signal N) and why."""
+
+    status: int
+    oom: bool = False
+    message: str | None = None
+    container: str = ""
+    id: str = ""
+
+
+@dataclass
+class Container:
+    """A container as `contained ps` lists it."""
+
+    id: str
+    name: str
+    image: str
+    command: list[str]
+    created: float
+    persistent: bool
+    running: bool
+    init_pid: int | None = None
+    spec: ContainerSpec | None = field(default=None, repr=False)
+
+    @property
+    def status(self) -> str:
+        return "running" if self.running else "exited"
+
+
+# ---------------------------------------------------------------------------------------------
+# Options → spec
+
+def parse_volume(text: str) -> list:
+    """``HOST:CONTAINER[:ro|rw]`` → [host, container, readonly]."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise BadOption(f"invalid volume {text!r}: use HOST_PATH:CONTAINER_PATH[:ro]")
+    host_path, container_path = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise BadOption(f"invalid volume mode {mode!r} in {text!r}: use ro or rw")
+    if not os.path.isabs(host_path) or not os.path.isabs(container_path):
+        raise BadOption(f"invalid volume {text!r}: both paths must be absolute")
+    if not os.path.exists(host_path):
+        raise BadOption(f"volume source {host_path} does not exist: create it first")
+    return [os.path.realpath(host_path), container_path, mode == "ro"]
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise BadOption(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+def _command(image_config, command: list[str] | None) -> list[str]:
+    entrypoint = list(image_config.entrypoint or [])
+    args = entrypoint + (list(command) if command else list(image_config.cmd or []))
+    if not args:
+        raise BadOption("no command given and the image has no Cmd: add one, e.g. `sh -c 'ls'`")
+    return args
+
+
+def _environment(image_env: list[str], extra: list[str]) -> list[str]:
+    """The image's Env, then -e K=V (a bare K copies the caller's value, as docker -e does)."""
+    merged: dict[str, str] = {}
+    for item in list(image_env or []) + list(extra or []):
+        key, sep, value = item.partition("=")
+        if not key or not re.fullmatch(r"[^=\s]+", key):
+            raise BadOption(f"invalid environment variable {item!r}: use NAME=value")
+        if not sep:
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        merged[key] = value
+    if "PATH" not in merged:
+        merged["PATH"] = DEFAULT_PATH[5:]
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def build_spec(image: str, command: list[str] | None = None, *, name: str | None = None,
+               persistent: bool = False, memory: str | int | None = None,
+               cpus: str | float | None = None, pids_limit: int | None = None,
+               hostname: str | None = None, env: list[str] = (), workdir: str | None = None,
+               user: str | None = None, volumes: list[str] = (), net: str = "none",
+               publish: list[str] = (), chroot: bool = False, store=None) -> ContainerSpec:
+    """Resolve an image and options into a spec (pulling nothing; the image must be local)."""
+    from contained.store import Store  # the store imports the layer unpacker: load on use
+
+    if net not in ("none", "host", "bridge"):
+        raise BadOption(f"invalid --net {net!r}: use none, host or bridge")
+    if publish and net != "bridge":
+        raise BadOption("-p/--publish needs --net bridge")
+    store = store or Store()
+    resolved = store.image(image)
+    config = resolved.config
+    container_id = secrets.token_hex(32)
+    working_dir = workdir or config.working_dir or "/"
+    if not working_dir.startswith("/"):
+        raise BadOption(f"working directory {working_dir!r} must be an absolute path")
+    return ContainerSpec(
+        id=container_id,
+        name=check_name(name) if name else _generated_name(),
+        image=resolved.name,
+        directory=str(containers_dir() / container_id),
+        lowers=[str(p) for p in store.layer_dirs(resolved)],
+        args=_command(config, command),
+        env=_environment(config.env, list(env)),
+        working_dir=working_dir,
+        user=user if user is not None else (config.user or ""),
+        hostname=hostname or container_id[:12],
+        memory=_memory(memory),
+        cpus=_cpus(cpus),
+        pids_limit=_pids(pids_limit),
+        volumes=[parse_volume(v) for v in volumes],
+        net=net,
+        publish=list(publish),
+        chroot=chroot,
+        persistent=persistent,
+        remove=not persistent,
+    )
+
+
+def _memory(value) -> int | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, int) else cgroups.parse_memory(str(value))
+
+
+def _cpus(value) -> float | None:
+    if value is None or value == "":
+        return None
+    return float(value) if isinstance(value, (int, float)) else cgroups.parse_cpus(str(value))
+
+
+def _pids(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise BadOption(f"invalid --pids-limit {value!r}: use a whole number of processes ≥ 1")
+    return count
+
+
+_ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet", "swift",
+               "tidy", "vivid", "witty", "bold", "clever", "gentle", "jolly")
+_SCIENTISTS = ("hopper", "lovelace", "turing", "ritchie", "thompson", "torvalds", "liskov",
+               "knuth", "dijkstra", "hamilton", "curie", "noether", "shannon", "babbage")
+
+
+def _generated_name() -> str:
+    return (f"{secrets.choice(_ADJECTIVES)}_{secrets.choice(_SCIENTISTS)}_"
+            f"{secrets.token_hex(2)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# State on disk
+
+def containers_dir() -> Path:
+    return home.home_path() / "containers"
+
+
+@contextmanager
+def _locked():
+    """Serialise name allocation, removal and gc across every process on the machine."""
+    directory = containers_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    home.ensure_home(directory.parent)
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _state_path(container_id: str) -> Path:
+    return containers_dir() / container_id / "state.json"
+
+
+def _write_state(spec: ContainerSpec, **extra) -> None:
+    path = _state_path(spec.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"spec": asdict(spec), "created": time.time(), "owner_pid": os.getpid(),
+            "owner_start_time": runner.start_time(os.getpid())}
+    if path.exists():
+        data.update({k: v for k, v in json.loads(path.read_text()).items() if k != "spec"})
+    data.update(extra)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(data))
+    temporary.replace(path)
+
+
+def _read_state(container_id: str) -> dict | None:
+    try:
+        data = json.loads(_state_path(container_id).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    runner_file = containers_dir() / container_id / "runner.json"
+    try:
+        data.update(json.loads(runner_file.read_text()))
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    return data
+
+
+def _alive(pid: int | None, started: int | None) -> bool:
+    """Is this exact process (pid + start time, so a reused pid doesn't count) still there?"""
+    if not pid or started is None:
+        return False
+    try:
+        return runner.start_time(pid) == started
+    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        return False
+
+
+def _container_from_state(data: dict) -> Container:
+    spec = ContainerSpec(**data["spec"])
+    if spec.persistent:
+        running = _alive(data.get("init_pid"), data.get("init_start_time"))
+    else:
+        running = any(_alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
+                      for who in ("owner", "runner", "init"))
+    return Container(id=spec.id, name=spec.name, image=spec.image, command=spec.args,
+                     created=data.get("created", 0.0), persistent=spec.persistent,
+                     running=running, init_pid=data.get("init_pid"), spec=spec)
+
+
+def containers() -> list[Container]:
+    """Every container with state on disk, newest first (`contained ps -a`)."""
+    directory = containers_dir()
+    if not directory.exists():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        if entry.is_dir() and (data := _read_state(entry.name)) is not None:
+            found.append(_container_from_state(data))
+    return sorted(found, key=lambda c: c.created, reverse=True)
+
+
+def get(name_or_id: str) -> Container:
+    """A container by name, full id or unique id prefix."""
+    matches = [c for c in containers() if c.name == name_or_id]
+    if not matches and len(name_or_id) >= 3:
+        matches = [c for c in containers() if c.id.startswith(name_or_id)]
+    if len(matches) != 1:
+        if matches:
+            raise ContainerNotFound(f"{name_or_id!r} matches {len(matches)} containers: "
+                                    "use more of the id")
+        raise ContainerNotFound(f"no container named {name_or_id!r}; `contained ps -a` "
+                                "lists them")
+    return matches[0]
+
+
+def _reserve(spec: ContainerSpec) -> None:
+    with _locked():
+        for other in containers():
+            if other.name == spec.name and (other.persistent or other.running):
+                raise NameInUse(f"the name {spec.name!r} is already in use by container "
+                                f"{other.id[:12]}: remove it (`contained rm -f {spec.name}`) "
+                                "or choose another name")
+        _write_state(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to the runner
+
+class Runner:
+    """The way to the runner: a helper process (kernels, long-lived programs) or a fork (CLI).
+
+    ``Runner.shared()`` starts ``python -m contained.runner --serve`` once per process, with
+    plain subprocess (no Python runs between fork and exec in the caller), and reuses it.
+    ``Runner(in_process=True)`` forks the request's worker directly; only a single-threaded
+    program such as the CLI may use it.
+    """
+
+    _shared: "Runner | None" = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, in_process: bool = False):
+        self.in_process = in_process
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        self._process: subprocess.Popen | None = None
+
+    @classmethod
+    def shared(cls) -> "Runner":
+        with cls._shared_lock:
+            if cls._shared is None or not cls._shared.alive():
+                cls._shared = cls()
+            return cls._shared
+
+    def alive(self) -> bool:
+        return self.in_process or (self._process is not None and self._process.poll() is None)
+
+    def _start(self) -> socket.socket:
+        if self._control is None or not self.alive():
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "contained.runner", "--serve", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+                # Its own session: the kernel's interrupt (SIGINT) must not reach it.
+                start_new_session=True)
+            theirs.close()
+            self._control = ours
+        return self._control
+
+    def close(self) -> None:
+        """Stop the helper: its running containers see the socket close and are killed."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._process is not None:
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def request(self, op: str, spec_json: str, stdio: tuple[int, int, int],
+                explain_fd: int | None = None, detached: bool = False,
+                on_started=None) -> dict:
+        """Send one request and wait for its result; an interrupt kills what it started."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        request = {"op": op, "spec": spec_json, "explain": explain_fd is not None,
+                   "detached": detached}
+        fds = [*stdio, explain_fd if explain_fd is not None else stdio[2], theirs.fileno()]
+        worker = None
+        try:
+            if self.in_process:
+                worker = os.fork()
+                if worker == 0:
+                    ours.close()
+                    os._exit(runner.handle(request, fds))
+            else:
+                with self._lock:
+                    runner.send_request(self._start(), request, fds)
+        finally:
+            theirs.close()
+        try:
+            with ours:
+                return _await_result(ours, on_started)
+        finally:
+            if worker:
+                os.waitpid(worker, 0)  # it exits right after its reply
+
+
+def _await_result(sock: socket.socket, on_started=None) -> dict:
+    buffer = b""
+    interrupted = False
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except KeyboardInterrupt:
+            # First interrupt: ask the runner to kill the command; keep waiting for the result
+            # so nothing is left half-cleaned, then let the interrupt through.
+            interrupted = True
+            try:
+                sock.sendall(b"kill\n")
+            except OSError:
+                pass
+            continue
+        if not chunk:
+            raise ContainedError("the runner stopped without a result; run `contained gc`")
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            message = json.loads(line)
+            if message["event"] == "started":
+                if on_started is not None:
+                    on_started(message)
+                continue
+            if interrupted:
+                raise KeyboardInterrupt
+            if message["event"] == "error":
+                raise _error_from(message)
+            return message
+
+
+def _error_from(message: dict) -> ContainedError:
+    if message.get("type") == "CommandFailed":
+        return runner.CommandFailed(message.get("exit_status", 127), message["message"])
+    error = ContainedError(message["message"])
+    error.exit_status = message.get("exit_status", 125)
+    return error
+
+
+def _stdio(stdin, stdout, stderr) -> tuple[int, int, int]:
+    return tuple(_fileno(stream, default) for stream, default in
+                 ((stdin, 0), (stdout, 1), (stderr, 2)))
+
+
+def _fileno(stream, default: int) -> int:
+    if stream is None:
+        return default
+    if isinstance(stream, int):
+        return stream
+    return stream.fileno()
+
+
+# ---------------------------------------------------------------------------------------------
+# The operations
+
+def dry_run(spec: ContainerSpec) -> list[str]:
+    """The shell commands `run` would execute for this spec, without running anything."""
+    return [step.explain() for step in runner.plan(spec)]
+
+
+def run(image: str, command: list[str] | None = None, *, name: str | None = None,
+        remove: bool | None = None, stdin=None, stdout=None, stderr=None, explain=None,
+        runner_: Runner | None = None, store=None, **options) -> RunResult:
+    """Run a command in a new container and wait for it (``docker run``).
+
+    Without `name` (or with ``remove=True``) the container is thrown away when the command
+    ends. With a name it is kept: an init process holds its namespaces, and later `exec` calls
+    run in the same filesystem, hostname and processes. `explain` is a file (or fd) that
+    receives each step's shell command as it runs. Options are those of `build_spec`.
+    """
+    persistent = name is not None and not remove
+    spec = build_spec(image, command, name=name, persistent=persistent, store=store, **options)
+    if persistent:
+        create_from_spec(spec, explain=explain, runner_=runner_)
+        return exec_(spec.name, spec.args, stdin=stdin, stdout=stdout, stderr=stderr,
+                     explain=explain, runner_=runner_)
+    return run_spec(spec, stdin=stdin, stdout=stdout, stderr=stderr, explain=explain,
+                    runner_=runner_)
+
+
+def run_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
+             runner_: Runner | None = None) -> RunResult:
+    """Run a throwaway container from a ready spec."""
+    _reserve(spec)
+    try:
+        message = (runner_ or Runner.shared()).request(
+            "run", spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain))
+    finally:
+        # The runner removed the directory; this catches a runner that failed before it could.
+        if spec.remove and _state_path(spec.id).exists():
+            _remove_files(spec)
+    return RunResult(message["status"], message.get("oom", False), message.get("message"),
+                     spec.name, spec.id)
+
+
+def _explain_fd(explain) -> int | None:
+    if explain is None or explain is False:
+        return None
+    if explain is True:
+        return 2
+    return _fileno(explain, 2)
+
+
+def create(image: str, *, name: str | None = None, explain=None,
+           runner_: Runner | None = None, store=None, **options) -> Container:
+    """Start a named container that idles until commands are `exec`ed in it."""
+    spec = build_spec(image, None if options.get("command") else ["true"], name=name,
+                      persistent=True, store=store,
+                      **{k: v for k, v in options.items() if k != "command"})
+    return create_from_spec(spec, explain=explain, runner_=runner_)
+
+
+def create_from_spec(spec: ContainerSpec, *, explain=None, runner_: Runner | None = None
+                     ) -> Container:
+    _reserve(spec)
+    try:
+        message = (runner_ or Runner.shared()).request(
+            "create", spec.to_json(), _null_stdio(), _explain_fd(explain))
+    except BaseException:
+        _remove_files(spec)
+        raise
+    _write_state(spec, init_pid=message["init_pid"], init_start_time=message["init_start_time"])
+    return get(spec.id)
+
+
+def _null_stdio() -> tuple[int, int, int]:
+    # A named container's PID 1 must not hold the caller's pipes: give it /dev/null (one
+    # descriptor per process, reused).
+    global _NULL_FD
+    if _NULL_FD is None:
+        _NULL_FD = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    return (_NULL_FD, _NULL_FD, _NULL_FD)
+
+
+_NULL_FD: int | None = None
+
+
+def exec_(name: str, command: list[str], *, env: list[str] = (), workdir: str | None = None,
+          user: str | None = None, stdin=None, stdout=None, stderr=None, explain=None,
+          detach: bool = False, runner_: Runner | None = None, on_started=None) -> RunResult:
+    """Run a command inside a running named container (``docker exec``)."""
+    container = get(name)
+    if not container.running or not container.persistent:
+        raise ContainerNotRunning(f"container {container.name} is not running: start a new one "
+                                  f"with `contained run --name {container.name} ...` after "
+                                  f"`contained rm {container.name}`")
+    spec = container.spec
+    data = _read_state(container.id)
+    exec_spec = ExecSpec(container=spec, init_pid=data["init_pid"],
+                         init_start_time=data["init_start_time"], args=list(command),
+                         env=_environment(spec.env, list(env)),
+                         working_dir=workdir or spec.working_dir,
+                         user=spec.user if user is None else user)
+    message = (runner_ or Runner.shared()).request(
+        "exec", exec_spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain),
+        detached=detach, on_started=on_started)
+    return RunResult(message["status"], message.get("oom", False), message.get("message"),
+                     spec.name, spec.id)
+
+
+def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
+    """SIGTERM to PID 1 (it passes it on), SIGKILL after `timeout` seconds (``docker stop``)."""
+    container = get(name)
+    data = _read_state(container.id)
+    pid = data.get("init_pid")
+    if container.running and pid:
+        _terminate(pid, timeout)
+    group = cgroups.Cgroup.open(container.id)
+    if group is not None:
+        group.remove()
+    return get(container.id)
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if timeout > 0:
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if _wait_pidfd(pidfd, timeout):
+                return
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        _wait_pidfd(pidfd, 5)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def _wait_pidfd(pidfd: int, timeout: float) -> bool:
+    import select
+
+    ready, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(ready)
+
+
+def remove(name: str, force: bool = False) -> None:
+    """Delete a container's files and state (``docker rm``; -f stops it first)."""
+    container = get(name)
+    if container.running:
+        if not force:
+            raise ContainerRunning(f"container {container.name} is running: stop it first "
+                                   f"(`contained stop {container.name}`) or use rm -f")
+        stop(container.id, timeout=0)
+    with _locked():
+        _remove_files(container.spec)
+
+
+def _remove_files(spec: ContainerSpec) -> None:
+    group = cgroups.Cgroup.open(spec.id)
+    if group is not None:
+        group.remove()
+    directory = Path(spec.directory)
+    if directory.is_dir():
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def gc() -> list[str]:
+    """Clean what crashed runners left: dead throwaway containers and orphan cgroups.
+
+    Idempotent. Stopped named containers are kept (their files are the user's); `rm` them.
+    """
+    removed = []
+    with _locked():
+        live = set()
+        for container in containers():
+            if container.running or container.persistent:
+                live.add(container.id)
+                continue
+            _remove_files(container.spec)
+            removed.append(container.name)
+        directory = containers_dir()
+        if directory.exists():
+            for entry in directory.iterdir():
+                if entry.is_dir() and entry.name not in live and entry.name not in removed \
+                        and _read_state(entry.name) is None:
+                    shutil.rmtree(entry, ignore_errors=True)  # half-created, no state
+        running_ids = {c.id for c in containers() if c.running}
+        removed += [f"cgroup {name}" for name in cgroups.gc(running_ids)]
+    return removed

@@ -1,0 +1,237 @@
+"""The container's root filesystem: overlay, /proc, /sys, /dev, /etc files, volumes, pivot_root.
+
+Taught in notebook 05 ("A container by hand"), which starts from the tutorial's
+``chroot root /bin/sh`` and fixes what it leaves broken: an empty /dev (writing /dev/null
+creates a file), no /proc, no /sys, and an escapable chroot. The shell equivalent, run inside
+the new mount namespace::
+
+    mount --make-rprivate /
+    mount -t overlay overlay -o lowerdir=...,upperdir=upper,workdir=work root
+    mount -t proc -o nosuid,nodev,noexec proc root/proc
+    mount -t sysfs -o ro,nosuid,nodev,noexec sysfs root/sys
+    mount -t tmpfs -o nosuid,mode=755,size=65536k tmpfs root/dev
+    touch root/dev/null && mount --bind /dev/null root/dev/null     # and zero, full, ...
+    cd root && pivot_root . . && umount -l .
+
+Every path inside the root is resolved with `contained.safepath`, as if the root were "/": an
+image whose /proc or /etc/hosts is a symlink to a host path cannot make us mount or write there.
+"""
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contained import safepath, syscalls
+from contained.overlay import mount_overlay_step
+from contained.plan import Step
+from contained.syscalls import (
+    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+    MS_REMOUNT, MS_SLAVE, MS_STRICTATIME,
+)
+
+# The device nodes a process expects; bind-mounted from the host's, so no mknod is needed (and
+# rootless mode, where mknod is forbidden, works the same way).
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# What runc hides in /proc and /sys by default: kernel memory, keys, timers and firmware
+# interfaces that leak host information or allow host-wide actions.
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A host path bind-mounted into the container (``-v HOST:CONTAINER[:ro]``)."""
+
+    host: str
+    container: str
+    readonly: bool = False
+
+
+@dataclass
+class RootfsSpec:
+    """What the root filesystem needs, gathered from the image and the user's options."""
+
+    lowers: list[Path]
+    upper: Path
+    work: Path
+    root: Path
+    hostname: str
+    hosts: bytes
+    resolv_conf: bytes | None = None
+    volumes: list[Volume] = field(default_factory=list)
+    working_dir: str = "/"
+    chroot: bool = False
+
+
+def plan_rootfs(spec: RootfsSpec) -> list[Step]:
+    """Every mount and write that builds the root, in order (run inside the new mount ns)."""
+    root = spec.root
+    steps = [
+        Step("mount --make-rprivate /",
+             "our mounts must not propagate back to the host (systemd makes / shared)",
+             lambda: syscalls.mount("none", "/", None, MS_REC | MS_PRIVATE)),
+        mount_overlay_step(spec.lowers, spec.upper, spec.work, root),
+    ]
+    steps += _proc_sys_steps(root)
+    steps += _dev_steps(root)
+    steps += _etc_steps(spec)
+    steps += [_volume_step(root, volume) for volume in spec.volumes]
+    steps.append(Step(f"mkdir -p {root}{spec.working_dir}", "the image's WorkingDir must exist",
+                      lambda: safepath.mkdirs_in_root(root, spec.working_dir)))
+    return steps
+
+
+def _inside(root: Path, path: str) -> Path:
+    return safepath.mkdirs_in_root(root, path)
+
+
+def _mount_step(shell: str, why: str, root: Path, path: str, source: str, fstype: str | None,
+                flags: int, data: str | None = None) -> Step:
+    return Step(shell, why, lambda: syscalls.mount(source, str(_inside(root, path)), fstype,
+                                                   flags, data))
+
+
+def _proc_sys_steps(root: Path) -> list[Step]:
+    secure = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    steps = [
+        _mount_step(f"mount -t proc -o nosuid,nodev,noexec proc {root}/proc",
+                    "ps and top read /proc; this one shows only the new PID namespace",
+                    root, "/proc", "proc", "proc", secure),
+        _mount_step(f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {root}/sys",
+                    "programs expect /sys; read-only so the host's devices can't be changed",
+                    root, "/sys", "sysfs", "sysfs", secure | MS_RDONLY),
+    ]
+    masked = " ".join(MASKED_PATHS)
+    readonly = " ".join(READONLY_PATHS)
+    steps += [
+        Step(f"for p in {masked}; do mount --bind /dev/null {root}$p; done",
+             "hide what leaks host secrets or controls the host, as runc does (a directory "
+             "gets an empty read-only tmpfs)", lambda: [_mask(root, p) for p in MASKED_PATHS]),
+        Step(f"for p in {readonly}; do mount --bind -o ro {root}$p {root}$p; done",
+             "readable, but not writable from the container",
+             lambda: [_make_readonly(root, p) for p in READONLY_PATHS]),
+    ]
+    return steps
+
+
+def _mask(root: Path, path: str) -> None:
+    target = safepath.resolve_in_root(root, path)
+    if not target.exists():
+        return
+    if target.is_dir():
+        syscalls.mount("tmpfs", str(target), "tmpfs", MS_RDONLY)
+    else:
+        syscalls.mount("/dev/null", str(target), None, MS_BIND)
+
+
+def _make_readonly(root: Path, path: str) -> None:
+    target = safepath.resolve_in_root(root, path)
+    if not target.exists():
+        return
+    syscalls.mount(str(target), str(target), None, MS_BIND | MS_REC)
+    syscalls.mount(str(target), str(target), None,
+                   MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def _dev_steps(root: Path) -> list[Step]:
+    steps = [_mount_step(f"mount -t tmpfs -o nosuid,mode=755,size=65536k tmpfs {root}/dev",
+                         "a fresh /dev instead of the image's (empty) one or the host's",
+                         root, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
+                         "mode=755,size=65536k")]
+    names = " ".join(DEVICES)
+    steps += [
+        Step(f"for d in {names}; do touch {root}/dev/$d; mount --bind /dev/$d {root}/dev/$d; "
+             "done", "the devices every program expects, bound from the host's",
+             lambda: [_bind_device(root, name) for name in DEVICES]),
+        _mount_step(f"mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts {root}/dev/pts",
+                    "a private set of pseudo-terminals", root, "/dev/pts", "devpts", "devpts",
+                    MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+        _mount_step(f"mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm "
+                    f"{root}/dev/shm", "POSIX shared memory, private to the container",
+                    root, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                    "mode=1777,size=65536k"),
+        Step(f"ln -s pts/ptmx {root}/dev/ptmx && ln -s /proc/self/fd {root}/dev/fd",
+             "the usual /dev links", lambda: _dev_links(root)),
+    ]
+    return steps
+
+
+def _bind_device(root: Path, name: str) -> None:
+    target = safepath.write_in_root(root, f"/dev/{name}", b"", 0o666)
+    syscalls.mount(f"/dev/{name}", str(target), None, MS_BIND)
+
+
+def _dev_links(root: Path) -> None:
+    dev = root / "dev"  # a tmpfs we just mounted: no symlinks from the image in it
+    links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+    for name, target in links.items():
+        os.symlink(target, dev / name)
+
+
+def _etc_steps(spec: RootfsSpec) -> list[Step]:
+    root = spec.root
+    files = {"/etc/hostname": (spec.hostname + "\n").encode(), "/etc/hosts": spec.hosts}
+    if spec.resolv_conf is not None:
+        files["/etc/resolv.conf"] = spec.resolv_conf
+    return [
+        Step(f"printf %s {shlex.quote(data.decode())} > {root}{path}",
+             "written inside the root, never through a symlink out",
+             lambda path=path, data=data: safepath.write_in_root(root, path, data, 0o644))
+        for path, data in files.items()
+    ]
+
+
+def _volume_step(root: Path, volume: Volume) -> Step:
+    def run():
+        host = Path(volume.host)
+        if host.is_dir():
+            target = safepath.mkdirs_in_root(root, volume.container)
+        else:
+            target = safepath.resolve_in_root(root, volume.container)
+            if not target.exists():
+                target = safepath.write_in_root(root, volume.container, b"")
+        syscalls.mount(str(host), str(target), None, MS_BIND | MS_REC)
+        if volume.readonly:
+            syscalls.mount(str(host), str(target), None,
+                           MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+
+    ro = " -o ro" if volume.readonly else ""
+    return Step(f"mount --bind{ro} {volume.host} {root}{volume.container}",
+                "a host directory shared with the container", run)
+
+
+def plan_switch_root(root: Path, chroot: bool) -> list[Step]:
+    """Make `root` the process's "/": pivot_root (default) or the tutorial's chroot."""
+    if chroot:
+        def enter_chroot():
+            os.chdir(root)
+            os.chroot(".")
+            os.chdir("/")
+
+        return [Step(f"chroot {root}", "the tutorial's way: the host's root stays mounted "
+                     "in this namespace, so root inside can escape (notebook 07)", enter_chroot)]
+    return [Step(f"cd {root} && pivot_root . . && umount -l .",
+                 "swap roots, then detach the host's: nothing of it is left to escape to",
+                 lambda: _pivot(root))]
+
+
+def _pivot(root: Path) -> None:
+    # runc's trick: pivot_root(".", ".") stacks the old root on top of the new one, so no
+    # .oldroot directory has to be created inside the image.
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
+    try:
+        os.chdir(root)
+        syscalls.pivot_root(".", ".")
+        os.fchdir(old_root)
+        syscalls.mount("none", ".", None, MS_SLAVE | MS_REC)
+        syscalls.umount(".", MNT_DETACH)
+    finally:
+        os.close(old_root)
+    os.chdir("/")

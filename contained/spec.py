@@ -1,0 +1,65 @@
+"""A container as data: everything the runner needs, resolved before any process starts.
+
+The API (`contained.container`) turns a user's options and an image into a `ContainerSpec`; the
+runner (`contained.runner`), a separate single-threaded process, turns the spec into
+namespaces, mounts and processes. The spec crosses that process boundary as JSON, so it holds
+only plain values.
+"""
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class ContainerSpec:
+    """One container: its identity, root filesystem, process, limits and options."""
+
+    id: str
+    name: str
+    image: str
+    directory: str                   # HOME/containers/<id>: upper/, work/, root/, state.json
+    lowers: list[str]                # layer directories, bottom first
+    args: list[str]                  # the command, already resolved from Entrypoint/Cmd
+    env: list[str]
+    working_dir: str = "/"
+    user: str = ""
+    hostname: str = ""
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    volumes: list[list] = field(default_factory=list)   # [host, container, readonly]
+    net: str = "none"
+    publish: list[str] = field(default_factory=list)
+    chroot: bool = False
+    persistent: bool = False         # named: an init keeps the namespaces for later exec
+    remove: bool = True              # throwaway: everything goes when the command ends
+    tty: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ContainerSpec":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class ExecSpec:
+    """A command to run in an already running (named) container."""
+
+    container: ContainerSpec
+    init_pid: int
+    init_start_time: int
+    args: list[str]
+    env: list[str]
+    working_dir: str
+    user: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ExecSpec":
+        data = json.loads(text)
+        data["container"] = ContainerSpec(**data["container"])
+        return cls(**data)

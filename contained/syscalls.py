@@ -1,0 +1,140 @@
+"""The Linux system calls containers are made of, for Python 3.11 (which lacks os.unshare).
+
+Taught across notebooks 01, 03 and 05. Each wrapper is the C call of the same name, through
+ctypes; a failure raises OSError with the errno and what was being done, e.g.
+``OSError: [Errno 1] mount overlay on /x: Operation not permitted``.
+
+Only ever called in a single-threaded process (the runner or the container's init): never in a
+Jupyter kernel, whose threads make namespace calls unsafe.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# <sched.h>
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h>
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_STRICTATIME = 1 << 24
+MNT_DETACH = 2
+
+# <sys/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+_SYSCALL_NUMBERS = {
+    # name: (x86_64, aarch64)
+    "pivot_root": (155, 41),
+    "capset": (126, 91),
+    "capget": (125, 90),
+    "setns": (308, 268),
+}
+_ARCH_INDEX = 0 if platform.machine() in ("x86_64", "amd64") else 1
+
+
+def _check(result: int, what: str) -> int:
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _syscall(name: str, *args) -> int:
+    return _libc.syscall(_SYSCALL_NUMBERS[name][_ARCH_INDEX], *args)
+
+
+def unshare(flags: int) -> None:
+    """Move this process into new namespaces (``unshare(1)`` without the fork)."""
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """Join the namespace that `fd` (an open /proc/PID/ns/* file) refers to."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns(fd {fd})")
+
+
+def mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2); `data` is the comma-separated option string (e.g. overlay's lowerdir=...)."""
+    result = _libc.mount(
+        source.encode(), str(target).encode(), fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags), data.encode() if data else None)
+    _check(result, f"mount {fstype or source} on {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2); MNT_DETACH for a lazy unmount."""
+    _check(_libc.umount2(str(target).encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): make `new_root` the root and move the old root to `put_old`."""
+    result = _syscall("pivot_root", str(new_root).encode(), str(put_old).encode())
+    _check(result, f"pivot_root {new_root} {put_old}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname {name}")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
+    return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capability sets (64-bit masks, bit N = capability N)."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_syscall("capset", ctypes.byref(header), data), "capset")
+
+
+def capget() -> tuple[int, int, int]:
+    """This thread's (effective, permitted, inheritable) capability masks."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_syscall("capget", ctypes.byref(header), data), "capget")
+    combine = lambda field: getattr(data[0], field) | (getattr(data[1], field) << 32)  # noqa: E731
+    return combine("effective"), combine("permitted"), combine("inheritable")
