@@ -381,10 +381,9 @@ class Runner:
                 self._process.wait()
             self._process = None
 
-    def request(self, op: str, spec_json: str, stdio: tuple[int, int, int],
-                explain_fd: int | None = None, detached: bool = False,
-                on_started=None) -> dict:
-        """Send one request and wait for its result; an interrupt kills what it started."""
+    def submit(self, op: str, spec_json: str, stdio: tuple[int, int, int],
+               explain_fd: int | None = None, detached: bool = False) -> "Request":
+        """Send one request; the returned `Request` reports its progress and result."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request = {"op": op, "spec": spec_json, "explain": explain_fd is not None,
                    "detached": detached}
@@ -399,46 +398,103 @@ class Runner:
             else:
                 with self._lock:
                     runner.send_request(self._start(), request, fds)
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+        return Request(ours, worker)
+
+    def request(self, op: str, spec_json: str, stdio: tuple[int, int, int],
+                explain_fd: int | None = None, detached: bool = False) -> dict:
+        """Send one request and wait for its result; an interrupt kills what it started."""
+        return self.submit(op, spec_json, stdio, explain_fd, detached).wait()
+
+
+class Request:
+    """One request in flight: select() on it, `poll()` for the result, `kill()` to stop it.
+
+    The runner writes JSON lines: "started" (with the pid of the container's process), then
+    "exit" (status, oom, message) or "error". Closing the socket, or sending "kill", makes the
+    runner kill what it started; the result still follows.
+    """
+
+    def __init__(self, sock: socket.socket, worker: int | None = None):
+        self._sock = sock
+        self._worker = worker
+        self._buffer = b""
+        self.started: dict | None = None
+        self.result: dict | None = None
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def kill(self) -> None:
+        """Ask the runner to kill the container's command (SIGKILL); the result follows."""
         try:
-            with ours:
-                return _await_result(ours, on_started)
+            self._sock.sendall(b"kill\n")
+        except OSError:
+            pass
+
+    def poll(self) -> dict | None:
+        """Read what is available without blocking; the final message once there is one."""
+        self._sock.setblocking(False)
+        try:
+            self._read()
+        except BlockingIOError:
+            pass
         finally:
-            if worker:
-                os.waitpid(worker, 0)  # it exits right after its reply
+            self._sock.setblocking(True)
+        return self.result
 
+    def wait_started(self) -> None:
+        """Block until the command runs (or failed to start, which is raised)."""
+        while self.started is None and self.result is None:
+            self._read()
+        if self.result is not None:
+            self.outcome()
 
-def _await_result(sock: socket.socket, on_started=None) -> dict:
-    buffer = b""
-    interrupted = False
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except KeyboardInterrupt:
-            # First interrupt: ask the runner to kill the command; keep waiting for the result
-            # so nothing is left half-cleaned, then let the interrupt through.
-            interrupted = True
+    def wait(self) -> dict:
+        """Block until the result; Ctrl-C kills the command, waits for its end, re-raises."""
+        interrupted = False
+        while self.result is None:
             try:
-                sock.sendall(b"kill\n")
-            except OSError:
-                pass
-            continue
+                self._read()
+            except KeyboardInterrupt:
+                # Keep waiting after the kill so nothing is left half-cleaned.
+                interrupted = True
+                self.kill()
+        if interrupted:
+            raise KeyboardInterrupt
+        return self.outcome()
+
+    def outcome(self) -> dict:
+        """The final message; a runner error is raised as the ContainedError it was."""
+        if self.result["event"] == "error":
+            raise _error_from(self.result)
+        return self.result
+
+    def _read(self) -> None:
+        chunk = self._sock.recv(65536)
         if not chunk:
-            raise ContainedError("the runner stopped without a result; run `contained gc`")
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+            self._finish({"event": "error", "type": "RunnerDied",
+                          "message": "the runner stopped without a result; run `contained gc`"})
+            return
+        self._buffer += chunk
+        while b"\n" in self._buffer and self.result is None:
+            line, self._buffer = self._buffer.split(b"\n", 1)
             message = json.loads(line)
             if message["event"] == "started":
-                if on_started is not None:
-                    on_started(message)
-                continue
-            if interrupted:
-                raise KeyboardInterrupt
-            if message["event"] == "error":
-                raise _error_from(message)
-            return message
+                self.started = message
+            else:
+                self._finish(message)
+
+    def _finish(self, message: dict) -> None:
+        self.result = message
+        self._sock.close()
+        if self._worker:
+            os.waitpid(self._worker, 0)  # an in-process worker exits right after its reply
+            self._worker = None
 
 
 def _error_from(message: dict) -> ContainedError:
@@ -470,39 +526,90 @@ def dry_run(spec: ContainerSpec) -> list[str]:
     return [step.explain() for step in runner.plan(spec)]
 
 
-def run(image: str, command: list[str] | None = None, *, name: str | None = None,
-        remove: bool | None = None, stdin=None, stdout=None, stderr=None, explain=None,
-        runner_: Runner | None = None, store=None, **options) -> RunResult:
+def run(image: str, command: list[str] | None = None, **options) -> RunResult:
     """Run a command in a new container and wait for it (``docker run``).
 
     Without `name` (or with ``remove=True``) the container is thrown away when the command
     ends. With a name it is kept: an init process holds its namespaces, and later `exec` calls
-    run in the same filesystem, hostname and processes. `explain` is a file (or fd) that
-    receives each step's shell command as it runs. Options are those of `build_spec`.
+    run in the same filesystem, hostname and processes. `stdin`/`stdout`/`stderr` are files or
+    descriptors (default: this process's); `explain` is a file or descriptor that receives each
+    step's shell command as it runs (True: stderr). Other options are those of `build_spec`.
     """
+    return start(image, command, **options).wait()
+
+
+def start(image: str, command: list[str] | None = None, *, name: str | None = None,
+          remove: bool | None = None, stdin=None, stdout=None, stderr=None, explain=None,
+          runner_: Runner | None = None, store=None, **options) -> "Execution":
+    """Like `run`, but return at once: the `Execution` can be polled, selected on, killed."""
     persistent = name is not None and not remove
     spec = build_spec(image, command, name=name, persistent=persistent, store=store, **options)
     if persistent:
         create_from_spec(spec, explain=explain, runner_=runner_)
-        return exec_(spec.name, spec.args, stdin=stdin, stdout=stdout, stderr=stderr,
-                     explain=explain, runner_=runner_)
-    return run_spec(spec, stdin=stdin, stdout=stdout, stderr=stderr, explain=explain,
-                    runner_=runner_)
+        return start_exec(spec.name, spec.args, stdin=stdin, stdout=stdout, stderr=stderr,
+                          explain=explain, runner_=runner_)
+    return start_spec(spec, stdin=stdin, stdout=stdout, stderr=stderr, explain=explain,
+                      runner_=runner_)
 
 
-def run_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
-             runner_: Runner | None = None) -> RunResult:
-    """Run a throwaway container from a ready spec."""
+def run_spec(spec: ContainerSpec, **options) -> RunResult:
+    """Run a throwaway container from a ready spec and wait for it."""
+    return start_spec(spec, **options).wait()
+
+
+def start_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
+               runner_: Runner | None = None) -> "Execution":
     _reserve(spec)
     try:
-        message = (runner_ or Runner.shared()).request(
+        request = (runner_ or Runner.shared()).submit(
             "run", spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain))
-    finally:
-        # The runner removed the directory; this catches a runner that failed before it could.
-        if spec.remove and _state_path(spec.id).exists():
-            _remove_files(spec)
-    return RunResult(message["status"], message.get("oom", False), message.get("message"),
-                     spec.name, spec.id)
+    except BaseException:
+        _remove_files(spec)
+        raise
+    return Execution(request, spec)
+
+
+class Execution:
+    """A container command in flight (from `start` or `start_exec`).
+
+    `fileno()` lets a caller select() on it next to the output pipes; `poll()` returns the
+    `RunResult` once there is one (or None); `wait()` blocks; `kill()` ends the command.
+    """
+
+    def __init__(self, request: Request, spec: ContainerSpec):
+        self.request = request
+        self.spec = spec
+
+    def fileno(self) -> int:
+        return self.request.fileno()
+
+    def kill(self) -> None:
+        self.request.kill()
+
+    def poll(self) -> RunResult | None:
+        return self._result() if self.request.poll() is not None else None
+
+    def wait_started(self) -> None:
+        self.request.wait_started()
+
+    def wait(self) -> RunResult:
+        try:
+            self.request.wait()
+        finally:
+            self._clean_up()
+        return self._result()
+
+    def _result(self) -> RunResult:
+        self._clean_up()
+        message = self.request.outcome()
+        return RunResult(message["status"], message.get("oom", False), message.get("message"),
+                         self.spec.name, self.spec.id)
+
+    def _clean_up(self) -> None:
+        # The runner removes a throwaway container; this catches a runner that died first.
+        if self.request.result is not None and self.spec.remove \
+                and _state_path(self.spec.id).exists():
+            _remove_files(self.spec)
 
 
 def _explain_fd(explain) -> int | None:
@@ -513,12 +620,13 @@ def _explain_fd(explain) -> int | None:
     return _fileno(explain, 2)
 
 
-def create(image: str, *, name: str | None = None, explain=None,
-           runner_: Runner | None = None, store=None, **options) -> Container:
-    """Start a named container that idles until commands are `exec`ed in it."""
-    spec = build_spec(image, None if options.get("command") else ["true"], name=name,
-                      persistent=True, store=store,
-                      **{k: v for k, v in options.items() if k != "command"})
+def create(image: str, command: list[str] | None = None, *, name: str | None = None,
+           explain=None, runner_: Runner | None = None, store=None, **options) -> Container:
+    """Start a named container whose PID 1 idles, holding its namespaces, until `stop`.
+
+    Commands run in it with `exec_`. `command` is only recorded (``contained ps`` shows it).
+    """
+    spec = build_spec(image, command, name=name, persistent=True, store=store, **options)
     return create_from_spec(spec, explain=explain, runner_=runner_)
 
 
@@ -547,10 +655,19 @@ def _null_stdio() -> tuple[int, int, int]:
 _NULL_FD: int | None = None
 
 
-def exec_(name: str, command: list[str], *, env: list[str] = (), workdir: str | None = None,
-          user: str | None = None, stdin=None, stdout=None, stderr=None, explain=None,
-          detach: bool = False, runner_: Runner | None = None, on_started=None) -> RunResult:
-    """Run a command inside a running named container (``docker exec``)."""
+def exec_(name: str, command: list[str], **options) -> RunResult:
+    """Run a command inside a running named container and wait for it (``docker exec``)."""
+    return start_exec(name, command, **options).wait()
+
+
+def start_exec(name: str, command: list[str], *, env: list[str] = (),
+               workdir: str | None = None, user: str | None = None, stdin=None, stdout=None,
+               stderr=None, explain=None, detach: bool = False,
+               runner_: Runner | None = None) -> Execution:
+    """Like `exec_`, but return at once with an `Execution`.
+
+    With ``detach=True`` the command keeps running when the caller goes away.
+    """
     container = get(name)
     if not container.running or not container.persistent:
         raise ContainerNotRunning(f"container {container.name} is not running: start a new one "
@@ -563,11 +680,10 @@ def exec_(name: str, command: list[str], *, env: list[str] = (), workdir: str | 
                          env=_environment(spec.env, list(env)),
                          working_dir=workdir or spec.working_dir,
                          user=spec.user if user is None else user)
-    message = (runner_ or Runner.shared()).request(
+    request = (runner_ or Runner.shared()).submit(
         "exec", exec_spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain),
-        detached=detach, on_started=on_started)
-    return RunResult(message["status"], message.get("oom", False), message.get("message"),
-                     spec.name, spec.id)
+        detached=detach)
+    return Execution(request, spec)
 
 
 def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:

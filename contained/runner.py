@@ -268,6 +268,9 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
             code, _, text = detail.partition(":")
             raise CommandFailed(int(code), text.strip())
         raise ContainerSetupFailed(detail.strip())
+    if message != "ready":
+        os.waitpid(pid, 0)
+        raise ContainerSetupFailed("the container's init exited during setup")
     return pid
 
 
@@ -287,18 +290,20 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
         if not persistent:
             # If the runner dies (SIGKILL, a crashed kernel), so does the container.
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+        syscalls.set_process_title("contained-init")
         os.read(go_read, 1)
         os.close(go_read)
         run_steps(namespace_steps(spec), explain)
         if persistent:
-            _detach_stdio()
             os.write(ready_write, b"ready")
             os.close(ready_write)
+            _detach_stdio()
             _hold_namespaces()
         if explain:
             explain(exec_step(spec.args, spec.env, spec.user).shell)
         child = _spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
                                new_session=False, error_fd=ready_write)
+        os.write(ready_write, b"ready")
         os.close(ready_write)
     except CommandFailed as error:
         try:
@@ -378,6 +383,8 @@ def _exec_command(args, env, working_dir, user, new_session, status_write) -> No
         code = EXIT_NOT_EXECUTABLE
         os.execve(executable, args, _env_dict(environment))
     except BaseException as error:  # noqa: BLE001
+        if isinstance(error, ContainedError):
+            code = error.exit_status  # 127 not found, 126 not executable, 125 otherwise
         try:
             os.write(status_write, f"{code}:{_describe(error)}".encode())
         finally:

@@ -40,6 +40,7 @@ MNT_DETACH = 2
 
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
@@ -138,3 +139,19 @@ def capget() -> tuple[int, int, int]:
     _check(_syscall("capget", ctypes.byref(header), data), "capget")
     combine = lambda field: getattr(data[0], field) | (getattr(data[1], field) << 32)  # noqa: E731
     return combine("effective"), combine("permitted"), combine("inheritable")
+
+
+def set_process_title(title: str) -> None:
+    """Rewrite this process's command line as `ps` shows it, in place (like setproctitle).
+
+    PID 1 of a container is our Python init; inside the container `ps` should say what it is
+    rather than show the host path of the Python interpreter. The kernel reads the command line
+    from the original argv memory, which Python has copied away: overwrite it, never past its end.
+    """
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # fields 48 and 49 (arg_start, arg_end)
+    raw = title.encode()[: max(0, end - start - 1)]
+    ctypes.memmove(start, raw + b"\0" * (end - start - len(raw)), end - start)
+    name = ctypes.create_string_buffer(title.encode()[:15])
+    _libc.prctl(PR_SET_NAME, name, 0, 0, 0)

@@ -1,0 +1,324 @@
+"""The container lifecycle, end to end with real namespaces, mounts and cgroups (root only).
+
+Each test runs busybox (imported offline from the host's busybox-static) in a temporary
+CONTAINED_HOME, through the same runner helper process a notebook kernel uses.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+from contained import container, namespaces
+from contained.container import Runner
+
+pytestmark = needs_root
+
+
+@pytest.fixture(scope="module")
+def busybox_home(tmp_path_factory):
+    """A store holding busybox:latest, used through CONTAINED_HOME by every test here."""
+    from contained.busybox import import_busybox
+    from contained.store import Store
+
+    path = tmp_path_factory.mktemp("home")
+    previous = os.environ.get("CONTAINED_HOME")
+    os.environ["CONTAINED_HOME"] = str(path)
+    import_busybox(Store(path))
+    yield path
+    for leftover in container.containers():
+        container.remove(leftover.id, force=True)
+    container.gc()
+    if previous is None:
+        del os.environ["CONTAINED_HOME"]
+    else:
+        os.environ["CONTAINED_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def runner_process(busybox_home):
+    """One runner helper for the module, as one kernel would have."""
+    helper = Runner()
+    yield helper
+    helper.close()
+
+
+def run_capture(image, command, runner_process, **options):
+    """Run a throwaway container, returning (result, stdout text, stderr text)."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        with open(os.devnull) as null:
+            result = container.run(image, command, stdin=null, stdout=out_write,
+                                   stderr=err_write, runner_=runner_process, **options)
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    with os.fdopen(out_read) as out, os.fdopen(err_read) as err:
+        return result, out.read(), err.read()
+
+
+def exec_capture(name, command, runner_process, **options):
+    out_read, out_write = os.pipe()
+    try:
+        result = container.exec_(name, command, stdout=out_write, runner_=runner_process,
+                                 **options)
+    finally:
+        os.close(out_write)
+    with os.fdopen(out_read) as out:
+        return result, out.read()
+
+
+def host_mounts() -> str:
+    return Path("/proc/self/mountinfo").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Isolation
+
+def test_hostname_pid_and_network_are_the_containers_own(busybox_home, runner_process):
+    result, out, _ = run_capture("busybox", ["sh", "-c", "hostname; echo pid=$$; ps -o pid,comm; "
+                                             "ls /sys/class/net"], runner_process,
+                                 hostname="inside")
+    lines = out.splitlines()
+    assert result.status == 0
+    assert lines[0] == "inside" != socket.gethostname()
+    # sh is PID 2: PID 1 is contained's init, and no host process is visible.
+    assert lines[1] == "pid=2"
+    assert "contained-init" in out and "pytest" not in out
+    assert lines[-1] == "lo"
+
+
+def test_uname_matches_the_host_kernel(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["uname", "-r"], runner_process)
+    assert out.strip() == os.uname().release
+
+
+def test_namespaces_differ_from_the_host(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["sh", "-c", "for n in mnt uts ipc net pid cgroup; do "
+                                        "readlink /proc/self/ns/$n; done"], runner_process)
+    host = namespaces.namespaces_of("self")
+    inside = out.split()
+    assert len(inside) == 6
+    for label in inside:
+        kind = {"mnt": "mount"}.get(label.split(":")[0], label.split(":")[0])
+        assert label != host[kind].label
+
+
+def test_no_mount_is_visible_on_the_host(busybox_home, runner_process):
+    before = host_mounts()
+    result, out, _ = run_capture("busybox", ["sh", "-c", "grep -c . /proc/mounts"],
+                                 runner_process, volumes=[f"{busybox_home}:/mnt/home:ro"])
+    assert result.status == 0 and int(out) > 5
+    assert host_mounts() == before
+    assert "overlay" not in "".join(
+        line for line in host_mounts().splitlines() if str(busybox_home) in line)
+
+
+def test_dev_has_the_usual_devices_and_null_is_a_device(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["sh", "-c", "echo x > /dev/null; ls /dev; "
+                                        "stat -c %F /dev/null"], runner_process)
+    names = out.split()
+    for device in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm"):
+        assert device in names
+    assert "character special file" in out
+
+
+def test_proc_secrets_are_masked_and_proc_sys_is_readonly(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["sh", "-c", "wc -c < /proc/kcore; "
+                                        "echo 1 > /proc/sys/kernel/domainname && echo wrote"],
+                            runner_process)
+    assert out.splitlines()[0].strip() == "0"
+    assert "wrote" not in out
+
+
+def test_host_environment_does_not_leak(busybox_home, runner_process, monkeypatch):
+    monkeypatch.setenv("HOST_SECRET", "leak")
+    _, out, _ = run_capture("busybox", ["env"], runner_process, env=["GREETING=hi"])
+    assert "HOST_SECRET" not in out
+    assert "GREETING=hi" in out
+    assert "PATH=" in out
+
+
+def test_capabilities_are_dockers_default_and_no_new_privs(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["grep", "-E", "^(CapEff|CapBnd|NoNewPrivs)",
+                                        "/proc/self/status"], runner_process)
+    fields = dict(line.split(":\t") for line in out.splitlines())
+    assert fields["CapEff"] == fields["CapBnd"] == "00000000a80425fb"
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_user_and_workdir_options(busybox_home, runner_process):
+    _, out, _ = run_capture("busybox", ["sh", "-c", "id -u; pwd"], runner_process,
+                            user="nobody", workdir="/tmp/work")
+    uid, cwd = out.split()
+    assert uid != "0" and cwd == "/tmp/work"
+
+
+def test_exit_status_and_signals_are_reported_like_a_shell(busybox_home, runner_process):
+    assert run_capture("busybox", ["sh", "-c", "exit 3"], runner_process)[0].status == 3
+    assert run_capture("busybox", ["sh", "-c", "kill -9 $$"], runner_process)[0].status == 137
+
+
+def test_unknown_command_is_exit_127_with_one_line(busybox_home, runner_process):
+    with pytest.raises(container.runner.CommandFailed) as caught:
+        run_capture("busybox", ["no-such-command"], runner_process)
+    assert caught.value.exit_status == 127
+    assert "no-such-command" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_chroot_mode_runs_the_tutorials_way(busybox_home, runner_process):
+    result, out, _ = run_capture("busybox", ["sh", "-c", "cat /etc/hostname"], runner_process,
+                                 chroot=True, hostname="tutorial")
+    assert result.status == 0 and out.strip() == "tutorial"
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+def test_memory_limit_oom_kill_is_reported(busybox_home, runner_process):
+    result, _, _ = run_capture(
+        "busybox", ["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo $x | wc -c"],
+        runner_process, memory="16M")
+    assert result.status == 137
+    assert result.oom
+    assert result.message == "killed: out of memory, limit 16M"
+
+
+def test_pids_limit_makes_fork_fail(busybox_home, runner_process):
+    result, out, err = run_capture(
+        "busybox", ["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done; wait"],
+        runner_process, pids_limit=5)
+    assert "can't fork" in err or "Resource temporarily unavailable" in err
+
+
+def test_cpu_quota_throttles(busybox_home, runner_process):
+    # A 1-second busy loop under a 0.2-CPU quota gets about 0.2 s of CPU time.
+    result, out, _ = run_capture(
+        "busybox", ["sh", "-c", "timeout 1 sh -c 'while :; do :; done'; "
+                                "cat /proc/self/stat >/dev/null; times"], runner_process,
+        cpus="0.2")
+    children_user = out.split()[-2] if out.split() else ""
+    minutes, seconds = children_user.rstrip("s").split("m")
+    assert float(minutes) * 60 + float(seconds) < 0.45
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifecycle: named containers, exec, stop, rm, gc
+
+def test_named_container_keeps_files_and_processes_across_exec(busybox_home, runner_process):
+    name = "persist"
+    result = container.run("busybox", ["sh", "-c", "echo kept > /tmp/state"], name=name,
+                           runner_=runner_process, hostname="named")
+    try:
+        assert result.status == 0
+        exec_result, out = exec_capture(name, ["sh", "-c", "cat /tmp/state; hostname; "
+                                               "sleep 300 >/dev/null 2>&1 & echo started"],
+                                        runner_process)
+        assert out.split() == ["kept", "named", "started"]
+        _, out = exec_capture(name, ["ps", "-o", "comm"], runner_process)
+        assert "sleep" in out
+        listed = {c.name: c for c in container.containers()}
+        assert listed[name].running
+        with pytest.raises(container.NameInUse):
+            container.run("busybox", ["true"], name=name, runner_=runner_process)
+        with pytest.raises(container.ContainerRunning):
+            container.remove(name)
+    finally:
+        container.stop(name, timeout=2)
+    assert not container.get(name).running
+    with pytest.raises(container.ContainerNotRunning):
+        container.exec_(name, ["true"], runner_=runner_process)
+    container.remove(name)
+    with pytest.raises(container.ContainerNotFound):
+        container.get(name)
+
+
+def test_bad_options_are_one_line_errors(busybox_home):
+    cases = [
+        dict(memory="lots"), dict(cpus="-1"), dict(pids_limit=0),
+        dict(volumes=["relative:/x"]), dict(net="wifi"), dict(workdir="relative"),
+    ]
+    for options in cases:
+        with pytest.raises(container.ContainedError) as caught:
+            container.build_spec("busybox", ["true"], **options)
+        assert "\n" not in str(caught.value), options
+    with pytest.raises(container.ContainedError) as caught:
+        container.build_spec("no-such-image", ["true"])
+    assert "pull" in str(caught.value) or "import" in str(caught.value)
+
+
+def test_explain_prints_the_shell_steps_as_they_run(busybox_home, runner_process):
+    read, write = os.pipe()
+    try:
+        run_capture("busybox", ["true"], runner_process, memory="32M",
+                    explain=write)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as explained:
+        text = explained.read()
+    for expected in ("mount -t overlay overlay -o lowerdir=", "unshare --pid --fork --mount",
+                     "pivot_root . .", "33554432 >", "mount -t proc"):
+        assert expected in text
+
+
+def test_dry_run_lists_the_same_steps_without_running(busybox_home):
+    spec = container.build_spec("busybox", ["true"], memory="32M")
+    steps = container.dry_run(spec)
+    assert any("pivot_root" in s for s in steps)
+    assert not Path(spec.directory).exists()
+
+
+def test_interrupt_kills_the_container_within_a_second(busybox_home, runner_process):
+    """A client that closes the request (a killed kernel, Ctrl-C) takes the container along."""
+    spec = container.build_spec("busybox", ["sleep", "300"])
+    code = (
+        "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
+        "from contained import container, spec as s\n"
+        f"sp = s.ContainerSpec.from_json({spec.to_json()!r})\n"
+        "container.run_spec(sp)\n")
+    client = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _sleepers():
+        time.sleep(0.05)
+    assert _sleepers(), "the container never started"
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline and _sleepers():
+        time.sleep(0.05)
+    assert not _sleepers()
+    container.gc()
+    assert not Path(spec.directory).exists()
+
+
+def _sleepers() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == b"sleep\x00300\x00":
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_gc_cleans_what_a_killed_runner_left(busybox_home):
+    spec = container.build_spec("busybox", ["true"])
+    container._reserve(spec)
+    # A runner that died after creating the directories: state, dirs, no process.
+    for sub in ("upper", "work", "root"):
+        (Path(spec.directory) / sub).mkdir(parents=True)
+    state = Path(spec.directory) / "state.json"
+    data = state.read_text().replace(f'"owner_pid": {os.getpid()}', '"owner_pid": 999999999')
+    state.write_text(data)
+    assert spec.name in container.gc()
+    assert not Path(spec.directory).exists()
+    assert container.gc() == []
