@@ -1,0 +1,608 @@
+"""What a container's process is allowed to be: its user, environment, capabilities and files.
+
+Taught in notebook 07 (safety), building on 05 (a container by hand). Namespaces decide what a
+process can *see*; this module decides who it *is* and what it may *do*, in the last moments
+before ``execve``: the runtime has already pivoted into the container's root and forked; the
+child calls `prepare_exec` and then execs the command. The shell equivalents:
+
+    cd "$WORKDIR"                                     # the image's WorkingDir or -w
+    setpriv --reuid=1000 --regid=1000 --groups=1000   # -u 1000:1000 (setgroups, setgid, setuid)
+    capsh --drop=cap_sys_admin,...                    # keep only Docker's 14 capabilities
+    setpriv --no-new-privs                            # setuid binaries can't gain anything
+    env -i PATH=... HOSTNAME=... HOME=... cmd         # a clean environment, nothing from the host
+
+Users and groups come from the *image's* /etc/passwd and /etc/group, parsed here as text: the
+`pwd` module would ask the host's NSS (the host's users, maybe the host's libraries), which is
+the wrong answer and a way out of the container.
+"""
+
+import ctypes
+import errno
+import os
+import resource
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from contained import syscalls
+from contained.errors import ContainedError
+
+#: Docker's default capabilities (moby oci/caps/defaults.go), in moby's order. Everything else,
+#: CAP_SYS_ADMIN first of all, is dropped. As a mask: 0x00000000a80425fb.
+DOCKER_DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+
+#: Every Linux capability by name (<linux/capability.h>), as of Linux 5.9.
+CAPABILITY_NUMBERS: dict[str, int] = {
+    "CAP_CHOWN": 0,
+    "CAP_DAC_OVERRIDE": 1,
+    "CAP_DAC_READ_SEARCH": 2,
+    "CAP_FOWNER": 3,
+    "CAP_FSETID": 4,
+    "CAP_KILL": 5,
+    "CAP_SETGID": 6,
+    "CAP_SETUID": 7,
+    "CAP_SETPCAP": 8,
+    "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10,
+    "CAP_NET_BROADCAST": 11,
+    "CAP_NET_ADMIN": 12,
+    "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14,
+    "CAP_IPC_OWNER": 15,
+    "CAP_SYS_MODULE": 16,
+    "CAP_SYS_RAWIO": 17,
+    "CAP_SYS_CHROOT": 18,
+    "CAP_SYS_PTRACE": 19,
+    "CAP_SYS_PACCT": 20,
+    "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22,
+    "CAP_SYS_NICE": 23,
+    "CAP_SYS_RESOURCE": 24,
+    "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26,
+    "CAP_MKNOD": 27,
+    "CAP_LEASE": 28,
+    "CAP_AUDIT_WRITE": 29,
+    "CAP_AUDIT_CONTROL": 30,
+    "CAP_SETFCAP": 31,
+    "CAP_MAC_OVERRIDE": 32,
+    "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34,
+    "CAP_WAKE_ALARM": 35,
+    "CAP_BLOCK_SUSPEND": 36,
+    "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38,
+    "CAP_BPF": 39,
+    "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+#: Docker's PATH when the image sets none (moby oci.DefaultPathEnv on Linux).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# <sys/prctl.h> values syscalls.py does not have (yet)
+PR_CAPBSET_READ = 23
+PR_SET_KEEPCAPS = 8
+
+# The largest uid/gid Docker accepts (runc's user.maxID): 2^31 - 1.
+MAX_ID = 2**31 - 1
+
+# A passwd or group file bigger than this is not a user database: refuse rather than read it all.
+MAX_USER_DATABASE_BYTES = 16 * 1024 * 1024
+
+
+class UnknownUser(ContainedError):
+    """-u names a user the image's /etc/passwd does not have."""
+
+
+class UnknownGroup(ContainedError):
+    """-u user:group names a group the image's /etc/group does not have."""
+
+
+class BadUserSpec(ContainedError):
+    """-u is not "user", "uid", "user:group" or "uid:gid", or an id is out of range."""
+
+
+class BadUserDatabase(ContainedError):
+    """The image's /etc/passwd or /etc/group is not a regular file of sane size."""
+
+
+class BadEnvironment(ContainedError):
+    """An -e option (or an image's Env entry) is not NAME=value or NAME."""
+
+
+class UnknownCapability(ContainedError):
+    """A capability name that Linux does not have."""
+
+
+class CapabilitiesFailed(ContainedError):
+    """The kernel refused to change this process's capabilities."""
+
+
+class UserSwitchFailed(ContainedError):
+    """setgroups/setgid/setuid failed (e.g. in a user namespace without that id mapped)."""
+
+
+class BadWorkingDirectory(ContainedError):
+    """The container's working directory cannot be entered."""
+
+
+class CommandNotFound(ContainedError):
+    """The command is not in the container (shells, and Docker, exit 127 for this)."""
+
+    exit_status = 127
+
+
+class CommandNotExecutable(ContainedError):
+    """The command exists but cannot be executed (shells, and Docker, exit 126 for this)."""
+
+    exit_status = 126
+
+
+@dataclass
+class ProcessSpec:
+    """Everything about the container's command that is decided before it runs.
+
+    `groups` are the supplementary groups (`resolve_user` puts the primary gid first, as
+    Docker does). `capabilities` are names from `CAPABILITY_NUMBERS` ("CAP_" optional).
+    """
+
+    args: list[str]
+    env: list[str]
+    cwd: str
+    uid: int
+    gid: int
+    groups: list[int]
+    capabilities: tuple[str, ...] = DOCKER_DEFAULT_CAPABILITIES
+    no_new_privileges: bool = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Users: -u, resolved in the image's /etc/passwd and /etc/group (Docker/runc semantics)
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_user(user: str, root: Path = Path("/")) -> tuple[int, int, list[int], str]:
+    """Docker's ``-u`` resolved inside the image: (uid, gid, groups, home).
+
+    `root` is the container's root directory: its host path before pivot_root, "/" after.
+    The rules are runc's (``user.GetExecUser``), which Docker uses:
+
+    - "" means uid 0; "name" or "uid"; "name:group", "uid:gid" and mixes of both.
+    - A name must exist in /etc/passwd; a number need not (uid 1234 with no entry runs as
+      uid 1234, gid 0, home "/").
+    - A user found in /etc/passwd brings its gid and home directory.
+    - Without an explicit group, every /etc/group entry that lists the user by name is a
+      supplementary group; with one, there are none (the group *replaces* the user's).
+    - `groups` starts with the primary gid, as Docker's AdditionalGids do.
+
+    The files are opened with every symlink resolved as if `root` were "/", so an image whose
+    /etc/passwd is a symlink to /etc/shadow reads *its own* /etc/shadow, never the host's.
+    """
+    user_arg, group_arg = _split_user_spec(user)
+    passwd = _read_user_database(root, "/etc/passwd")
+    uid, gid, home, name = 0, 0, "/", ""
+    entry = _find_passwd_entry(passwd, user_arg)
+    if entry is not None:
+        name, uid, gid, home = entry
+    elif _is_number(user_arg):
+        uid = _parse_id(user_arg, user)
+    elif user_arg:
+        raise UnknownUser(
+            f"no user {user_arg!r} in the image's /etc/passwd; use a numeric uid like -u 1000")
+    if not group_arg and not name:
+        return uid, gid, [gid], home
+    groups_file = _read_user_database(root, "/etc/group")
+    if group_arg:
+        gid = _resolve_group(groups_file, group_arg, user)
+        return uid, gid, [gid], home
+    supplementary = [g for _, g, members in _group_entries(groups_file) if name in members]
+    return uid, gid, _unique([gid, *supplementary]), home
+
+
+def _split_user_spec(user: str) -> tuple[str, str]:
+    """"user:group" into its two parts; either may be empty, as in Docker ("1000:", ":100")."""
+    user_arg, _, group_arg = user.partition(":")
+    for part in (user_arg, group_arg):
+        if ":" in part or part.startswith("-") or any(c.isspace() or c == "\0" for c in part):
+            raise BadUserSpec(f"invalid user {user!r}: use name, uid, name:group or uid:gid")
+    return user_arg, group_arg
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()  # not "²", which isdigit() accepts
+
+
+def _parse_id(text: str, spec: str) -> int:
+    number = int(text)
+    if number > MAX_ID:
+        raise BadUserSpec(f"id {number} in -u {spec!r} is out of range: use 0 to {MAX_ID}")
+    return number
+
+
+def _find_passwd_entry(passwd: str, user_arg: str) -> tuple[str, int, int, str] | None:
+    """The first matching entry: "" means uid 0, and a number is always a uid, like runc."""
+    for name, _, uid_text, gid_text, _, home, _ in _entries(passwd, 7):
+        if not (_is_number(uid_text) and _is_number(gid_text)):
+            continue
+        if _is_number(user_arg) or not user_arg:
+            matches = int(uid_text) == int(user_arg or "0")
+        else:
+            matches = name == user_arg
+        if matches:
+            return name, int(uid_text), int(gid_text), home or "/"
+    return None
+
+
+def _resolve_group(groups_file: str, group_arg: str, spec: str) -> int:
+    for name, gid, _ in _group_entries(groups_file):
+        if _is_number(group_arg) and gid == int(group_arg) or group_arg == name:
+            return gid
+    if _is_number(group_arg):
+        return _parse_id(group_arg, spec)
+    raise UnknownGroup(
+        f"no group {group_arg!r} in the image's /etc/group; use a numeric gid like -u 1000:1000")
+
+
+def _group_entries(groups_file: str):
+    for name, _, gid_text, members in _entries(groups_file, 4):
+        if _is_number(gid_text):
+            yield name, int(gid_text), members.split(",")
+
+
+def _entries(text: str, width: int):
+    """The colon-separated fields of each entry; comments, blanks and short lines skipped."""
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split(":")
+        if len(fields) >= width - 1:
+            # a missing last field (shell, member list) is the same as an empty one
+            yield (fields + [""])[:width]
+
+
+def _unique(numbers: list[int]) -> list[int]:
+    return list(dict.fromkeys(numbers))
+
+
+def _read_user_database(root: Path, path: str) -> str:
+    """The image's `path` as text, or "" if it has none (a scratch image, say)."""
+    try:
+        handle = _open_in_root(root, path, os.O_PATH | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except OSError as error:  # a symlink loop, a path too long...
+        raise BadUserDatabase(f"cannot open the image's {path}: {os.strerror(error.errno)}; "
+                              f"fix the image, or use a numeric -u uid:gid") from error
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            # Opening a fifo would hang and a device node could be the host's disk: never
+            # open anything but a regular file, which is why the first open was O_PATH.
+            raise BadUserDatabase(f"the image's {path} is not a regular file; fix the image, "
+                                  f"or use a numeric -u uid:gid")
+        if info.st_size > MAX_USER_DATABASE_BYTES:
+            raise BadUserDatabase(f"the image's {path} is {info.st_size} bytes, too big to be a "
+                                  f"user database; fix the image")
+        reader = _reopen_for_reading(handle, info, root, path)
+    finally:
+        os.close(handle)
+    with os.fdopen(reader, "rb") as file:
+        return file.read(MAX_USER_DATABASE_BYTES).decode("utf-8", errors="replace")
+
+
+def _reopen_for_reading(handle: int, info: os.stat_result, root: Path, path: str) -> int:
+    """A readable fd for the regular file behind the O_PATH fd `handle`."""
+    try:
+        # Through /proc, the very file we checked: no window for a swap.
+        return os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass  # no /proc here (or one of another PID namespace): open again, then compare
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        reader = _open_in_root(root, path, flags)
+    except OSError as error:
+        raise BadUserDatabase(f"cannot read the image's {path}: {os.strerror(error.errno)}; "
+                              f"fix the image, or use a numeric -u uid:gid") from error
+    again = os.fstat(reader)
+    if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino):
+        os.close(reader)
+        raise BadUserDatabase(f"the image's {path} changed while it was read; try again")
+    return reader
+
+
+# openat2(2): resolve a path as if a directory were "/" (kernel ≥ 5.6).
+_SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def _open_in_root(root: Path, path: str, flags: int) -> int:
+    """open(2) of `path` with every symlink and ".." kept inside `root`; raises OSError."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+        fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(path), ctypes.byref(how),
+                          ctypes.sizeof(how))
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(Path(root, path.lstrip("/"))))
+        return fd
+    finally:
+        os.close(root_fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: the image's Env, then -e, and nothing from the host
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_env_options(items: list[str]) -> list[str]:
+    """Check -e options and give bare names their value from *this* process's environment.
+
+    ``-e NAME=value`` sets NAME. ``-e NAME`` copies NAME from os.environ, as ``docker -e NAME``
+    copies it from the client's environment; if NAME is not set here it stays a bare name,
+    which `build_environment` reads as "unset NAME" (Docker does the same). So call this where
+    the user typed the options (the CLI or the kernel), not in the runner.
+    """
+    parsed = []
+    for item in items:
+        name, equals, _ = item.partition("=")
+        _check_env_entry(item, name, "-e")
+        if not equals and name in os.environ:
+            item = f"{name}={os.environ[name]}"
+        parsed.append(item)
+    return parsed
+
+
+def build_environment(image_env: list[str], extra: list[str], *, home: str,
+                      hostname: str | None = None, tty: bool = False) -> list[str]:
+    """The container's environment, built as Docker builds it, never copied from the host.
+
+    In order: Docker's defaults (PATH, HOSTNAME when given, TERM=xterm with a tty), then the
+    image config's Env, then `extra` (-e options, see `parse_env_options`); a later NAME=value
+    replaces an earlier one in place, a bare NAME removes it. HOME is added last if nothing set
+    it (runc does this from the user's /etc/passwd entry: `home` from `resolve_user`).
+    """
+    defaults = [f"PATH={DEFAULT_PATH}"]
+    if hostname is not None:
+        defaults.append(f"HOSTNAME={hostname}")
+    if tty:
+        defaults.append("TERM=xterm")
+    for item in image_env:
+        _check_env_entry(item, item.partition("=")[0], "the image's Env")
+    environment = _replace_or_append(defaults, image_env)
+    environment = _replace_or_append(environment, parse_env_options(extra))
+    if not any(item.partition("=")[0] == "HOME" for item in environment):
+        environment.append(f"HOME={home}")
+    return environment
+
+
+def _check_env_entry(item: str, name: str, where: str) -> None:
+    if not name or "\0" in item:
+        raise BadEnvironment(f"invalid environment variable {item!r} in {where}: "
+                             f"use NAME=value (or NAME to copy it from your environment)")
+
+
+def _replace_or_append(base: list[str], overrides: list[str]) -> list[str]:
+    """moby's ReplaceOrAppendEnvValues: override by name, keep order, bare NAME unsets."""
+    values = {item.partition("=")[0]: item for item in base}
+    for item in overrides:
+        name, equals, _ = item.partition("=")
+        if equals:
+            values[name] = item
+        else:
+            values.pop(name, None)
+    return list(values.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The last moments before exec: in the forked child, inside the container's root
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_exec(spec: ProcessSpec, keep: tuple[int, ...] = (0, 1, 2)) -> None:
+    """Turn this (forked, single-threaded) process into the container's process; then exec.
+
+    The order matters (it is close to runc's):
+
+    1. close every inherited fd but `keep` (a kept fd above 2 should be O_CLOEXEC, like a
+       status pipe, so that exec closes it too);
+    2. chdir to `spec.cwd` while still root, so a 0700 WorkingDir works for -u (runc does the
+       same); if root may not enter it (a user namespace), try again as the user;
+    3. PR_SET_KEEPCAPS, then setgroups/setgid/setuid: without KEEPCAPS, setuid to a non-zero
+       uid empties the permitted set, and step 4 could no longer drop the bounding set;
+    4. capabilities: bounding set and ambient set first, then effective/permitted (empty for a
+       non-zero uid, like Docker);
+    5. no_new_privs last: it only affects exec, and nothing above needs to gain anything.
+    """
+    close_inherited_fds(keep)
+    entered = _try_chdir(spec.cwd)
+    syscalls.prctl(PR_SET_KEEPCAPS, 1)
+    switch_user(spec.uid, spec.gid, spec.groups)
+    if not entered:
+        _chdir(spec.cwd)
+    drop_capabilities(spec.capabilities)
+    # KEEPCAPS needs no reset: execve always clears it.
+    if spec.no_new_privileges:
+        set_no_new_privileges()
+
+
+def _try_chdir(path: str) -> bool:
+    try:
+        os.chdir(path)
+    except PermissionError:
+        return False
+    except OSError as error:
+        _raise_bad_working_directory(path, error)
+    return True
+
+
+def _chdir(path: str) -> None:
+    try:
+        os.chdir(path)
+    except OSError as error:
+        _raise_bad_working_directory(path, error)
+
+
+def _raise_bad_working_directory(path: str, error: OSError) -> None:
+    raise BadWorkingDirectory(
+        f"cannot enter the working directory {path!r} in the container: "
+        f"{os.strerror(error.errno)}; check the image's WorkingDir or -w") from error
+
+
+def close_inherited_fds(keep: tuple[int, ...] = (0, 1, 2)) -> None:
+    """Close every fd but `keep`: the runner's sockets, the kernel's ZMQ ports, log files...
+
+    O_CLOEXEC would close most of them at exec anyway, but not the ones someone opened
+    inheritable, and one leaked directory fd is enough to walk out of a chroot.
+    """
+    highest = max(resource.getrlimit(resource.RLIMIT_NOFILE)[1], max(keep, default=0) + 1)
+    start = 0
+    for fd in [*sorted(set(keep)), highest]:
+        # Never an empty range: CPython turns closerange(0, 0) into close_range(0, ~0), which
+        # closes everything. Each call is one close_range(2), whatever the limit.
+        if start < fd:
+            os.closerange(start, fd)
+        start = fd + 1
+
+
+def switch_user(uid: int, gid: int, groups: list[int]) -> None:
+    """setgroups, setgid, setuid — in that order, because each needs the privilege the next drops.
+
+    Real, effective and saved ids all change (setuid as root sets all three), so there is no
+    way back to root.
+    """
+    try:
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+    except OSError as error:
+        raise UserSwitchFailed(
+            f"cannot switch to uid {uid} gid {gid} groups {groups}: "
+            f"{os.strerror(error.errno)}; is this id mapped in the user namespace?") from error
+
+
+def capability_mask(names: tuple[str, ...] | list[str]) -> int:
+    """The capability set `names` as a bit mask; "CAP_" is optional and case does not matter."""
+    mask = 0
+    for name in names:
+        canonical = name.upper() if name.upper().startswith("CAP_") else f"CAP_{name.upper()}"
+        if canonical not in CAPABILITY_NUMBERS:
+            raise UnknownCapability(
+                f"unknown capability {name!r}: use a name from capabilities(7), "
+                f"like CAP_NET_ADMIN")
+        mask |= 1 << CAPABILITY_NUMBERS[canonical]
+    return mask
+
+
+def drop_capabilities(keep: tuple[str, ...]) -> None:
+    """Keep only the capabilities `keep`, for this process and everything it will exec.
+
+    - The bounding set loses every other capability (up to the kernel's last one, which
+      PR_CAPBSET_READ finds without needing /proc): nothing exec'd can ever get them back,
+      not even a setuid-root or file-capability binary.
+    - The ambient set is cleared.
+    - Effective and permitted become `keep` if the uid is 0, and empty otherwise: that is what
+      execve gives a non-root user anyway, and what Docker asks runc for.
+    - Inheritable is always empty, as in Docker since CVE-2022-24769: a non-empty inheritable
+      set would hand capabilities to any program with matching file capabilities.
+
+    Call it after `switch_user` with PR_SET_KEEPCAPS set (see `prepare_exec`); a capability the
+    calling process does not have cannot be kept.
+    """
+    wanted = capability_mask(keep)
+    try:
+        _, permitted, _ = syscalls.capget()
+        # After setuid with KEEPCAPS the effective set is empty; CAP_SETPCAP must be effective
+        # to drop from the bounding set.
+        syscalls.capset(permitted, permitted, 0)
+        for number in range(_last_capability() + 1):
+            if not wanted & (1 << number):
+                syscalls.prctl(syscalls.PR_CAPBSET_DROP, number)
+        syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
+        final = wanted & permitted if os.geteuid() == 0 else 0
+        syscalls.capset(final, final, 0)
+    except OSError as error:
+        raise CapabilitiesFailed(
+            f"cannot set the container's capabilities: {error}; "
+            f"the runner needs CAP_SETPCAP (run as root)") from error
+
+
+def _last_capability() -> int:
+    """The kernel's highest capability number (/proc/sys/kernel/cap_last_cap, without /proc)."""
+    number = 0
+    while True:
+        try:
+            syscalls.prctl(PR_CAPBSET_READ, number + 1)
+        except OSError as error:
+            if error.errno == errno.EINVAL:
+                return number
+            raise
+        number += 1
+
+
+def set_no_new_privileges() -> None:
+    """PR_SET_NO_NEW_PRIVS: from now on, exec never grants privileges (setuid bits, file caps)."""
+    try:
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as error:
+        raise CapabilitiesFailed(f"cannot set no_new_privs: {error}") from error
+
+
+def find_executable(name: str, path_env: str) -> str:
+    """Find the command like execvp and Docker do: in $PATH unless the name has a "/".
+
+    Runs inside the (already pivoted) container root, so paths are the container's. A
+    directory of $PATH that is empty means the current directory, as in the shell.
+    """
+    if "/" in name:
+        _check_executable(name)
+        return name
+    for directory in path_env.split(":"):
+        candidate = os.path.join(directory or ".", name)
+        if name and _is_executable_file(candidate):
+            return candidate
+    raise CommandNotFound(f"executable file not found in $PATH: {name!r}; "
+                          f"check the command name, or give its full path")
+
+
+def _is_executable_file(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode) and os.access(path, os.X_OK)
+    except OSError:
+        return False
+
+
+def _check_executable(path: str) -> None:
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise CommandNotFound(f"no such file in the container: {path!r} "
+                              f"({os.strerror(error.errno)}); check the path") from error
+    if not stat.S_ISREG(info.st_mode) or not os.access(path, os.X_OK):
+        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not executable"
+        raise CommandNotExecutable(
+            f"{path!r} in the container is {what}; check the path, or chmod +x it")
