@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from contained import cgroups, home, runner
+from contained import cgroups, home, network, runner
 from contained.errors import ContainedError
 from contained.spec import ContainerSpec, ExecSpec
 
@@ -444,7 +444,10 @@ class Request:
         except BlockingIOError:
             pass
         finally:
-            self._sock.setblocking(True)
+            if self._sock.fileno() != -1:
+                self._sock.setblocking(True)
+        if self.result is not None:
+            self.close()
         return self.result
 
     def wait_started(self) -> None:
@@ -454,8 +457,12 @@ class Request:
         if self.result is not None:
             self.outcome()
 
-    def wait(self) -> dict:
-        """Block until the result; Ctrl-C kills the command, waits for its end, re-raises."""
+    def wait(self, settle: bool = False) -> dict:
+        """Block until the result; Ctrl-C kills the command, waits for its end, re-raises.
+
+        The result arrives before the runner has torn the container down (unmounting is slow
+        and nobody needs to wait for it); ``settle=True`` waits for the teardown too.
+        """
         interrupted = False
         while self.result is None:
             try:
@@ -464,9 +471,29 @@ class Request:
                 # Keep waiting after the kill so nothing is left half-cleaned.
                 interrupted = True
                 self.kill()
+        if settle:
+            self.settle()
+        self.close()
         if interrupted:
             raise KeyboardInterrupt
         return self.outcome()
+
+    def settle(self) -> None:
+        """Wait until the runner has finished this request (its socket closes)."""
+        if self._sock.fileno() == -1:
+            return
+        while self._sock.recv(65536):
+            pass
+        if self._worker:
+            os.waitpid(self._worker, 0)
+            self._worker = None
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._worker:
+            # An in-process worker (the CLI's) may still be tearing down: don't wait for it.
+            if os.waitpid(self._worker, os.WNOHANG)[0]:
+                self._worker = None
 
     def outcome(self) -> dict:
         """The final message; a runner error is raised as the ContainedError it was."""
@@ -477,8 +504,8 @@ class Request:
     def _read(self) -> None:
         chunk = self._sock.recv(65536)
         if not chunk:
-            self._finish({"event": "error", "type": "RunnerDied",
-                          "message": "the runner stopped without a result; run `contained gc`"})
+            self.result = {"event": "error", "type": "RunnerDied",
+                           "message": "the runner stopped without a result; run `contained gc`"}
             return
         self._buffer += chunk
         while b"\n" in self._buffer and self.result is None:
@@ -487,14 +514,7 @@ class Request:
             if message["event"] == "started":
                 self.started = message
             else:
-                self._finish(message)
-
-    def _finish(self, message: dict) -> None:
-        self.result = message
-        self._sock.close()
-        if self._worker:
-            os.waitpid(self._worker, 0)  # an in-process worker exits right after its reply
-            self._worker = None
+                self.result = message
 
 
 def _error_from(message: dict) -> ContainedError:
@@ -592,9 +612,10 @@ class Execution:
     def wait_started(self) -> None:
         self.request.wait_started()
 
-    def wait(self) -> RunResult:
+    def wait(self, settle: bool = False) -> RunResult:
+        """The result; ``settle=True`` also waits until the container is torn down."""
         try:
-            self.request.wait()
+            self.request.wait(settle=settle)
         finally:
             self._clean_up()
         return self._result()
@@ -607,7 +628,8 @@ class Execution:
 
     def _clean_up(self) -> None:
         # The runner removes a throwaway container; this catches a runner that died first.
-        if self.request.result is not None and self.spec.remove \
+        result = self.request.result
+        if result is not None and result.get("type") == "RunnerDied" and self.spec.remove \
                 and _state_path(self.spec.id).exists():
             _remove_files(self.spec)
 
@@ -696,6 +718,8 @@ def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
     group = cgroups.Cgroup.open(container.id)
     if group is not None:
         group.remove()
+    if container.spec.net == "bridge":
+        network.detach(container.name)
     return get(container.id)
 
 
@@ -765,6 +789,9 @@ def gc() -> list[str]:
                 if entry.is_dir() and entry.name not in live and entry.name not in removed \
                         and _read_state(entry.name) is None:
                     shutil.rmtree(entry, ignore_errors=True)  # half-created, no state
-        running_ids = {c.id for c in containers() if c.running}
-        removed += [f"cgroup {name}" for name in cgroups.gc(running_ids)]
+        running = [c for c in containers() if c.running]
+        removed += [f"cgroup {name}" for name in cgroups.gc({c.id for c in running})]
+        if network.state_path(network.NetworkConfig()).exists():
+            alive = {c.name for c in running}
+            removed += [f"network {name}" for name in network.gc(alive)]
     return removed

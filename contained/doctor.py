@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import cgroups, home
+from contained import cgroups, home, network
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class Check:
 
 def checks() -> list[Check]:
     """Every check, in the order notebook 00 explains them."""
-    return [_root(), _user_namespaces(), _overlay(), *_cgroups(), *_tools(), _store()]
+    return [_root(), _user_namespaces(), _overlay(), *_cgroups(), *_tools(), _store(),
+            *_network()]
 
 
 def can_run_containers() -> bool:
@@ -103,6 +104,14 @@ def _tools() -> list[Check]:
     return [Check(tool, shutil.which(tool) is not None,
                   shutil.which(tool) or "not found", fix, required=tool != "ip")
             for tool, fix in tools.items()]
+
+
+def _network() -> list[Check]:
+    problems = network.doctor()
+    if not problems:
+        return [Check("bridge networking", True, "bridge, veth and NAT can work here",
+                      required=False)]
+    return [Check("bridge networking", False, problem, required=False) for problem in problems]
 
 
 def _store() -> Check:

@@ -67,6 +67,7 @@ class RootfsSpec:
     volumes: list[Volume] = field(default_factory=list)
     working_dir: str = "/"
     chroot: bool = False
+    hosts_file: Path | None = None
 
 
 def plan_rootfs(spec: RootfsSpec) -> list[Step]:
@@ -177,15 +178,26 @@ def _dev_links(root: Path) -> None:
 
 def _etc_steps(spec: RootfsSpec) -> list[Step]:
     root = spec.root
-    files = {"/etc/hostname": (spec.hostname + "\n").encode(), "/etc/hosts": spec.hosts}
+    files = {"/etc/hostname": (spec.hostname + "\n").encode()}
+    if spec.hosts_file is None:
+        files["/etc/hosts"] = spec.hosts
     if spec.resolv_conf is not None:
         files["/etc/resolv.conf"] = spec.resolv_conf
-    return [
-        Step(f"printf %s {shlex.quote(data.decode())} > {root}{path}",
+    shared = []
+    if spec.hosts_file is not None:
+        shared.append(_volume_step(root, Volume(str(spec.hosts_file), "/etc/hosts")))
+    return shared + [
+        Step(f"printf {_printf_literal(data)} > {root}{path}",
              "written inside the root, never through a symlink out",
              lambda path=path, data=data: safepath.write_in_root(root, path, data, 0o644))
         for path, data in files.items()
     ]
+
+
+def _printf_literal(data: bytes) -> str:
+    """`data` as one printf format argument: one line of shell, whatever the content."""
+    text = data.decode(errors="replace").replace("\\", "\\\\").replace("%", "%%")
+    return shlex.quote(text.replace("\n", "\\n").replace("\t", "\\t"))
 
 
 def _volume_step(root: Path, volume: Volume) -> Step:

@@ -34,7 +34,7 @@ import traceback
 from array import array
 from pathlib import Path
 
-from contained import cgroups, namespaces, process, rootfs, syscalls
+from contained import cgroups, namespaces, network, process, rootfs, syscalls
 from contained.errors import ContainedError
 from contained.plan import Step, run_steps
 from contained.spec import ContainerSpec, ExecSpec
@@ -140,7 +140,7 @@ def handle(request: dict, fds: list[int]) -> int:
                                        detached=request.get("detached", False))
         else:
             raise ContainedError(f"unknown runner request {op!r}")
-        _reply(reply, event="exit", **result)
+        _reply(reply, **({"event": "exit"} | result))
         return 0
     except ContainedError as error:
         _reply(reply, event="error", type=type(error).__name__, message=str(error),
@@ -187,16 +187,25 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
     resolv = None
     if spec.net == "host" and os.path.exists("/etc/resolv.conf"):
         resolv = Path("/etc/resolv.conf").read_bytes()
+    elif spec.net == "bridge":
+        resolv = network.resolv_conf()
     return rootfs.RootfsSpec(
         lowers=[Path(p) for p in spec.lowers], upper=directory / "upper",
         work=directory / "work", root=directory / "root", hostname=spec.hostname,
         hosts=hosts, resolv_conf=resolv,
+        # On the bridge, /etc/hosts is a host-side file bind-mounted in: it is rewritten as
+        # containers come and go, so they find each other by name.
+        hosts_file=directory / "hosts" if spec.net == "bridge" else None,
         volumes=[rootfs.Volume(h, c, bool(ro)) for h, c, ro in spec.volumes],
         working_dir=spec.working_dir or "/", chroot=spec.chroot)
 
 
-def namespace_steps(spec: ContainerSpec) -> list[Step]:
-    """Steps done by PID 1 inside the new namespaces, up to and including the root switch."""
+def namespace_steps(spec: ContainerSpec, wait_for_network=None) -> list[Step]:
+    """Steps done by PID 1 inside the new namespaces, up to and including the root switch.
+
+    On the bridge, `wait_for_network` pauses PID 1 while the runner, outside, plugs a veth
+    into the new network namespace (only the host side can: the bridge lives there).
+    """
     kinds = namespace_kinds(spec)
     steps = [
         Step(f"{namespaces.unshare_command(['pid', *kinds])} sh",
@@ -208,6 +217,10 @@ def namespace_steps(spec: ContainerSpec) -> list[Step]:
     if "net" in kinds:
         steps.append(Step("ip link set lo up", "a new network namespace has only lo, and down",
                           _loopback_up))
+    if spec.net == "bridge":
+        steps.append(Step("# (outside) the runner plugs a veth into this network namespace",
+                          "see the ip commands: bridge, veth pair, address, route, NAT",
+                          wait_for_network))
     steps += rootfs.plan_rootfs(rootfs_spec(spec))
     steps += rootfs.plan_switch_root(Path(spec.directory) / "root", spec.chroot)
     return steps
@@ -227,21 +240,56 @@ def plan(spec: ContainerSpec) -> list[Step]:
 
 def run_container(spec: ContainerSpec, reply, explain) -> dict:
     group, steps = host_steps(spec)
+    init_pid = None
     try:
         run_steps(steps, explain)
         _record(spec, runner_pid=os.getpid(), runner_start_time=start_time(os.getpid()))
-        init_pid = _start_init(spec, group, explain)
+        init_pid, status_pipe = _start_init(spec, group, explain)
         _record(spec, init_pid=init_pid, init_start_time=start_time(init_pid))
         _reply(reply, event="started", init_pid=init_pid)
-        status = _wait_for(init_pid, reply, on_kill=lambda: _kill(init_pid))
-        return _result(status, group, spec)
+        status = _wait_for_status(init_pid, status_pipe, reply)
+        # The result goes out now; tearing down the namespaces (unmounting the overlay is the
+        # slow part), the cgroup and the files happens after, off the caller's critical path.
+        _reply(reply, event="exit", **_result(status, group, spec))
     finally:
+        if init_pid is not None:
+            _kill(init_pid)
+            os.waitpid(init_pid, 0)
+        if spec.net == "bridge":
+            network.detach(spec.name)
         if spec.remove:
             _remove_container_files(spec, group)
+    return {"event": "cleaned"}
+
+
+def _wait_for_status(init_pid: int, status_pipe: int, reply: socket.socket) -> int:
+    """The command's exit status as PID 1 reports it; a "kill" request or EOF kills PID 1."""
+    buffer = b""
+    try:
+        while True:
+            ready, _, _ = select.select([status_pipe, reply], [], [])
+            if reply in ready:
+                data = reply.recv(64)
+                if not data or b"kill" in data:
+                    _kill(init_pid)
+            if status_pipe in ready:
+                chunk = os.read(status_pipe, 256)
+                buffer += chunk
+                if buffer.startswith(b"exit ") and buffer.endswith(b"\n"):
+                    return int(buffer[5:])
+                if not chunk:
+                    # PID 1 died without reporting (killed): its own status is the answer.
+                    _, status = os.waitpid(init_pid, 0)
+                    return _exit_code(status)
+    finally:
+        os.close(status_pipe)
 
 
 def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
-    """Fork PID 1 of a new PID namespace and wait until the command is running (or failed)."""
+    """Fork PID 1 of a new PID namespace and wait until the command is running (or failed).
+
+    Returns PID 1's pid and the pipe on which it will report the command's exit status.
+    """
     ready_read, ready_write = os.pipe()
     go_read, go_write = os.pipe()
     # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
@@ -257,21 +305,45 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
         # PID 1 must be in the cgroup before it unshares the cgroup namespace and forks.
         group.join(pid)
         os.write(go_write, b"g")
-    finally:
-        os.close(go_write)
-    message = _read_all(ready_read).decode(errors="replace")
-    if message.startswith(("error:", "failed:")):
+        if spec.net == "bridge":
+            _plug_network(spec, pid, ready_read, explain)
+            os.write(go_write, b"g")
+    except BaseException:
+        os.close(ready_read)
         _kill(pid)
         os.waitpid(pid, 0)
-        kind, _, detail = message.partition(":")
-        if kind == "failed":
-            code, _, text = detail.partition(":")
-            raise CommandFailed(int(code), text.strip())
+        raise
+    finally:
+        os.close(go_write)
+    message = b""
+    while not message.startswith(b"ready\n") and (chunk := os.read(ready_read, 65536)):
+        message += chunk
+    if message.startswith(b"ready\n"):
+        return pid, ready_read
+    os.close(ready_read)
+    _kill(pid)
+    os.waitpid(pid, 0)
+    kind, _, detail = message.decode(errors="replace").partition(":")
+    if kind == "failed":
+        code, _, text = detail.partition(":")
+        raise CommandFailed(int(code), text.strip())
+    if kind == "error":
         raise ContainerSetupFailed(detail.strip())
-    if message != "ready":
-        os.waitpid(pid, 0)
-        raise ContainerSetupFailed("the container's init exited during setup")
-    return pid
+    raise ContainerSetupFailed("the container's init exited during setup")
+
+
+def _plug_network(spec: ContainerSpec, pid: int, ready_read: int, explain) -> None:
+    """Once PID 1 has its network namespace, attach it to the bridge from the host side."""
+    message = b""
+    while not message.endswith(b"\n") and (chunk := os.read(ready_read, 1)):
+        message += chunk
+    if message != b"netns\n":
+        raise ContainerSetupFailed(message.decode(errors="replace").partition(":")[2].strip()
+                                   or "the container's init exited during setup")
+    hosts_file = Path(spec.directory) / "hosts"
+    publish = [network.parse_publish(p) for p in spec.publish]
+    _, steps = network.plan_attach(spec.name, pid, publish, hosts_file=hosts_file)
+    run_steps(steps, explain)
 
 
 def _read_all(fd: int) -> bytes:
@@ -292,10 +364,15 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
         syscalls.set_process_title("contained-init")
         os.read(go_read, 1)
+
+        def wait_for_network():
+            os.write(ready_write, b"netns\n")
+            os.read(go_read, 1)
+
+        run_steps(namespace_steps(spec, wait_for_network), explain)
         os.close(go_read)
-        run_steps(namespace_steps(spec), explain)
         if persistent:
-            os.write(ready_write, b"ready")
+            os.write(ready_write, b"ready\n")
             os.close(ready_write)
             _detach_stdio()
             _hold_namespaces()
@@ -303,8 +380,7 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
             explain(exec_step(spec.args, spec.env, spec.user).shell)
         child = _spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
                                new_session=False, error_fd=ready_write)
-        os.write(ready_write, b"ready")
-        os.close(ready_write)
+        os.write(ready_write, b"ready\n")
     except CommandFailed as error:
         try:
             os.write(ready_write, f"failed:{error.exit_status}:{error}".encode())
@@ -315,7 +391,11 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
             os.write(ready_write, f"error:{_describe(error)}".encode())
         finally:
             os._exit(EXIT_SETUP_FAILED)
-    os._exit(_reap_until(child))
+    status = _reap_until(child)
+    try:
+        os.write(ready_write, f"exit {status}\n".encode())
+    finally:
+        os._exit(status)
 
 
 def _describe(error: BaseException) -> str:
@@ -492,8 +572,11 @@ def create_container(spec: ContainerSpec, reply, explain) -> dict:
     group, steps = host_steps(spec)
     try:
         run_steps(steps, explain)
-        init_pid = _start_init(spec, group, explain, persistent=True)
+        init_pid, status_pipe = _start_init(spec, group, explain, persistent=True)
+        os.close(status_pipe)
     except BaseException:
+        if spec.net == "bridge":
+            network.detach(spec.name)
         group.remove()
         raise
     # This process is outside the new PID namespace: init_pid is the host's pid of PID 1.

@@ -1,0 +1,94 @@
+"""Nothing leaks: 100 container cycles and a SIGKILLed runner, then gc (root only).
+
+Counts what a container could leave behind — host mounts, cgroup directories, processes,
+container directories — before and after.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+from contained import cgroups, container
+
+pytestmark = needs_root
+
+
+def census(home: Path) -> dict:
+    groups = []
+    for parent in cgroups.parent_paths():
+        if parent.exists():
+            groups += [p.name for p in parent.iterdir() if p.is_dir()]
+    inits = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "contained-init":
+                    inits.append(entry.name)
+            except OSError:
+                pass
+    containers_dir = home / "containers"
+    return {
+        "mounts": len(Path("/proc/self/mountinfo").read_text().splitlines()),
+        "cgroups": sorted(groups),
+        "processes": sorted(inits),
+        "containers": sorted(p.name for p in containers_dir.iterdir() if p.is_dir())
+        if containers_dir.exists() else [],
+    }
+
+
+@pytest.fixture
+def busybox_home(tmp_path, monkeypatch):
+    from contained.busybox import import_busybox
+    from contained.store import Store
+
+    monkeypatch.setenv("CONTAINED_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CONTAINED_CGROUP_PARENT", f"contained-test-{os.getpid()}")
+    import_busybox(Store(tmp_path / "home"))
+    yield tmp_path / "home"
+    for parent in cgroups.parent_paths():
+        if parent.exists():
+            parent.rmdir()
+
+
+def test_hundred_cycles_and_a_killed_runner_leave_nothing(busybox_home):
+    runner = container.Runner()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        container.run("busybox", ["true"], stdin=null, stdout=null, runner_=runner)  # warm up
+        before = census(busybox_home)
+        for i in range(100):
+            if i % 10 == 0:
+                container.run("busybox", ["sh", "-c", "echo x > /tmp/x"], name=f"cycle{i}",
+                              stdin=null, stdout=null, runner_=runner, memory="32M")
+                container.exec_(f"cycle{i}", ["cat", "/tmp/x"], stdin=null, stdout=null,
+                                runner_=runner)
+                container.remove(f"cycle{i}", force=True)
+            else:
+                result = container.run("busybox", ["true"], stdin=null, stdout=null,
+                                       runner_=runner, pids_limit=20)
+                assert result.status == 0
+        assert census(busybox_home) == before
+
+        # A runner killed mid-run: its container dies with it (PR_SET_PDEATHSIG), and gc
+        # removes the directory and cgroup it could not.
+        execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
+                                    runner_=runner, memory="16M")
+        execution.wait_started()
+        runner_info = json.loads((Path(execution.spec.directory) / "runner.json").read_text())
+        os.kill(runner_info["runner_pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and census(busybox_home)["processes"]:
+            time.sleep(0.05)
+        with pytest.raises(container.ContainedError, match="runner stopped"):
+            execution.wait()
+        container.gc()
+        assert census(busybox_home) == before
+        assert container.gc() == []  # idempotent
+    finally:
+        runner.close()
+        os.close(null)
