@@ -1,0 +1,333 @@
+"""A local image registry on 127.0.0.1, so the tutorial's ``skopeo copy docker://…`` works offline.
+
+Taught in notebooks 00 and 04. A registry is an HTTP server that stores blobs and manifests by
+digest (``GET /v2/<name>/manifests/<tag>``). Debian's ``docker-registry`` is the reference
+server; its packaged config listens on every interface and demands a password nobody has, so we
+run it with our own::
+
+    docker-registry serve $HOME/registry/config.yml        # 127.0.0.1:5000, storage in $HOME
+    curl http://127.0.0.1:5000/v2/                          # {} once it is up
+    skopeo copy --dest-tls-verify=false oci:$HOME/oci:docker.io/library/busybox:latest \\
+        docker://127.0.0.1:5000/library/busybox:latest     # seed it from the store
+    skopeo --registries-conf $HOME/registry/registries.conf \\
+        copy docker://busybox:latest oci:busybox:latest     # docker.io, served locally
+
+The registries.conf makes 127.0.0.1:PORT a plain-HTTP mirror of docker.io and blocks docker.io
+itself: with a mirror alone, a missing image falls back to the real docker.io, which offline
+means a DNS query leaving the machine and an error about registry-1.docker.io.
+
+The server runs detached (its own session) and outlives the command that started it; its pid
+and port are in ``$HOME/registry/state.json``. A state file whose process is gone, or is not our
+registry any more (pid reuse), is stale and is removed.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from contained import skopeo
+from contained.errors import ContainedError
+from contained.home import ensure_home, home_path
+from contained.store import Store
+
+REGISTRY_BINARY = "docker-registry"
+HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+READY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+POLL_INTERVAL = 0.01
+
+
+class RegistryMissing(ContainedError):
+    """Debian's docker-registry is not installed."""
+
+
+class RegistryPortBusy(ContainedError):
+    """The port asked for is already in use on 127.0.0.1."""
+
+
+class RegistryStartFailed(ContainedError):
+    """The registry process exited or never answered GET /v2/."""
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """A running registry: its process, where it listens, and its files."""
+
+    pid: int
+    port: int
+    directory: str
+    started: float
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def registries_conf(self) -> Path:
+        return Path(self.directory) / "registries.conf"
+
+    @property
+    def config(self) -> Path:
+        return Path(self.directory) / "config.yml"
+
+    @property
+    def log(self) -> Path:
+        return Path(self.directory) / "registry.log"
+
+
+def registry_dir(home: Path | None = None) -> Path:
+    return Path(home if home is not None else home_path()) / "registry"
+
+
+def start(home: Path | None = None, port: int | None = None, *, seed: bool = True) -> RegistryState:
+    """Start the registry (or return the one already running) and seed it with the store."""
+    home = Path(home) if home is not None else home_path()
+    running = status(home)
+    if running is not None:
+        if port is not None and port != running.port:
+            raise RegistryPortBusy(f"the registry already runs on {running.address}; "
+                                   f"`contained registry stop` it first to change the port")
+        return running
+    directory = registry_dir(ensure_home(home))
+    directory.mkdir(mode=0o700, exist_ok=True)
+    port = _choose_port(port)
+    state = RegistryState(0, port, str(directory), time.time())
+    state.config.write_text(registry_config(port, directory / "data"))
+    state.registries_conf.write_text(registries_conf(port))
+    state = _launch(state)
+    try:
+        _wait_ready(state)
+        if seed:
+            seed_from_store(state, Store(home))
+    except BaseException:
+        _terminate(state.pid)
+        _state_file(directory).unlink(missing_ok=True)
+        raise
+    return state
+
+
+def status(home: Path | None = None) -> RegistryState | None:
+    """The running registry, or None (removing a stale state file)."""
+    path = _state_file(registry_dir(home))
+    try:
+        state = RegistryState(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+    if not _is_our_registry(state):
+        path.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def stop(home: Path | None = None) -> RegistryState | None:
+    """Stop the registry; return what was running (None if nothing was)."""
+    state = status(home)
+    if state is not None:
+        _terminate(state.pid)
+        _state_file(registry_dir(home)).unlink(missing_ok=True)
+    return state
+
+
+def seed_from_store(state: RegistryState, store: Store) -> list[str]:
+    """Push every tagged image of the store to the registry; return the pushed references."""
+    pushed = []
+    with store.lock(shared=True):
+        images = store.images()  # shared flocks nest
+        for image in images:
+            reference = image.reference
+            if not reference.tag:
+                continue  # a digest-only image has no tag to push under
+            target = f"{state.address}/{reference.path}:{reference.tag}"
+            skopeo.copy(f"oci:{store.layout}:{image.name}", f"docker://{target}",
+                        action=f"cannot seed the registry with {reference.familiar}",
+                        dest_tls_verify=False)
+            pushed.append(target)
+    return pushed
+
+
+def usage(state: RegistryState) -> str:
+    """How to pull through the registry, as printed by ``contained registry status``."""
+    conf = state.registries_conf
+    return "\n".join([
+        f"registry running at {state.address} (pid {state.pid}), storage "
+        f"{Path(state.directory) / 'data'}",
+        "pull through it (docker.io is served by it, nothing leaves the machine):",
+        f"  skopeo --registries-conf {conf} copy docker://busybox:latest oci:busybox:latest",
+        f"  contained pull busybox --registries-conf {conf}",
+        f"  contained pull {state.address}/library/busybox",
+    ])
+
+
+def registry_config(port: int, storage: Path) -> str:
+    """docker-registry's config: loopback only, storage in our home, no auth."""
+    return "\n".join([
+        "# Written by `contained registry start`.",
+        "version: 0.1",
+        "log:",
+        "  level: warn",
+        "  accesslog:",
+        "    disabled: true",
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {json.dumps(str(storage))}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: {HOST}:{port}",
+        "",
+    ])
+
+
+def registries_conf(port: int) -> str:
+    """containers-registries.conf(5): 127.0.0.1:PORT mirrors docker.io, which is blocked."""
+    address = f"{HOST}:{port}"
+    return "\n".join([
+        "# Written by `contained registry start`: docker.io images come from the local registry",
+        f"# at {address} (plain HTTP); docker.io itself is blocked, so nothing leaves the machine.",
+        'unqualified-search-registries = ["docker.io"]',
+        "",
+        "[[registry]]",
+        'prefix = "docker.io"',
+        'location = "docker.io"',
+        "blocked = true",
+        "",
+        "[[registry.mirror]]",
+        f'location = "{address}"',
+        "insecure = true",
+        "",
+        "[[registry]]",
+        f'location = "{address}"',
+        "insecure = true",
+        "",
+    ])
+
+
+def _state_file(directory: Path) -> Path:
+    return directory / "state.json"
+
+
+def _choose_port(port: int | None) -> int:
+    if port is not None:
+        if not _port_free(port):
+            raise RegistryPortBusy(f"port {port} is in use on {HOST}; pick another with --port "
+                                   f"or leave it out to get a free one")
+        return port
+    if _port_free(DEFAULT_PORT):
+        return DEFAULT_PORT
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # The registry (Go) sets SO_REUSEADDR too: a port in TIME_WAIT counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _launch(state: RegistryState) -> RegistryState:
+    try:
+        with open(state.log, "ab") as log:
+            process = subprocess.Popen(
+                [REGISTRY_BINARY, "serve", str(state.config)], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=log, close_fds=True,
+                # Its own session: Ctrl-C in the shell that started it must not stop it.
+                start_new_session=True)
+    except FileNotFoundError:
+        raise RegistryMissing("docker-registry is not installed; run `apt-get install "
+                              "docker-registry`") from None
+    state = RegistryState(process.pid, state.port, state.directory, state.started)
+    _state_file(Path(state.directory)).write_text(json.dumps(asdict(state)))
+    return state
+
+
+def _wait_ready(state: RegistryState) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if not _process_alive(state.pid):
+            raise RegistryStartFailed(f"the registry on {state.address} exited at start: "
+                                      f"{_last_line(state.log)}; see {state.log}")
+        if _answers(state.port):
+            return
+        time.sleep(POLL_INTERVAL)
+    raise RegistryStartFailed(f"the registry on {state.address} did not answer GET /v2/ within "
+                              f"{READY_TIMEOUT:.0f} s; see {state.log}")
+
+
+def _answers(port: int) -> bool:
+    # http.client, not urllib: urllib would honour http_proxy and send this elsewhere.
+    connection = http.client.HTTPConnection(HOST, port, timeout=1)
+    try:
+        connection.request("GET", "/v2/")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def _is_our_registry(state: RegistryState) -> bool:
+    """The pid is alive and still runs docker-registry with our config (pids get reused)."""
+    if not _process_alive(state.pid):
+        return False
+    try:
+        argv = Path(f"/proc/{state.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(state.config).encode() in argv and any(
+        os.path.basename(arg) == REGISTRY_BINARY.encode() for arg in argv)
+
+
+def _process_alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _terminate(pid: int) -> None:
+    """SIGTERM, then SIGKILL if it lingers; wait until the process is gone."""
+    for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _process_alive(pid):
+            time.sleep(POLL_INTERVAL)
+        if not _process_alive(pid):
+            break
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    # When we started it (tests, notebooks), it is our child: collect it so no zombie is left.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    return lines[-1].strip()[:200] if lines else "no output"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The main job at this stage, offline: busybox as an image, a local registry serving it as
+# docker.io, the tutorial's skopeo pull through that registry, and the image unpacked into ./out.
+# Uses the real store (CONTAINED_HOME, or /var/lib/contained for root); writes only under ./out.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+contained=.venv/bin/contained
+out=out
+heading() { printf '\n== %s\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+home="$(.venv/bin/python -c 'from contained.home import home_path; print(home_path())')"
+conf="$home/registry/registries.conf"
+mkdir -p "$out"
+
+heading "1. busybox:latest from the host's static busybox (no network)"
+show "$contained" import busybox
+
+heading "2. a local registry on 127.0.0.1, seeded with the store's images"
+started_here=no
+if ! "$contained" registry status >/dev/null 2>&1; then
+    started_here=yes
+fi
+# Stop it on the way out, even after a failure, if this script started it.
+trap '[ "$started_here" = yes ] && "$contained" registry stop >/dev/null 2>&1 || true' EXIT
+show "$contained" registry start
+
+heading "3. the tutorial's own pull, docker.io served by the local registry"
+rm -rf "$out/tutorial"
+mkdir -p "$out/tutorial"
+(cd "$out/tutorial" && show skopeo --registries-conf "$conf" copy docker://busybox:latest oci:busybox:latest)
+show cat "$out/tutorial/busybox/index.json"
+echo
+
+heading "4. the same pull into the store"
+show "$contained" pull busybox --registries-conf "$conf"
+show "$contained" images
+
+heading "5. the image flattened into a directory"
+rm -rf "$out/busybox-rootfs"
+show "$contained" unpack busybox "$out/busybox-rootfs"
+show ls "$out/busybox-rootfs"
+printf '%s applets linked to /bin/busybox\n' "$(find "$out/busybox-rootfs" -type l | wc -l)"
+
+heading "6. stop the registry"
+if [ "$started_here" = yes ]; then
+    show "$contained" registry stop
+    started_here=no
+else
+    echo "(it was running before this demo: left running; \`contained registry stop\` stops it)"
+fi
