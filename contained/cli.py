@@ -1,7 +1,12 @@
-"""The ``contained`` command: images, the local registry, and (later) containers, from a shell.
+"""The ``contained`` command: containers, images and the local registry, from a shell.
 
-Every notebook ends with the command that does what it built by hand; the image commands come
-from notebook 04. They correspond to::
+Every notebook ends with the command that does what it built by hand. The container commands
+come from notebooks 05 and 06 (``contained run --explain`` prints their shell steps); the image
+commands from notebook 04. They correspond to::
+
+    contained run busybox CMD     mount -t overlay …; unshare …; pivot_root …; CMD  (see --explain)
+    contained exec NAME CMD       nsenter --target PID --all --root --wd=DIR CMD
+    contained stop NAME           kill -TERM PID; sleep 10; kill -KILL PID
 
     contained pull busybox        skopeo copy docker://busybox:latest oci:$HOME/oci:docker.io/…
     contained images              jq '.manifests[].annotations' $HOME/oci/index.json
@@ -182,8 +187,263 @@ def run_registry_stop(args) -> int:
 
 
 #: Registration functions, in help order. The runtime commands (run, exec, ps, …) go here too.
-COMMANDS: list[Callable] = [add_pull, add_images, add_inspect, add_rmi, add_unpack, add_import,
-                            add_registry]
+# ---------------------------------------------------------------------------------------------
+# Containers (notebooks 05 and 06): run, exec, ps, stop, rm, logs, gc, doctor
+
+def add_run(commands) -> None:
+    parser = commands.add_parser(
+        "run", help="run a command in a new container",
+        description="Run a command in a new container: overlay root, namespaces, cgroup "
+                    "limits, pivot_root. Without --name the container is removed when the "
+                    "command ends; with --name (or -d) it is kept, and `contained exec` runs "
+                    "more commands in it.")
+    parser.add_argument("--rm", action="store_true",
+                        help="remove the container when the command ends, even with --name")
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help="keep the container running in the background; print its id")
+    parser.add_argument("--name", help="name the container (and keep it)")
+    _add_creation_options(parser)
+    _add_process_options(parser)
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="accepted for Docker's habits: stdin is always passed through")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="accepted for Docker's habits: the terminal is passed through")
+    parser.add_argument("--explain", action="store_true",
+                        help="print each step as the shell command it equals, as it runs")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the steps as shell commands without running anything")
+    parser.add_argument("image", help="an image in the store, e.g. busybox")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="command and arguments (default: the image's Entrypoint/Cmd)")
+    parser.set_defaults(func=run_run)
+
+
+def _add_creation_options(parser) -> None:
+    parser.add_argument("-m", "--memory", help="memory limit, e.g. 32M (cgroup memory.max)")
+    parser.add_argument("--cpus", help="CPU limit, e.g. 0.5 (cgroup cpu.max)")
+    parser.add_argument("--pids-limit", type=int, help="process limit (cgroup pids.max)")
+    parser.add_argument("--hostname", help="the container's hostname (default: its short id)")
+    parser.add_argument("-v", "--volume", action="append", default=[],
+                        metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
+    parser.add_argument("--net", "--network", dest="net", default="none",
+                        choices=["none", "host", "bridge"],
+                        help="none: only lo (default, as in the tutorial); host: the host's; "
+                             "bridge: an address on contained0")
+    parser.add_argument("-p", "--publish", action="append", default=[],
+                        metavar="[HOSTIP:]HOSTPORT:PORT", help="publish a port (--net bridge)")
+    parser.add_argument("--chroot", action="store_true",
+                        help="chroot like the tutorial instead of pivot_root (escapable)")
+
+
+def _add_process_options(parser) -> None:
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="set an environment variable (NAME alone copies this shell's)")
+    parser.add_argument("-w", "--workdir", help="working directory inside the container")
+    parser.add_argument("-u", "--user", help="user[:group] inside the container")
+
+
+def run_run(args) -> int:
+    from contained import container
+
+    options = dict(memory=args.memory, cpus=args.cpus, pids_limit=args.pids_limit,
+                   hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
+                   volumes=args.volume, net=args.net, publish=args.publish, chroot=args.chroot)
+    command = args.command or None
+    if args.dry_run:
+        spec = container.build_spec(args.image, command, name=args.name,
+                                    persistent=bool(args.name) and not args.rm, **options)
+        print("\n".join(container.dry_run(spec)))
+        return 0
+    runner = container.Runner(in_process=True)
+    explain = sys.stderr if args.explain else None
+    if args.detach:
+        if args.rm:
+            raise ContainedError("-d and --rm together would remove the container at once; "
+                                 "use one of them")
+        created = container.create(args.image, command, name=args.name, explain=explain,
+                                   runner_=runner,
+                                   **options)
+        if command:
+            log = open(Path(created.spec.directory) / "log", "ab")
+            container.start_exec(created.name, command, stdin=_null(),
+                                 stdout=log, stderr=log, detach=True,
+                                 runner_=runner).wait_started()
+        print(created.id)
+        return 0
+    execution = container.start(args.image, command, name=args.name, remove=args.rm or None,
+                                explain=explain, runner_=runner, **options)
+    return _finish(execution)
+
+
+def _finish(execution) -> int:
+    """Wait like a shell: Ctrl-C from a terminal goes to the container, which decides."""
+    import signal
+
+    if sys.stdin.isatty():
+        # The command is in this terminal's foreground process group: it gets Ctrl-C itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    result = execution.wait()
+    if result.message:
+        print(f"contained: {result.message}", file=sys.stderr)
+    return result.status
+
+
+def _null():
+    import os
+
+    return os.open(os.devnull, os.O_RDWR)
+
+
+def add_exec(commands) -> None:
+    parser = commands.add_parser("exec", help="run a command in a running named container",
+                                 description="Run a command in a running named container: "
+                                             "its namespaces, cgroup and root (like nsenter).")
+    _add_process_options(parser)
+    parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    parser.add_argument("-i", "--interactive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--explain", action="store_true",
+                        help="print the equivalent nsenter command")
+    parser.add_argument("container", help="name or id")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
+    parser.set_defaults(func=run_exec)
+
+
+def run_exec(args) -> int:
+    from contained import container
+
+    if not args.command:
+        raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
+    runner = container.Runner(in_process=True)
+    execution = container.start_exec(
+        args.container, args.command, env=args.env, workdir=args.workdir, user=args.user,
+        explain=sys.stderr if args.explain else None, detach=args.detach, runner_=runner)
+    return _finish(execution)
+
+
+def add_ps(commands) -> None:
+    parser = commands.add_parser("ps", help="list containers")
+    parser.add_argument("-a", "--all", action="store_true", help="stopped ones too")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    parser.set_defaults(func=run_ps)
+
+
+def run_ps(args) -> int:
+    import shlex
+    import time
+
+    from contained import container
+
+    listed = [c for c in container.containers() if args.all or c.running]
+    if args.quiet:
+        for item in listed:
+            print(item.id if args.no_trunc else item.id[:12])
+        return 0
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for item in listed:
+        command = shlex.join(item.command)
+        if not args.no_trunc and len(command) > 30:
+            command = command[:29] + "…"
+        rows.append((item.id if args.no_trunc else item.id[:12], _short_image(item.image),
+                     command, _ago(time.time() - item.created),
+                     "Up" if item.running else "Exited", item.name))
+    print(format_table(rows))
+    return 0
+
+
+def _short_image(name: str) -> str:
+    return parse_reference(name).familiar
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return f"{int(seconds)} seconds ago"
+
+
+def add_stop(commands) -> None:
+    parser = commands.add_parser("stop", help="stop running containers (SIGTERM, then SIGKILL)")
+    parser.add_argument("-t", "--time", type=float, default=10.0,
+                        help="seconds to wait before SIGKILL (default 10)")
+    parser.add_argument("containers", nargs="+", metavar="container")
+    parser.set_defaults(func=run_stop)
+
+
+def run_stop(args) -> int:
+    from contained import container
+
+    for name in args.containers:
+        container.stop(name, timeout=args.time)
+        print(name)
+    return 0
+
+
+def add_rm(commands) -> None:
+    parser = commands.add_parser("rm", help="remove containers")
+    parser.add_argument("-f", "--force", action="store_true", help="stop running ones first")
+    parser.add_argument("containers", nargs="+", metavar="container")
+    parser.set_defaults(func=run_rm)
+
+
+def run_rm(args) -> int:
+    from contained import container
+
+    for name in args.containers:
+        container.remove(name, force=args.force)
+        print(name)
+    return 0
+
+
+def add_logs(commands) -> None:
+    parser = commands.add_parser("logs", help="output of a detached container's command")
+    parser.add_argument("container")
+    parser.set_defaults(func=run_logs)
+
+
+def run_logs(args) -> int:
+    from contained import container
+
+    log = Path(container.get(args.container).spec.directory) / "log"
+    if log.exists():
+        sys.stdout.buffer.write(log.read_bytes())
+    return 0
+
+
+def add_gc(commands) -> None:
+    parser = commands.add_parser("gc", help="clean up what crashed runs left behind",
+                                 description="Remove leftovers of killed runs: throwaway "
+                                             "containers' files, orphan cgroups and network "
+                                             "interfaces. Safe to run any time.")
+    parser.set_defaults(func=run_gc)
+
+
+def run_gc(args) -> int:
+    from contained import container
+
+    for item in container.gc():
+        print(f"removed {item}")
+    return 0
+
+
+def add_doctor(commands) -> None:
+    parser = commands.add_parser("doctor", help="check what works on this machine")
+    parser.set_defaults(func=run_doctor)
+
+
+def run_doctor(args) -> int:
+    from contained import doctor
+
+    found = doctor.checks()
+    for check in found:
+        print(check.line())
+    return 0 if all(c.ok or not c.required for c in found) else 1
+
+
+COMMANDS: list[Callable] = [add_run, add_exec, add_ps, add_stop, add_rm, add_logs,
+                            add_pull, add_images, add_inspect, add_rmi, add_unpack, add_import,
+                            add_registry, add_gc, add_doctor]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,6 +181,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         chroot=chroot,
         persistent=persistent,
         remove=not persistent,
+        rootless=os.geteuid() != 0,
     )
 
 

@@ -496,13 +496,24 @@ def switch_user(uid: int, gid: int, groups: list[int]) -> None:
     way back to root.
     """
     try:
-        os.setgroups(groups)
+        if _setgroups_allowed():
+            os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
     except OSError as error:
         raise UserSwitchFailed(
             f"cannot switch to uid {uid} gid {gid} groups {groups}: "
             f"{os.strerror(error.errno)}; is this id mapped in the user namespace?") from error
+
+
+def _setgroups_allowed() -> bool:
+    """False in a rootless container's user namespace, where setgroups(2) is denied (the
+    kernel requires it before an unprivileged process may write its own gid_map)."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() != "deny"
+    except OSError:
+        return True
 
 
 def capability_mask(names: tuple[str, ...] | list[str]) -> int:

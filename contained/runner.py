@@ -172,8 +172,40 @@ def host_steps(spec: ContainerSpec) -> tuple[cgroups.Cgroup, list[Step]]:
                   "this container's writable layer, overlay's scratch dir, the mount point",
                   lambda: [d.mkdir(parents=True, exist_ok=True) for d in dirs])]
     limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
+    if spec.rootless and limits == cgroups.Limits():
+        # Without root, cgroups are only usable where they were delegated to us; a container
+        # without limits does not need one.
+        return NoCgroup(), steps
     group, cgroup_steps = cgroups.Cgroup.plan(spec.id, limits)
     return group, steps + cgroup_steps
+
+
+class NoCgroup:
+    """Stands in for a cgroup when a rootless container has no limits: nothing to join."""
+
+    def join(self, pid: int) -> None:
+        pass
+
+    def oom_kills(self) -> int:
+        return 0
+
+    def remove(self) -> None:
+        pass
+
+
+def user_namespace_step() -> Step:
+    uid, gid = os.geteuid(), os.getegid()
+    return Step("unshare --user --map-root-user",
+                f"rootless: a user namespace where our uid {uid} is root, so the steps below "
+                "are allowed without privileges on the host", lambda: _enter_user_namespace(uid, gid))
+
+
+def _enter_user_namespace(uid: int, gid: int) -> None:
+    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    # An unprivileged process may map only its own ids, and only after giving up setgroups.
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"0 {gid} 1")
 
 
 def namespace_kinds(spec: ContainerSpec) -> list[str]:
@@ -235,6 +267,8 @@ def exec_step(args: list[str], env: list[str], user: str) -> Step:
 def plan(spec: ContainerSpec) -> list[Step]:
     """Every step of `run`, in order, for --dry-run (nothing is executed)."""
     _, steps = host_steps(spec)
+    if spec.rootless:
+        steps.append(user_namespace_step())
     return steps + namespace_steps(spec) + [exec_step(spec.args, spec.env, spec.user)]
 
 
@@ -292,6 +326,8 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
     """
     ready_read, ready_write = os.pipe()
     go_read, go_write = os.pipe()
+    if spec.rootless:
+        run_steps([user_namespace_step()], explain)
     # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
     syscalls.unshare(syscalls.CLONE_NEWPID)
     pid = os.fork()
@@ -649,7 +685,8 @@ def exec_in_container(spec: ExecSpec, reply, explain, detached: bool = False) ->
             explain(step.explain())
     root = os.open(f"/proc/{spec.init_pid}/root", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        opened = namespaces.open_namespaces(spec.init_pid, namespace_kinds(container) + ["pid"])
+        kinds = namespace_kinds(container) + ["pid"] + (["user"] if container.rootless else [])
+        opened = namespaces.open_namespaces(spec.init_pid, kinds)
         if group is not None:
             group.join(os.getpid())
         namespaces.join_namespaces(opened)

@@ -32,6 +32,7 @@ class ContainerSpec:
     publish: list[str] = field(default_factory=list)
     chroot: bool = False
     persistent: bool = False         # named: an init keeps the namespaces for later exec
+    rootless: bool = False           # started without root: a user namespace maps us to root
     remove: bool = True              # throwaway: everything goes when the command ends
     tty: bool = False
 

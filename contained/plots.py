@@ -1,0 +1,96 @@
+"""Plots for the notebooks: a container's memory and CPU over time, and an image's layer sizes.
+
+Taught in notebooks 02 (cgroups: watch a limit being hit) and 04 (images: what the layers
+weigh), and shown by ``%%container --stats``, ``%container stats NAME`` and
+``%container inspect IMAGE``. By hand, the same numbers come from::
+
+    cat /sys/fs/cgroup/contained/<id>/memory.current     # v1: memory.usage_in_bytes
+    cat /sys/fs/cgroup/contained/<id>/cpu.stat           # v1: cpuacct.usage
+    jq '.layers[].size' $HOME/oci/blobs/sha256/<manifest>
+
+Figures are built with matplotlib's object API (`Figure`, never pyplot): no global state, no GUI
+backend, nothing left open; `show_figure` renders one to PNG for the notebook. matplotlib is
+imported only here, and this module only when a plot is asked for.
+"""
+
+import io
+
+from matplotlib.figure import Figure
+
+MIB = 1024 * 1024
+LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
+
+
+def stats_figure(samples: list, title: str = "") -> Figure:
+    """Memory (MiB) and CPU (% of one CPU) over a run, with the limits as dashed lines.
+
+    `samples` are (seconds since start, `contained.cgroups.Usage`) pairs. CPU use is the growth
+    of the cgroup's CPU time between samples, so the first point has no CPU value.
+    """
+    figure = Figure(figsize=(8, 4.5), layout="constrained")
+    memory_axes, cpu_axes = figure.subplots(2, 1, sharex=True)
+    times = [t for t, _ in samples]
+    memory_axes.plot(times, [u.memory / MIB for _, u in samples], marker=".", label="used")
+    limit = samples[-1][1].memory_limit if samples else None
+    if limit:
+        memory_axes.axhline(limit / MIB, **LIMIT_STYLE, label=f"limit {limit / MIB:g} MiB")
+    memory_axes.set_ylabel("memory (MiB)")
+    memory_axes.set_ylim(bottom=0)
+    memory_axes.legend(loc="upper left")
+
+    cpu_times, cpu_percent = cpu_series(samples)
+    cpu_axes.plot(cpu_times, cpu_percent, marker=".", color="tab:green", label="used")
+    cpu_limit = samples[-1][1].cpu_limit if samples else None
+    if cpu_limit:
+        cpu_axes.axhline(cpu_limit * 100, **LIMIT_STYLE, label=f"limit {cpu_limit:g} CPUs")
+    cpu_axes.set_ylabel("CPU (% of one CPU)")
+    cpu_axes.set_xlabel("seconds")
+    cpu_axes.set_ylim(bottom=0)
+    cpu_axes.legend(loc="upper left")
+    if title:
+        figure.suptitle(title)
+    if not samples:
+        memory_axes.set_title("no samples: the command ended before the first reading")
+    return figure
+
+
+def cpu_series(samples: list) -> tuple[list[float], list[float]]:
+    """CPU use in % of one CPU between consecutive samples, at each interval's end."""
+    times, percent = [], []
+    for (t0, u0), (t1, u1) in zip(samples, samples[1:], strict=False):
+        if t1 > t0:
+            times.append(t1)
+            percent.append(max(0.0, (u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0) * 100))
+    return times, percent
+
+
+def layer_sizes_figure(image) -> Figure:
+    """One horizontal bar per layer (bottom layer at the bottom), compressed size in MB."""
+    sizes = [descriptor.size for descriptor, _ in image.layers]
+    labels = [f"{i}: {descriptor.digest.split(':')[-1][:12]}"
+              for i, (descriptor, _) in enumerate(image.layers)]
+    figure = Figure(figsize=(7, 0.5 + 0.45 * max(1, len(sizes))), layout="constrained")
+    axes = figure.subplots()
+    bars = axes.barh(labels, [s / 1e6 for s in sizes], color="tab:blue")
+    axes.bar_label(bars, labels=[_megabytes(s) for s in sizes], padding=3)
+    axes.set_xlabel("compressed size (MB)")
+    axes.set_title(f"{image.name}: {len(sizes)} layer(s), {_megabytes(sum(sizes))}")
+    axes.margins(x=0.2)
+    return figure
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.2f} MB"
+
+
+def to_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def show_figure(figure: Figure) -> None:
+    """Display a figure as a PNG in the notebook (works whatever matplotlib backend is set)."""
+    from IPython.display import Image, display
+
+    display(Image(data=to_png(figure), format="png"))
