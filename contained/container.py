@@ -269,13 +269,18 @@ def _read_state(container_id: str) -> dict | None:
 
 
 def _alive(pid: int | None, started: int | None) -> bool:
-    """Is this exact process (pid + start time, so a reused pid doesn't count) still there?"""
+    """Is this exact process (pid + start time, so a reused pid doesn't count) still running?
+
+    A zombie counts as gone: an exited init whose new parent has not reaped it yet.
+    """
     if not pid or started is None:
         return False
     try:
-        return runner.start_time(pid) == started
-    except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
         return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == started
 
 
 def _container_from_state(data: dict) -> Container:
@@ -547,7 +552,8 @@ def dry_run(spec: ContainerSpec) -> list[str]:
     return [step.explain() for step in runner.plan(spec)]
 
 
-def run(image: str, command: list[str] | None = None, **options) -> RunResult:
+def run(image: str, command: list[str] | None = None, *, settle: bool = False,
+        **options) -> RunResult:
     """Run a command in a new container and wait for it (``docker run``).
 
     Without `name` (or with ``remove=True``) the container is thrown away when the command
@@ -555,8 +561,10 @@ def run(image: str, command: list[str] | None = None, **options) -> RunResult:
     run in the same filesystem, hostname and processes. `stdin`/`stdout`/`stderr` are files or
     descriptors (default: this process's); `explain` is a file or descriptor that receives each
     step's shell command as it runs (True: stderr). Other options are those of `build_spec`.
+    It returns as soon as the command's status is known; the teardown (unmounting, removing
+    the cgroup and files) goes on in the runner, unless ``settle=True`` waits for it too.
     """
-    return start(image, command, **options).wait()
+    return start(image, command, **options).wait(settle=settle)
 
 
 def start(image: str, command: list[str] | None = None, *, name: str | None = None,

@@ -100,7 +100,10 @@ def _reply(sock: socket.socket | None, **message) -> None:
 
 def serve(control: socket.socket) -> None:
     """Fork one child per request until the client (the kernel) closes the socket."""
-    # Children are not waited for here: each one reports on its own socket.
+    # Children are not waited for here: each one reports on its own socket. As a subreaper,
+    # this process also adopts (and, with SIGCHLD ignored, reaps) the PID 1 of every named
+    # container once its runner child has exited, so a stopped one leaves no zombie.
+    syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
     while True:
@@ -313,8 +316,11 @@ def _wait_for_status(init_pid: int, status_pipe: int, reply: socket.socket) -> i
                     return int(buffer[5:])
                 if not chunk:
                     # PID 1 died without reporting (killed): its own status is the answer.
-                    _, status = os.waitpid(init_pid, 0)
-                    return _exit_code(status)
+                    # Peek (WNOWAIT): the caller reaps it after the teardown.
+                    info = os.waitid(os.P_PID, init_pid, os.WEXITED | os.WNOWAIT)
+                    if info.si_code == os.CLD_EXITED:
+                        return info.si_status
+                    return 128 + info.si_status
     finally:
         os.close(status_pipe)
 
@@ -351,8 +357,12 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
         raise
     finally:
         os.close(go_write)
+    # One byte at a time: the command's exit status may follow "ready" on the same pipe at
+    # once (for /bin/true it does), and it must stay there for _wait_for_status.
     message = b""
-    while not message.startswith(b"ready\n") and (chunk := os.read(ready_read, 65536)):
+    while not message.endswith(b"\n") and (chunk := os.read(ready_read, 1)):
+        message += chunk
+    while message.startswith((b"error:", b"failed:")) and (chunk := os.read(ready_read, 4096)):
         message += chunk
     if message.startswith(b"ready\n"):
         return pid, ready_read
