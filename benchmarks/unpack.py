@@ -1,0 +1,211 @@
+"""Benchmark: unpacking a real multi-layer image, ours vs ``tar -xzf`` vs ``umoci raw unpack``.
+
+Run as a script (root recommended, as the runtime runs): ``python benchmarks/unpack.py``.
+It builds (once, cached in ~/.cache/contained-bench) an image of 4 gzip layers from a Debian
+``debootstrap --variant=minbase`` root, or from the host's /usr when the mirror is unreachable,
+then times, in the same run, medians of a few runs each:
+
+- per-layer unpack, cold (``cached_layer`` for every layer: what the first container pays)
+- the same call again (what every later container pays: nothing is unpacked)
+- ``apply_layers`` into one directory (``contained unpack``)
+- ``tar -xzf`` of each layer in turn (the tutorial's command, no verification at all)
+- ``umoci raw unpack``
+
+and our peak memory (ru_maxrss of a child process doing the cold unpack).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from contained import build, oci  # noqa: E402
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contained-bench"
+LAYER_SPLIT = [  # what each layer holds, bottom first; the last takes whatever is left
+    ["usr/lib"],
+    ["usr/share"],
+    ["usr/bin", "usr/sbin", "usr/libexec", "usr/include", "usr/games", "usr/src"],
+    None,
+]
+
+
+def rootfs() -> tuple[Path, str]:
+    """A root filesystem to build the image from: debootstrap if possible, else host /usr."""
+    done = CACHE / "rootfs"
+    if (done / "usr" / "bin").is_dir():
+        return done, (CACHE / "rootfs.source").read_text().strip()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / "rootfs.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", "bookworm", str(work),
+         "http://deb.debian.org/debian"], capture_output=True, text=True)
+    if result.returncode == 0:
+        source = "debootstrap --variant=minbase bookworm"
+    else:
+        print("debootstrap failed; using a copy of the host's /usr", file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "usr").mkdir(parents=True)
+        for part in ("lib", "share", "bin", "sbin"):
+            subprocess.run(["cp", "-a", f"/usr/{part}", str(work / "usr")], check=True)
+        (work / "etc").mkdir()
+        source = "copy of host /usr"
+    work.rename(done)
+    (CACHE / "rootfs.source").write_text(source)
+    return done, source
+
+
+def build_image(root: Path) -> Path:
+    """4 gzip layers, streamed (tar | hash | gzip) straight to blob files, never in memory."""
+    layout = CACHE / "image"
+    if (layout / "index.json").exists():
+        return layout
+    shutil.rmtree(layout, ignore_errors=True)
+    (layout / "blobs" / "sha256").mkdir(parents=True)
+    taken: list[str] = []
+    built = []
+    for members in LAYER_SPLIT:
+        if members is None:
+            exclude = [f"--exclude=./{m}" for m in taken]
+            paths = ["."]
+        else:
+            members = [m for m in members if (root / m).exists()]
+            taken += members
+            exclude, paths = [], [f"./{m}" for m in members]
+        built.append(_write_layer(layout, root, exclude + paths))
+    config = build.image_config(built, architecture=build.host_architecture())
+    build.write_image(layout, built, config, "bench")
+    return layout
+
+
+def _write_layer(layout: Path, root: Path, tar_args: list[str]) -> build.BuiltLayer:
+    tmp = layout / "blobs" / "tmp.gz"
+    tar = subprocess.Popen(["tar", "--sort=name", "--mtime=@0", "--numeric-owner",
+                            "--format=posix", "--pax-option=delete=atime,delete=ctime",
+                            "-C", str(root), "-cf", "-", *tar_args], stdout=subprocess.PIPE)
+    with open(tmp, "wb") as out:
+        gzip = subprocess.Popen(["gzip", "-n", "-6"], stdin=subprocess.PIPE, stdout=out)
+        diff = hashlib.sha256()
+        while chunk := tar.stdout.read(1 << 20):
+            diff.update(chunk)
+            gzip.stdin.write(chunk)
+        gzip.stdin.close()
+        if tar.wait() != 0 or gzip.wait() != 0:
+            raise SystemExit("building a layer failed")
+    digest = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    size = tmp.stat().st_size
+    tmp.rename(layout / "blobs" / "sha256" / digest.hexdigest())
+    descriptor = oci.Descriptor(oci.MEDIA_TYPE_LAYER_GZIP, "sha256:" + digest.hexdigest(), size)
+    return build.BuiltLayer(descriptor, "sha256:" + diff.hexdigest())
+
+
+def image_layers(layout: Path) -> list[tuple[str, str, int, str]]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(oci.blob_path(layout, index["manifests"][0]["digest"]).read_bytes())
+    config = json.loads(oci.blob_path(layout, manifest["config"]["digest"]).read_bytes())
+    return [(str(oci.blob_path(layout, layer["digest"])), layer["digest"], layer["size"], diff)
+            for layer, diff in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)]
+
+
+CHILD = """
+import sys, time, json
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from contained import layers, oci
+specs = json.loads({specs!r})
+args = [(Path(b), oci.Descriptor(oci.MEDIA_TYPE_LAYER_GZIP, d, s), diff) for b, d, s, diff in specs]
+start = time.perf_counter()
+if {mode!r} == "cached":
+    for a in args:
+        layers.cached_layer(Path({target!r}), *a)
+else:
+    layers.apply_layers(args, Path({target!r}))
+print(time.perf_counter() - start)
+"""
+
+
+def run_ours(specs, mode: str, target: Path) -> float:
+    code = CHILD.format(repo=str(REPO), specs=json.dumps(specs), mode=mode, target=str(target))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(result.stderr)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    options = parser.parse_args()
+    root, source = rootfs()
+    layout = build_image(root)
+    specs = image_layers(layout)
+    compressed = sum(spec[2] for spec in specs)
+    uncompressed = sum(int(subprocess.run(f"gzip -dc {spec[0]} | wc -c", shell=True, check=True,
+                                          capture_output=True, text=True).stdout) for spec in specs)
+    files = int(subprocess.run(f"find {root} | wc -l", shell=True, capture_output=True,
+                               text=True).stdout)
+    print(f"image: {source}, {len(specs)} gzip layers, {compressed / 1e6:.0f} MB compressed,"
+          f" {uncompressed / 1e6:.0f} MB uncompressed, {files} paths; uid {os.geteuid()},"
+          f" {os.cpu_count()} cpus, median of {options.runs} runs")
+    work = Path(tempfile.mkdtemp(prefix="contained-bench-"))
+    results: dict[str, list[float]] = {}
+    try:
+        def fresh(name: str) -> Path:
+            path = work / name
+            subprocess.run(["rm", "-rf", str(path)], check=True)
+            return path
+
+        for _ in range(options.runs):
+            cache = fresh("cache")
+            results.setdefault("ours: per-layer dirs, cold (cached_layer)", []).append(
+                run_ours(specs, "cached", cache))
+            results.setdefault("ours: per-layer dirs, already cached", []).append(
+                run_ours(specs, "cached", cache))
+            results.setdefault("ours: apply_layers into one dir", []).append(
+                run_ours(specs, "apply", fresh("flat")))
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        for _ in range(options.runs):
+            dest = fresh("tar")
+            dest.mkdir()
+            start = time.perf_counter()
+            for spec in specs:
+                subprocess.run(["tar", "-xzf", spec[0], "-C", str(dest)], check=True)
+            results.setdefault("tar -xzf, layer by layer", []).append(time.perf_counter() - start)
+            umoci = ["umoci", "raw", "unpack", "--image", f"{layout}:bench", str(fresh("umoci"))]
+            if os.geteuid() != 0:
+                umoci.insert(3, "--rootless")
+            results.setdefault("umoci raw unpack", []).append(timed(umoci))
+    finally:
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+    tar_time = statistics.median(results["tar -xzf, layer by layer"])
+    print(f"\n| {'what':<44} | {'median s':>8} | {'vs tar':>6} |")
+    print(f"|{'-' * 46}|{'-' * 10}:|{'-' * 7}:|")
+    for name, times in results.items():
+        median = statistics.median(times)
+        print(f"| {name:<44} | {median:8.3f} | {median / tar_time:5.2f}x |")
+    print(f"\nour peak memory (ru_maxrss of the unpacking child): {peak_kib / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Safe paths: resolving a path inside a container's root as if that root were ``/``.
+
+Taught in notebook 07 ("Safety"). An image is untrusted data: its ``/etc/hosts`` may be a
+symlink to ``/etc/shadow``, its WorkingDir may be ``../../..``, and a layer may plant
+``etc -> /etc`` before writing ``etc/passwd``. Naively joining ``root / path`` and writing
+follows those links *on the host*. The shell shows the trap::
+
+    ln -s /etc/shadow root/etc/hosts
+    echo "127.0.0.1 box" > root/etc/hosts        # overwrites the HOST's /etc/shadow
+    chroot root sh -c 'echo ... > /etc/hosts'    # the same write, safely resolved in root
+
+Here every path is walked one component at a time from a file descriptor of the root, never
+following a symlink with the host's view of ``/``: an absolute link target restarts at the root,
+``..`` stops at the root, and each step opens the next directory with ``O_NOFOLLOW`` relative to
+the previous one, so a directory swapped for a symlink mid-walk fails instead of escaping.
+Where the kernel has ``openat2(2)`` (Linux 5.6+), `open_in_root` lets it do the same walk with
+``RESOLVE_IN_ROOT``.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from contained.errors import ContainedError
+
+#: Linux's own limit on symlinks followed in one lookup (MAXSYMLINKS).
+MAX_SYMLINKS = 40
+
+# openat2(2): <linux/openat2.h>. The syscall number is the same on x86_64 and aarch64.
+_OPENAT2_NR = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UnsafePath(ContainedError):
+    """A path inside a container root cannot be resolved or used without leaving that root."""
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+# Tests turn this off to exercise the portable walk on kernels that have openat2.
+use_openat2 = _OPENAT2_NR is not None
+
+
+@dataclass
+class Resolved:
+    """Where a walk ended: an O_PATH fd of the parent directory and the final name in it.
+
+    `parent` is the parent's path relative to the root, symlinks resolved. `name` is "." when
+    the path names a directory itself (the root, or a path ending in ``..``). The caller owns
+    `parent_fd` (close it) unless it is None, which means the parent does not exist.
+    """
+
+    parent_fd: int | None
+    parent: list[str]
+    name: str
+
+    def host_path(self, root: Path) -> Path:
+        path = Path(root).joinpath(*self.parent)
+        return path if self.name == "." else path / self.name
+
+    def close(self) -> None:
+        if self.parent_fd is not None:
+            os.close(self.parent_fd)
+            self.parent_fd = None
+
+
+def split_path(path: str) -> list[str]:
+    """Components of `path`, without empty ones and ``.``; ``..`` is kept for the walk."""
+    return [part for part in str(path).split("/") if part not in ("", ".")]
+
+
+def open_root(root: Path) -> int:
+    """An O_PATH fd of the root directory itself (the root is trusted: it may be a symlink)."""
+    return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def walk(root_fd: int, path: str | list[str], *, follow_last: bool = True,
+         create_parents: bool = False, dir_mode: int = 0o755, missing_ok: bool = False,
+         start: tuple[int, list[str]] | None = None, root_label: str = "root") -> Resolved:
+    """Resolve `path` inside the root open as `root_fd`; the one implementation of the walk.
+
+    Every directory component is opened with O_NOFOLLOW relative to the previous one; a symlink
+    is read through its own fd and its target spliced into the remaining components (absolute
+    targets restart at the root). ``..`` pops a component, never above the root, and reopens the
+    shorter path from the root. Missing parents are created (`create_parents`) or, with
+    `missing_ok`, resolved lexically from there on (nothing below a missing directory can be a
+    symlink). The final component is followed only if `follow_last`.
+
+    `start` = (fd, resolved components) begins the walk at an already-resolved directory, which
+    is how the layer unpacker avoids re-walking the same parent for every file of a directory.
+    """
+    pending = list(reversed(split_path(path) if isinstance(path, str) else path))
+    if start is None:
+        current, names = os.dup(root_fd), []
+    else:
+        current, names = os.dup(start[0]), list(start[1])
+    virtual: list[str] = []  # components below a missing directory (missing_ok only)
+    links = 0
+    try:
+        while pending:
+            part = pending.pop()
+            if part == ".":
+                continue
+            is_last = not pending
+            if part == "..":
+                if virtual:
+                    virtual.pop()
+                elif names:
+                    names.pop()
+                    os.close(current)
+                    current = -1
+                    current = _reopen(root_fd, names, root_label)
+                if is_last:
+                    return _done(current, names, virtual, ".")
+                continue
+            if is_last and not follow_last:
+                return _done(current, names, virtual, part)
+            if virtual:
+                if is_last:
+                    return _done(current, names, virtual, part)
+                virtual.append(part)
+                continue
+            try:
+                child = os.open(part, _PATH_FLAGS, dir_fd=current)
+            except FileNotFoundError:
+                if is_last:
+                    return _done(current, names, virtual, part)
+                if create_parents:
+                    try:
+                        os.mkdir(part, dir_mode, dir_fd=current)
+                    except FileExistsError:
+                        pass  # someone else made it: walk it like any existing component
+                    pending.append(part)
+                    continue
+                if missing_ok:
+                    virtual.append(part)
+                    continue
+                raise
+            mode = os.fstat(child).st_mode
+            if stat.S_ISLNK(mode):
+                # Read the link we opened, not the name again: the name may have changed since.
+                target = os.readlink("", dir_fd=child)
+                os.close(child)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise UnsafePath(
+                        f"too many levels of symlinks resolving {_show(path)} in {root_label}:"
+                        " the image has a symlink loop; fix or remove the link")
+                if target.startswith("/"):
+                    os.close(current)
+                    current, names = -1, []
+                    current = os.dup(root_fd)
+                pending.extend(reversed(split_path(target) or ["."]))
+                continue
+            if is_last:
+                os.close(child)
+                return _done(current, names, virtual, part)
+            if not stat.S_ISDIR(mode):
+                os.close(child)
+                raise NotADirectoryError(
+                    errno.ENOTDIR, f"{'/'.join(names + [part])} is not a directory in {root_label}")
+            os.close(current)
+            current = child
+            names.append(part)
+        return _done(current, names, virtual, ".")
+    except BaseException:
+        if current >= 0:
+            os.close(current)
+        raise
+
+
+def _done(current: int, names: list[str], virtual: list[str], name: str) -> Resolved:
+    if virtual:
+        os.close(current)
+        return Resolved(None, names + virtual, name)
+    return Resolved(current, names, name)
+
+
+def _reopen(root_fd: int, names: list[str], root_label: str) -> int:
+    """Reopen an already-resolved directory path from the root, refusing any symlink on it."""
+    current = os.dup(root_fd)
+    try:
+        for part in names:
+            child = os.open(part, _PATH_FLAGS | os.O_DIRECTORY, dir_fd=current)
+            os.close(current)
+            current = child
+        return current
+    except OSError as err:
+        os.close(current)
+        raise UnsafePath(f"{'/'.join(names)} changed while being resolved in {root_label}"
+                         f" ({err.strerror}): retry when nothing else modifies it") from None
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """The host path that `path` names inside `root`, as if `root` were ``/``.
+
+    Symlinks are followed inside the root, ``..`` stops at the root, and the result is always
+    inside `root`, existing or not. Only for showing and for tools that take paths: to read or
+    write, use the fd-based functions below (a path can be swapped after it was resolved).
+    """
+    root_fd = open_root(root)
+    try:
+        resolved = _walk_or_raise(root_fd, root, path, missing_ok=True)
+        resolved.close()
+        return resolved.host_path(root)
+    finally:
+        os.close(root_fd)
+
+
+def open_in_root(root: Path, path: str, flags: int, mode: int = 0o644) -> int:
+    """os.open() of `path` resolved inside `root`; the final symlink is not followed if
+    O_NOFOLLOW is in `flags`. Raises the usual OSError (FileNotFoundError, ...) or UnsafePath.
+    """
+    root_fd = open_root(root)
+    try:
+        if use_openat2:
+            fd = _openat2(root_fd, path, flags, mode)
+            if fd is not None:
+                return fd
+        resolved = _walk_or_raise(root_fd, root, path, follow_last=not flags & os.O_NOFOLLOW)
+        try:
+            # O_NOFOLLOW: the final name was resolved above; if it became a symlink since, fail.
+            return os.open(resolved.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                           dir_fd=resolved.parent_fd)
+        finally:
+            resolved.close()
+    finally:
+        os.close(root_fd)
+
+
+def write_in_root(root: Path, path: str, data: bytes, mode: int = 0o644) -> Path:
+    """Create or replace the regular file `path` inside `root` (parents created) with `data`.
+
+    A symlink is followed inside the root; a directory, device, fifo or socket there is an
+    error (opened non-blocking, so a fifo can never hang us, and never written).
+    """
+    root_fd = open_root(root)
+    try:
+        resolved = _walk_or_raise(root_fd, root, path, create_parents=True)
+        try:
+            target = resolved.host_path(root)
+            if resolved.name == ".":
+                raise UnsafePath(f"{path} in {root} is a directory, not a file: remove it first")
+            flags = (os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+            try:
+                fd = os.open(resolved.name, flags, mode, dir_fd=resolved.parent_fd)
+            except OSError as err:
+                raise UnsafePath(f"cannot write {path} in {root} ({err.strerror}):"
+                                 " it must be a regular file or not exist") from None
+        finally:
+            resolved.close()
+        try:
+            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            if kind != stat.S_IFREG:
+                raise UnsafePath(f"{path} in {root} is not a regular file ({_kind(kind)}):"
+                                 " remove it from the image or choose another path")
+            os.ftruncate(fd, 0)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        return target
+    finally:
+        os.close(root_fd)
+
+
+def mkdirs_in_root(root: Path, path: str, mode: int = 0o755) -> Path:
+    """``mkdir -p`` of `path` inside `root`, following symlinks inside the root only."""
+    root_fd = open_root(root)
+    try:
+        resolved = _walk_or_raise(root_fd, root, path, create_parents=True, dir_mode=mode)
+        try:
+            if resolved.name != ".":
+                try:
+                    os.mkdir(resolved.name, mode, dir_fd=resolved.parent_fd)
+                except FileExistsError:
+                    st = os.stat(resolved.name, dir_fd=resolved.parent_fd,
+                                 follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise UnsafePath(f"{path} in {root} exists and is not a directory:"
+                                         " choose another path") from None
+            return resolved.host_path(root)
+        finally:
+            resolved.close()
+    finally:
+        os.close(root_fd)
+
+
+def _walk_or_raise(root_fd: int, root: Path, path: str, **options) -> Resolved:
+    try:
+        return walk(root_fd, path, root_label=str(root), **options)
+    except NotADirectoryError as err:
+        raise UnsafePath(f"cannot resolve {path} in {root}: {err.strerror}") from None
+
+
+def _openat2(root_fd: int, path: str, flags: int, mode: int) -> int | None:
+    """openat2(RESOLVE_IN_ROOT); None if the kernel (or a seccomp filter) lacks it."""
+    global use_openat2
+    creating = flags & (os.O_CREAT | os.O_TMPFILE)
+    how = _OpenHow(flags | os.O_CLOEXEC, mode if creating else 0,
+                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(_OPENAT2_NR, root_fd, os.fsencode(path), ctypes.byref(how),
+                       ctypes.sizeof(how))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM):
+        use_openat2 = False
+        return None
+    if err == errno.ELOOP and not flags & os.O_NOFOLLOW:
+        raise UnsafePath(f"too many levels of symlinks resolving {path} in the root:"
+                         " the image has a symlink loop; fix or remove the link")
+    raise OSError(err, os.strerror(err), path)
+
+
+def _show(path: str | list[str]) -> str:
+    return path if isinstance(path, str) else "/".join(path)
+
+
+def _kind(fmt: int) -> str:
+    return {stat.S_IFDIR: "a directory", stat.S_IFLNK: "a symlink", stat.S_IFIFO: "a fifo",
+            stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+            stat.S_IFSOCK: "a socket"}.get(fmt, "not a regular file")
