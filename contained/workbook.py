@@ -1,0 +1,641 @@
+"""The workbook's helpers: what the notebooks import so their cells stay short and readable.
+
+Used by every notebook (00-07). A notebook cell should read like the shell session it teaches;
+the plumbing lives here: running a host command and showing its output (``sh``), saying in one
+sentence why a cell cannot run without root and which command it would have run
+(``needs_root``, the ``%%as_root`` cell magic), tables (namespaces, doctor checks, a directory
+tree with overlay whiteouts), the cgroup demos of notebook 02 and the charts.
+
+Everything here runs commands as *subprocesses* (what ``!cmd`` and ``%%bash`` do): a Jupyter
+kernel is multi-threaded, so it never forks a Python child or calls unshare(2) itself.
+
+``execute_all(out_dir)`` runs the whole workbook with nbclient, as
+``python -m contained.workbook OUT_DIR`` does::
+
+    jupyter nbconvert --to notebook --execute notebooks/*.ipynb --output-dir OUT_DIR
+"""
+
+import html
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contained import doctor, namespaces
+from contained.errors import ContainedError
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+DEFAULT_CELL_TIMEOUT = 120
+#: what the unprivileged reader is told once, at the top of each notebook
+UNPRIVILEGED_NOTE = ("Not running as root: cells that need root (mounts, namespaces, cgroups) "
+                     "say so and show the command they would run; everything else runs.")
+
+
+class ShellCommandFailed(ContainedError):
+    """A host command run by a workbook cell exited with a non-zero status."""
+
+    def _render_traceback_(self):
+        # IPython shows this instead of a traceback: one red line, as the errors promise.
+        return [f"{type(self).__name__}: {self}"]
+
+
+class NotebookFailed(ContainedError):
+    """A notebook stopped with an error while the workbook was executed."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Privileges
+
+
+def privileged() -> bool:
+    """Can this kernel do what root does here (mounts, namespaces, cgroups)?"""
+    return doctor.can_run_containers()
+
+
+def skip_message(what: str, command: str) -> str:
+    """The sentence a skipped cell prints, followed by the command it would run."""
+    what = what.strip().rstrip(".") or "this cell"
+    lines = command.strip("\n").splitlines() or [""]
+    shown = "\n".join(f"    {line}" for line in lines)
+    return (f"Skipped: {what} needs root ({doctor.privilege_hint()}).\n"
+            f"As root, this cell runs:\n{shown}")
+
+
+def needs_root(what: str, command: str) -> bool:
+    """True if the cell may go on; otherwise print why not and the command it would run."""
+    if privileged():
+        return True
+    print(skip_message(what, command))
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Running host commands
+
+
+def sh(command: str, *, check: bool = True, echo: bool = True, cwd: str | None = None,
+       env: dict | None = None) -> None:
+    """Run `command` with bash on the host, print ``$ command`` and its output as it comes.
+
+    A non-zero exit raises ShellCommandFailed when `check`, so "Run all" stops where something
+    really went wrong. (`sh_output` returns the output instead of showing it.)
+    """
+    if echo:
+        print(f"$ {command.strip()}", flush=True)
+    process = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+                               env=env, text=True, errors="replace")
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        print(line, end="", flush=True)
+    status = process.wait()
+    text = "".join(output)
+    if check and status != 0:
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        raise ShellCommandFailed(f"`{_short(command)}` exited with status {status} ({last}); "
+                                 "read the output above")
+
+
+def contained(arguments: str, *, check: bool = True) -> None:
+    """Run the ``contained`` command line (this Python's), shown as ``$ contained ...``."""
+    print(f"$ contained {arguments}", flush=True)
+    sh(f"{shlex.quote(sys.executable)} -m contained {arguments}", check=check, echo=False)
+
+
+def sh_output(command: str, *, check: bool = True) -> str:
+    """Run `command` with bash and return its stdout, stripped, without printing anything."""
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if check and done.returncode != 0:
+        raise ShellCommandFailed(f"`{_short(command)}` exited with status {done.returncode} "
+                                 f"({done.stderr.strip() or 'no output'})")
+    return done.stdout.strip()
+
+
+def _short(command: str, limit: int = 120) -> str:
+    flat = " ".join(command.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def as_root(line: str, cell: str) -> None:
+    """``%%as_root WHAT``: run the cell with bash if privileged, else say why and show it.
+
+    WHAT completes the sentence "Skipped: WHAT needs root", e.g. ``%%as_root mounting``.
+    """
+    if needs_root(line or "this cell", cell):
+        sh(cell, echo=False)
+
+
+def setup(lab: str | None = None, *, magics: bool = False) -> None:
+    """Prepare a notebook: register ``%%as_root``, go to its lab directory, say what runs.
+
+    `lab` names a directory (created next to the notebook) where the notebook's files go, so
+    relative paths such as the tutorial's ``lower`` and ``upper`` land there. With `magics`,
+    load the ``%%container`` extension, or, without root, a stand-in that shows each cell.
+    """
+    shell = _ipython()
+    if shell is not None:
+        shell.register_magic_function(as_root, magic_kind="cell", magic_name="as_root")
+        if magics:
+            _load_container_magics(shell)
+    directory = Path.cwd()
+    if lab:
+        global _BASE
+        _BASE = _BASE or Path.cwd()
+        directory = _BASE / f"lab-{lab}"
+        directory.mkdir(exist_ok=True)
+        os.chdir(directory)
+    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
+    if privileged():
+        print(f"Running as {who}: every cell runs for real. Working in {directory}")
+    else:
+        print(f"Running as {who}. {UNPRIVILEGED_NOTE} Working in {directory}")
+
+
+_BASE: Path | None = None
+
+
+def _ipython():
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    return get_ipython()
+
+
+def _load_container_magics(shell) -> None:
+    if privileged():
+        shell.run_line_magic("load_ext", "contained")
+        return
+
+    def container_cell(line: str, cell: str) -> None:
+        print(skip_message("running a container", f"%%container {line}\n{cell}"))
+
+    def container_line(line: str) -> None:
+        print(skip_message(f"`%container {line.split()[0] if line.split() else ''}`",
+                           f"%container {line}"))
+
+    shell.register_magic_function(container_cell, magic_kind="cell", magic_name="container")
+    shell.register_magic_function(container_line, magic_kind="line", magic_name="container")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    """Rows to show in a notebook (HTML) or a terminal (aligned text)."""
+
+    headers: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>"
+                       for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
+                                        for c in row) + "</tr>" for row in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def __str__(self) -> str:
+        table = [self.headers] + [[str(c) for c in row] for row in self.rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(self.headers))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                         for row in table)
+
+    __repr__ = __str__
+
+    def column(self, header: str) -> list[str]:
+        index = self.headers.index(header)
+        return [row[index] for row in self.rows]
+
+
+def doctor_table() -> Table:
+    """Every `contained doctor` check as a row: what, ok or not, what was seen, the fix."""
+    rows = []
+    for check in doctor.checks():
+        state = "ok" if check.ok else ("FAIL" if check.required else "warn")
+        rows.append([check.name, state, check.detail, "" if check.ok else check.fix])
+    return Table(["check", "state", "seen", "to change"], rows)
+
+
+_NS_PROBE = "for f in /proc/self/ns/*; do echo \"${f##*/} $(readlink $f)\"; done"
+
+
+def namespace_links(prefix: str = "") -> dict[str, str]:
+    """/proc/self/ns/* of a shell started with `prefix` (e.g. ``unshare --uts``) → links."""
+    command = f"{prefix} sh -c {shlex.quote(_NS_PROBE)}" if prefix else _NS_PROBE
+    links = {}
+    for line in sh_output(command).splitlines():
+        name, _, link = line.partition(" ")
+        links[name] = link
+    return links
+
+
+def namespace_table(unshare: str) -> Table:
+    """The host's namespaces next to those of a process started by `unshare` (a command
+    prefix such as ``unshare --uts --net``): same inode, same namespace."""
+    host = namespace_links()
+    inside = namespace_links(unshare)
+    rows = []
+    for kind, (_, _, name) in namespaces.KINDS.items():
+        if name not in host:
+            continue
+        other = inside.get(name, "?")
+        rows.append([kind, host[name], other, "shared" if other == host[name] else "NEW"])
+    return Table(["namespace", "host (this kernel)", f"{unshare} …", "same?"], rows)
+
+
+def tree(path: str | Path) -> Table:
+    """Every entry under `path` with its type, as ``find PATH -printf '%y %p'`` would show,
+    naming overlay whiteouts (character devices 0:0) and opaque directories."""
+    root = Path(path)
+    rows = []
+    for entry in sorted(root.rglob("*")):
+        info = entry.lstat()
+        kind, note = _describe(entry, info)
+        rows.append([str(entry.relative_to(root)), kind, note])
+    return Table(["path", "type", "note"], rows)
+
+
+def _describe(entry: Path, info: os.stat_result) -> tuple[str, str]:
+    import stat
+
+    if stat.S_ISCHR(info.st_mode):
+        major, minor = os.major(info.st_rdev), os.minor(info.st_rdev)
+        if (major, minor) == (0, 0):
+            return "char 0:0", "whiteout: hides this name from the layers below"
+        return f"char {major}:{minor}", "device"
+    if stat.S_ISLNK(info.st_mode):
+        return "symlink", f"→ {os.readlink(entry)}"
+    if stat.S_ISDIR(info.st_mode):
+        opaque = _xattr(entry, "trusted.overlay.opaque")
+        return "dir", "opaque: hides the lower directory's content" if opaque == b"y" else ""
+    if stat.S_ISREG(info.st_mode):
+        return "file", f"{info.st_size} bytes"
+    return "other", ""
+
+
+def _xattr(path: Path, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounts
+
+
+def mounts_under(path: str | Path) -> list[Path]:
+    """Mount points at or below `path` in this process's mount namespace, deepest last."""
+    base = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            point = _unescape(line.split()[4])
+            if point == base or point.startswith(base.rstrip("/") + "/"):
+                found.append(Path(point))
+    return found
+
+
+def _unescape(text: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        text = text.replace(code, char)
+    return text
+
+
+def unmount_all(path: str | Path, *, echo: bool = True) -> list[Path]:
+    """Unmount everything at or below `path`, deepest first (``umount -R``, one by one)."""
+    points = mounts_under(path)
+    if points and not privileged():
+        return []
+    for point in reversed(points):
+        if echo:
+            print(f"$ umount {point}")
+        subprocess.run(["umount", "-l", str(point)], check=False)
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 02: processes in a cgroup made by hand
+
+
+def cgroup_commands(name: str, limits) -> str:
+    """The shell commands that create cgroup `name` with `limits` on this machine (nothing
+    is touched: reading the plan needs no privileges)."""
+    from contained import cgroups
+
+    _, steps = cgroups.Cgroup.plan(name, limits)
+    return "\n".join(step.shell for step in steps)
+
+
+def create_cgroup(name: str, limits):
+    """Create cgroup `name` with `limits`, printing each step as the shell command it equals.
+
+    Returns the `contained.cgroups.Cgroup`; call its ``remove()`` when done.
+    """
+    from contained import cgroups
+
+    group, steps = cgroups.Cgroup.plan(name, limits)
+    try:
+        for step in steps:
+            print(f"$ {step.shell}")
+            step.run()
+    except BaseException:
+        group.remove()
+        raise
+    return group
+
+
+def failed_forks(group) -> int:
+    """How many times a fork in the group failed because of pids.max (pids.events "max")."""
+    for path in group.paths:
+        events = path / "pids.events"
+        if events.exists():
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+    return 0
+
+
+def plot_pids(samples: list[tuple], limit: int | None, title: str = "Processes in the group"):
+    """A matplotlib plot of the group's process count over time, with pids.max dashed."""
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3))
+    axes.plot([t for t, _ in samples], [u.pids for _, u in samples], marker=".",
+              label="processes")
+    if limit is not None:
+        axes.axhline(limit, color="red", linestyle="--", label=f"pids.max = {limit}")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("processes")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
+    return figure
+
+
+def start_in_cgroup(group, command: str) -> subprocess.Popen:
+    """Start `command` (bash) as a process that first joins `group` in every cgroup tree.
+
+    The shell writes its own pid into each ``cgroup.procs`` (what ``echo $$ > cgroup.procs``
+    does) and only then execs the command, so everything the command forks is inside too. If
+    joining fails, the command never runs.
+    """
+    join = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in group.procs_files)
+    script = f"set -e; {join}; exec {command}"
+    return subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                            errors="replace")
+
+
+def sample_usage(group, seconds: float, interval: float = 0.1, until=None) -> list[tuple]:
+    """Read the group's usage every `interval` seconds: [(elapsed seconds, Usage), ...].
+
+    Stops after `seconds`, or earlier when ``until()`` returns true.
+    """
+    samples = []
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        samples.append((elapsed, group.usage()))
+        if elapsed >= seconds or (until is not None and until()):
+            return samples
+        time.sleep(interval)
+
+
+def cpu_fractions(samples: list[tuple]) -> tuple[list[float], list[float]]:
+    """Times and CPUs used between consecutive samples (1.0 = one whole CPU)."""
+    times, used = [], []
+    for (t0, u0), (t1, u1) in zip(samples, samples[1:], strict=False):
+        if t1 > t0:
+            times.append(t1)
+            used.append((u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0))
+    return times, used
+
+
+def plot_cpu(samples: list[tuple], limit: float | None, title: str = "CPU used by the group"):
+    """A matplotlib plot of CPU use over time, with the cgroup's limit as a dashed line."""
+    import matplotlib.pyplot as plt
+
+    times, used = cpu_fractions(samples)
+    figure, axes = plt.subplots(figsize=(7, 3))
+    axes.plot(times, used, marker=".", label="CPU used (1.0 = one CPU)")
+    if limit is not None:
+        axes.axhline(limit, color="red", linestyle="--", label=f"limit: {limit:g} CPU")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("CPUs")
+    axes.set_ylim(0, max([1.1, *(u * 1.1 for u in used)]))
+    axes.set_title(title)
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
+    return figure
+
+
+def mean_cpu(samples: list[tuple], skip: float = 0.5) -> float:
+    """Average CPUs used after the first `skip` seconds (start-up is noisy)."""
+    kept = [(t, u) for t, u in samples if t >= skip] or samples
+    (t0, u0), (t1, u1) = kept[0], kept[-1]
+    return (u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0) if t1 > t0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 07: the host's Python inside a busybox container
+
+
+def host_python_volumes() -> list[str]:
+    """Read-only volumes that let the host's /usr/bin/python3 run inside a busybox container:
+    /usr, and /lib and /lib64 (symlinks into /usr on merged-/usr systems, so bound by their
+    real paths)."""
+    volumes = []
+    for path in ("/usr", "/lib", "/lib64"):
+        if os.path.exists(path):
+            volumes.append(f"{os.path.realpath(path)}:{path}:ro")
+    return volumes
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebook 04: OCI layouts
+
+
+def read_blob_json(layout: str | Path, digest: str) -> dict:
+    """A JSON blob (manifest, config, index) of an OCI layout, by digest."""
+    from contained import oci
+
+    return json.loads(oci.blob_path(Path(layout), digest).read_bytes())
+
+
+def layer_sizes(layout: str | Path, tag: str | None = None) -> list[tuple[str, int, int]]:
+    """Each layer of the image `tag` in `layout`: (short digest, compressed, uncompressed)."""
+    import gzip
+
+    from contained import oci
+
+    index = json.loads((Path(layout) / "index.json").read_text())
+    entries = [m for m in index["manifests"]
+               if tag is None or m.get("annotations", {}).get(
+                   "org.opencontainers.image.ref.name") == tag]
+    manifest = read_blob_json(layout, entries[0]["digest"])
+    sizes = []
+    for layer in manifest["layers"]:
+        blob = oci.blob_path(Path(layout), layer["digest"])
+        uncompressed = 0
+        with gzip.open(blob) if layer["mediaType"].endswith("gzip") else open(blob, "rb") as f:
+            while chunk := f.read(1 << 20):
+                uncompressed += len(chunk)
+        sizes.append((layer["digest"][7:19], layer["size"], uncompressed))
+    return sizes
+
+
+def tar_layer(*entries: tuple) -> bytes:
+    """An uncompressed layer tar from entries, exactly as written (nothing is cleaned up):
+
+    ``(name, "file", data)``, ``(name, "dir")``, ``(name, "symlink", target)``,
+    ``(name, "hardlink", target)``. Notebooks 04 and 07 build images and attacks with it.
+    """
+    import io
+    import tarfile
+
+    kinds = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+             "hardlink": tarfile.LNKTYPE}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, *rest in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            info.mode = 0o755 if kind == "dir" else 0o644
+            data = rest[0] if rest else b""
+            if kind in ("symlink", "hardlink"):
+                info.linkname = data
+                tar.addfile(info)
+            elif kind == "file":
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buffer.getvalue()
+
+
+def plot_layer_sizes(sizes: list[tuple[str, int, int]], title: str = "Layer sizes"):
+    """A bar chart of each layer's compressed and uncompressed size (KiB)."""
+    import matplotlib.pyplot as plt
+
+    names = [f"{i}: {digest}" for i, (digest, _, _) in enumerate(sizes)]
+    figure, axes = plt.subplots(figsize=(7, 3))
+    positions = range(len(sizes))
+    axes.barh([p + 0.2 for p in positions], [s[2] / 1024 for s in sizes], height=0.4,
+              label="uncompressed (tar)")
+    axes.barh([p - 0.2 for p in positions], [s[1] / 1024 for s in sizes], height=0.4,
+              label="compressed (blob)")
+    axes.set_yticks(list(positions), names)
+    axes.invert_yaxis()
+    axes.set_xlabel("KiB")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
+    return figure
+
+
+# ---------------------------------------------------------------------------------------------
+# Executing the whole workbook
+
+
+def notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The workbook's notebooks, in order (``NN-name.ipynb``)."""
+    return sorted(p for p in Path(directory).glob("[0-9][0-9]-*.ipynb"))
+
+
+def execute_notebook(notebook: Path, out_dir: Path, *, timeout: int = DEFAULT_CELL_TIMEOUT,
+                     env: dict | None = None, kernel_name: str = "python3") -> Path:
+    """Execute one notebook with its working directory in `out_dir`; write the executed copy
+    there (even when a cell fails, so the error can be read) and return its path."""
+    import nbclient
+    import nbformat
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    out_dir = Path(out_dir).absolute()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / Path(notebook).name
+    book = nbformat.read(notebook, as_version=4)
+    client = nbclient.NotebookClient(book, timeout=timeout, kernel_name=kernel_name,
+                                     resources={"metadata": {"path": str(out_dir)}})
+    kernel_env = dict(os.environ if env is None else env)
+    try:
+        client.execute(env=kernel_env)
+    except CellExecutionError as error:
+        raise NotebookFailed(f"{Path(notebook).name} failed: {_first_line(error)}; "
+                             f"the executed copy is {target}") from None
+    except CellTimeoutError:
+        raise NotebookFailed(f"{Path(notebook).name}: a cell ran longer than {timeout} s; "
+                             f"the executed copy is {target}") from None
+    finally:
+        nbformat.write(book, target)
+        # A notebook stopped half-way may leave its overlay mounted: never leave it behind.
+        unmount_all(out_dir, echo=False)
+    return target
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors[-1] if errors else lines[-1] if lines else type(error).__name__).strip()
+
+
+def execute_all(out_dir: str | Path, *, notebooks_dir: Path = NOTEBOOKS_DIR,
+                timeout: int = DEFAULT_CELL_TIMEOUT, env: dict | None = None) -> list[Path]:
+    """Execute every notebook of the workbook in order, writing executed copies to `out_dir`.
+
+    Stops at the first notebook that fails (NotebookFailed names it and the cell's error).
+    """
+    done = []
+    for notebook in notebooks(notebooks_dir):
+        started = time.monotonic()
+        print(f"executing {notebook.name} ...", end=" ", flush=True)
+        done.append(execute_notebook(notebook, Path(out_dir), timeout=timeout, env=env))
+        print(f"done in {time.monotonic() - started:.1f} s", flush=True)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m contained.workbook OUT_DIR [NOTEBOOK...]``: execute the workbook."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m contained.workbook",
+                                     description="Execute the workbook's notebooks.")
+    parser.add_argument("out_dir", help="where executed notebooks (and their lab dirs) go")
+    parser.add_argument("notebooks", nargs="*", help="notebooks to run (default: all)")
+    parser.add_argument("--timeout", type=int, default=DEFAULT_CELL_TIMEOUT,
+                        help="seconds a cell may run")
+    args = parser.parse_args(argv)
+    try:
+        if args.notebooks:
+            for notebook in args.notebooks:
+                execute_notebook(Path(notebook), Path(args.out_dir), timeout=args.timeout)
+        else:
+            execute_all(args.out_dir, timeout=args.timeout)
+    except ContainedError as error:
+        print(f"contained: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def copy_notebooks(destination: Path, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Copy the workbook's notebooks into `destination` (for running them elsewhere)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(p, destination)) for p in notebooks(directory)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
