@@ -38,6 +38,4 @@ def close_runner() -> None:
     """Stop the runner helper if this process started one; named containers keep running."""
     from contained.container import Runner
 
-    if Runner._shared is not None:
-        Runner._shared.close()
-        Runner._shared = None
+    Runner.close_shared()

@@ -522,6 +522,11 @@ class Cgroup:
             )
         return steps
 
+    def limit_steps(self, limits: Limits) -> list[Step]:
+        """The steps that set `limits` on this (existing) group, e.g. one made ahead of time."""
+        _check_limits(limits, self.host)
+        return self._limit_steps(limits)
+
     def _limit_steps(self, limits: Limits) -> list[Step]:
         steps = []
 

@@ -441,9 +441,30 @@ def run_doctor(args) -> int:
     return 0 if all(c.ok or not c.required for c in found) else 1
 
 
+def add_install_kernel(commands) -> None:
+    parser = commands.add_parser(
+        "install-kernel", help='install the Jupyter kernel "Python 3 (contained)"',
+        description="Install a kernelspec that starts this Python's ipykernel with the "
+                    "contained extension loaded (%%%%container works without %%load_ext).")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true",
+                       help="for this user only (~/.local/share/jupyter/kernels)")
+    where.add_argument("--prefix", metavar="P",
+                       help="under P/share/jupyter/kernels, e.g. a virtualenv's sys.prefix")
+    parser.set_defaults(func=run_install_kernel)
+
+
+def run_install_kernel(args) -> int:
+    from contained import kernelspec
+
+    path = kernelspec.install_kernel(user=args.user, prefix=args.prefix)
+    print(f"installed kernel {kernelspec.DISPLAY_NAME!r} in {path}")
+    return 0
+
+
 COMMANDS: list[Callable] = [add_run, add_exec, add_ps, add_stop, add_rm, add_logs,
                             add_pull, add_images, add_inspect, add_rmi, add_unpack, add_import,
-                            add_registry, add_gc, add_doctor]
+                            add_registry, add_gc, add_doctor, add_install_kernel]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,9 +31,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from contained import cgroups, home, network, runner
+from contained import cgroups, home, init, network, runner, wire
 from contained.errors import ContainedError
-from contained.spec import ContainerSpec, ExecSpec
+from contained.init import CommandFailed
+from contained.spec import ContainerSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -268,6 +269,30 @@ def _read_state(container_id: str) -> dict | None:
     return data
 
 
+def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
+    """A container's cgroup: named after it, or a spare the runner had made ahead of time."""
+    name = container_id
+    try:
+        recorded = json.loads((containers_dir() / container_id / "runner.json").read_text())
+        name = recorded.get("cgroup") or container_id
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    return cgroups.Cgroup.open(name)
+
+
+def _live_spares() -> set[str]:
+    """Cgroups that runners made ahead of time and still hold (spare-PID-STARTTIME)."""
+    names = set()
+    for parent in cgroups.parent_paths():
+        if parent.exists():
+            for entry in parent.iterdir():
+                parts = entry.name.split("-")
+                if len(parts) == 3 and parts[0] == "spare" and parts[1].isdigit() \
+                        and parts[2].isdigit() and _alive(int(parts[1]), int(parts[2])):
+                    names.add(entry.name)
+    return names
+
+
 def _alive(pid: int | None, started: int | None) -> bool:
     """Is this exact process (pid + start time, so a reused pid doesn't count) still running?
 
@@ -321,7 +346,11 @@ def get(name_or_id: str) -> Container:
     return matches[0]
 
 
-def _reserve(spec: ContainerSpec) -> None:
+def _reserve(spec: ContainerSpec, named: bool = True) -> None:
+    """Record a new container, checking that its name is free (a generated one is)."""
+    if not named:
+        _write_state(spec)
+        return
     with _locked():
         for other in containers():
             if other.name == spec.name and (other.persistent or other.running):
@@ -358,6 +387,14 @@ class Runner:
             if cls._shared is None or not cls._shared.alive():
                 cls._shared = cls()
             return cls._shared
+
+    @classmethod
+    def close_shared(cls) -> None:
+        """Stop this process's shared runner (its throwaway containers are killed)."""
+        with cls._shared_lock:
+            if cls._shared is not None:
+                cls._shared.close()
+                cls._shared = None
 
     def alive(self) -> bool:
         return self.in_process or (self._process is not None and self._process.poll() is None)
@@ -403,7 +440,7 @@ class Runner:
                     os._exit(runner.handle(request, fds))
             else:
                 with self._lock:
-                    runner.send_request(self._start(), request, fds)
+                    wire.send_request(self._start(), request, fds)
         except BaseException:
             ours.close()
             raise
@@ -525,7 +562,7 @@ class Request:
 
 def _error_from(message: dict) -> ContainedError:
     if message.get("type") == "CommandFailed":
-        return runner.CommandFailed(message.get("exit_status", 127), message["message"])
+        return CommandFailed(message.get("exit_status", 127), message["message"])
     error = ContainedError(message["message"])
     error.exit_status = message.get("exit_status", 125)
     return error
@@ -578,7 +615,7 @@ def start(image: str, command: list[str] | None = None, *, name: str | None = No
         return start_exec(spec.name, spec.args, stdin=stdin, stdout=stdout, stderr=stderr,
                           explain=explain, runner_=runner_)
     return start_spec(spec, stdin=stdin, stdout=stdout, stderr=stderr, explain=explain,
-                      runner_=runner_)
+                      runner_=runner_, named=name is not None)
 
 
 def run_spec(spec: ContainerSpec, **options) -> RunResult:
@@ -587,8 +624,8 @@ def run_spec(spec: ContainerSpec, **options) -> RunResult:
 
 
 def start_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
-               runner_: Runner | None = None) -> "Execution":
-    _reserve(spec)
+               runner_: Runner | None = None, named: bool = True) -> "Execution":
+    _reserve(spec, named)
     try:
         request = (runner_ or Runner.shared()).submit(
             "run", spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain))
@@ -605,9 +642,12 @@ class Execution:
     `RunResult` once there is one (or None); `wait()` blocks; `kill()` ends the command.
     """
 
-    def __init__(self, request: Request, spec: ContainerSpec):
+    def __init__(self, request: Request, spec: ContainerSpec, group=None):
         self.request = request
         self.spec = spec
+        # For exec: PID 1 does not watch memory, so compare the cgroup's OOM count around it.
+        self._group = group
+        self._oom_before = group.oom_kills() if group is not None else 0
 
     def fileno(self) -> int:
         return self.request.fileno()
@@ -632,8 +672,12 @@ class Execution:
     def _result(self) -> RunResult:
         self._clean_up()
         message = self.request.outcome()
-        return RunResult(message["status"], message.get("oom", False), message.get("message"),
-                         self.spec.name, self.spec.id)
+        result = RunResult(message["status"], message.get("oom", False),
+                           message.get("message"), self.spec.name, self.spec.id)
+        if self._group is not None and self._group.oom_kills() > self._oom_before:
+            result.status, result.oom = 137, True
+            result.message = runner.oom_message(self.spec.memory)
+        return result
 
     def _clean_up(self) -> None:
         # The runner removes a throwaway container; this catches a runner that died first.
@@ -697,7 +741,9 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
                runner_: Runner | None = None) -> Execution:
     """Like `exec_`, but return at once with an `Execution`.
 
-    With ``detach=True`` the command keeps running when the caller goes away.
+    The request goes straight to the container's PID 1 (its control socket), which forks the
+    command inside every namespace and the cgroup; no runner is involved, and nothing forks
+    here. With ``detach=True`` the command keeps running when the caller goes away.
     """
     container = get(name)
     if not container.running or not container.persistent:
@@ -705,26 +751,41 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
                                   f"with `contained run --name {container.name} ...` after "
                                   f"`contained rm {container.name}`")
     spec = container.spec
-    data = _read_state(container.id)
-    exec_spec = ExecSpec(container=spec, init_pid=data["init_pid"],
-                         init_start_time=data["init_start_time"], args=list(command),
-                         env=_environment(spec.env, list(env)),
-                         working_dir=workdir or spec.working_dir,
-                         user=spec.user if user is None else user)
-    request = (runner_ or Runner.shared()).submit(
-        "exec", exec_spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain),
-        detached=detach)
-    return Execution(request, spec)
+    if not command:
+        raise BadOption("exec needs a command, e.g. ['sh', '-c', 'ls /']")
+    working_dir = workdir or spec.working_dir
+    if not working_dir.startswith("/"):
+        raise BadOption(f"working directory {working_dir!r} must be an absolute path")
+    if explain is not None and explain is not False:
+        for step in runner.exec_steps(container.init_pid, spec, list(command), working_dir):
+            os.write(_explain_fd(explain), f"+ {step.explain()}\n".encode())
+    request = {"op": "exec", "detached": detach, "spec": {
+        "args": list(command), "env": _environment(spec.env, list(env)),
+        "working_dir": working_dir, "user": spec.user if user is None else user}}
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with init.short_path(Path(spec.directory) / "control.sock") as address:
+            sock.connect(address)
+        wire.send_request(sock, request, list(_stdio(stdin, stdout, stderr)))
+    except OSError as error:
+        sock.close()
+        raise ContainerNotRunning(f"container {container.name} does not answer "
+                                  f"({error.strerror}): `contained rm -f {container.name}` "
+                                  "and run it again") from error
+    group = cgroup_of(spec.id) if not spec.rootless else None
+    return Execution(Request(sock), spec, group)
 
 
 def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
     """SIGTERM to PID 1 (it passes it on), SIGKILL after `timeout` seconds (``docker stop``)."""
     container = get(name)
     data = _read_state(container.id)
+    if data is None:  # a throwaway one that finished meanwhile
+        raise ContainerNotFound(f"container {name!r} is gone (it was a throwaway container)")
     pid = data.get("init_pid")
     if container.running and pid:
         _terminate(pid, timeout)
-    group = cgroups.Cgroup.open(container.id)
+    group = cgroup_of(container.id)
     if group is not None:
         group.remove()
     if container.spec.net == "bridge":
@@ -770,7 +831,7 @@ def remove(name: str, force: bool = False) -> None:
 
 
 def _remove_files(spec: ContainerSpec) -> None:
-    group = cgroups.Cgroup.open(spec.id)
+    group = cgroup_of(spec.id)
     if group is not None:
         group.remove()
     directory = Path(spec.directory)
@@ -799,7 +860,8 @@ def gc() -> list[str]:
                         and _read_state(entry.name) is None:
                     shutil.rmtree(entry, ignore_errors=True)  # half-created, no state
         running = [c for c in containers() if c.running]
-        removed += [f"cgroup {name}" for name in cgroups.gc({c.id for c in running})]
+        keep = {getattr(cgroup_of(c.id), "name", c.id) for c in running} | _live_spares()
+        removed += [f"cgroup {name}" for name in cgroups.gc(keep)]
         if network.state_path(network.NetworkConfig()).exists():
             alive = {c.name for c in running}
             removed += [f"network {name}" for name in network.gc(alive)]

@@ -23,10 +23,12 @@ Background processes started in a named container keep running after their cell,
 cell's output pipes are closed when it ends: redirect their output (``cmd >/tmp/log 2>&1 &``).
 """
 
+import argparse
 import codecs
 import json
 import os
 import select
+import shlex
 import signal
 import sys
 import time
@@ -52,7 +54,7 @@ DEFAULT_STATS_SECONDS = 3.0
 def cell_parser() -> MagicArgumentParser:
     """``%%container IMAGE [options]``: `contained run`'s options, plus %%script's habits."""
     parser = MagicArgumentParser(
-        prog="%%container", add_help=False,
+        prog="%container", add_help=False,  # IPython's formatter adds one more %
         description="Run the cell with the image's /bin/sh inside a container.")
     parser.add_argument("image", help="an image in the store, e.g. busybox")
     parser.add_argument("--name", help="create this named container on first use and run later "
@@ -89,7 +91,7 @@ def cell_parser() -> MagicArgumentParser:
 
 def line_parser() -> MagicArgumentParser:
     """``%container SUBCOMMAND ...``."""
-    parser = MagicArgumentParser(prog="%container", add_help=False,
+    parser = MagicArgumentParser(prog="container", add_help=False,
                                  description="Manage containers and images from a notebook.")
     commands = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     commands.required = True
@@ -110,7 +112,8 @@ def line_parser() -> MagicArgumentParser:
     exec_.add_argument("-w", "--workdir")
     exec_.add_argument("-u", "--user")
     exec_.add_argument("name")
-    exec_.add_argument("cmd", nargs="+")
+    # Everything after NAME is the command, options included (`exec b sh -c 'ls -l'`).
+    exec_.add_argument("cmd", nargs=argparse.REMAINDER)
     stop = commands.add_parser("stop", help="stop a named container")
     stop.add_argument("names", nargs="+", metavar="name")
     stop.add_argument("-t", "--time", type=float, default=container.DEFAULT_STOP_TIMEOUT)
@@ -125,6 +128,15 @@ def line_parser() -> MagicArgumentParser:
 
 CELL_PARSER = cell_parser()
 LINE_PARSER = line_parser()
+
+
+def parse(parser: MagicArgumentParser, line: str):
+    """Split the line as a POSIX shell would (IPython's own splitting keeps the quotes in
+    ``-e 'A=two words'``), then parse it; mistakes raise UsageError."""
+    try:
+        return parser.parse_args(shlex.split(line))
+    except ValueError as error:
+        raise UsageError(f"cannot parse {line!r}: {error}") from None
 
 
 def failure(message: str, **details) -> UsageError:
@@ -222,13 +234,13 @@ class Sampler:
     _last: float = 0.0
 
     def sample(self) -> None:
-        from contained import cgroups
+        from contained import container
 
         now = time.monotonic()
         if self.samples and now - self._last < SAMPLE_INTERVAL:
             return
         if self._group is None:
-            self._group = cgroups.Cgroup.open(self.container_id)
+            self._group = container.cgroup_of(self.container_id)
             if self._group is None:
                 return
         try:
@@ -390,8 +402,7 @@ def check_reusable(existing: container.Container, args) -> None:
         raise failure(f"container {name!r} is stopped: remove it (%container rm {name}) "
                       "to start it afresh")
     spec = existing.spec
-    wanted_image = Store().image(args.image).name
-    if wanted_image != spec.image:
+    if _image_name(args.image) != spec.image and Store().image(args.image).name != spec.image:
         raise failure(f"container {name!r} was created from {spec.image}; remove it "
                       f"(%container rm -f {name}) to use {args.image}")
     # Normalise the cell's options exactly as creation did, then compare.
@@ -405,6 +416,16 @@ def check_reusable(existing: container.Container, args) -> None:
             raise failure(f"container {name!r} was created with "
                           f"{_shown(option, getattr(spec, field_name))}; remove it "
                           f"(%container rm -f {name}) to change it")
+
+
+def _image_name(image: str) -> str | None:
+    """The store's name for `image` from the text alone (cheap: no store read), or None."""
+    from contained.reference import parse_reference
+
+    try:
+        return parse_reference(image).name
+    except ContainedError:
+        return None
 
 
 def _shown(option: str, value) -> str:
@@ -451,7 +472,7 @@ class ContainerMagics(Magics):
     # -- %%container -------------------------------------------------------------------------
 
     def run_cell(self, line: str, cell: str) -> None:
-        args = CELL_PARSER.parse_argstring(line)
+        args = parse(CELL_PARSER, line)
         command = ["/bin/sh", "-c", cell]
         existing = existing_container(args.name)
         if existing is not None:
@@ -488,14 +509,13 @@ class ContainerMagics(Magics):
                           oom=bool(result and result.oom))
 
     def dry_run(self, args, command: list[str], existing) -> None:
-        from contained import runner
-        from contained.spec import ExecSpec
-
         if existing is not None:
-            spec = ExecSpec(container=existing.spec, init_pid=existing.init_pid or 0,
-                            init_start_time=0, args=command, env=existing.spec.env,
-                            working_dir=args.workdir or existing.spec.working_dir)
-            lines = [step.explain() for step in runner.exec_steps(spec)]
+            from contained import runner
+
+            working_dir = args.workdir or existing.spec.working_dir
+            steps = runner.exec_steps(existing.init_pid or 0, existing.spec, command,
+                                      working_dir)
+            lines = [step.explain() for step in steps]
         else:
             spec = container.build_spec(args.image, command, name=args.name,
                                         persistent=args.name is not None, env=args.env,
@@ -507,26 +527,20 @@ class ContainerMagics(Magics):
     # -- %container SUBCOMMAND -------------------------------------------------------------
 
     def subcommand(self, line: str):
-        args = LINE_PARSER.parse_argstring(line)
+        args = parse(LINE_PARSER, line)
         return getattr(self, f"do_{args.command}")(args)
 
+    # ps, images and doctor print exactly what the `contained` command prints.
+
     def do_ps(self, args) -> None:
-        rows = [("CONTAINER ID", "NAME", "IMAGE", "STATUS", "COMMAND")]
-        for found in container.containers():
-            if found.running or args.all:
-                rows.append((found.id[:12], found.name, _familiar(found.image), found.status,
-                             _short_command(found.command)))
-        print(format_table(rows))
+        from contained import cli
+
+        cli.run_ps(argparse.Namespace(all=args.all, quiet=False, no_trunc=False))
 
     def do_images(self, args) -> None:
-        from contained.store import Store
+        from contained import cli
 
-        rows = [("REPOSITORY", "TAG", "DIGEST", "SIZE")]
-        for image in Store().images():
-            reference = image.reference
-            rows.append((reference.familiar_repository, reference.tag or "<none>",
-                         image.digest[:19], human_size(image.size)))
-        print(format_table(rows))
+        cli.run_images(argparse.Namespace(no_trunc=False, quiet=False))
 
     def do_pull(self, args) -> None:
         from contained.store import Store
@@ -578,6 +592,9 @@ class ContainerMagics(Magics):
         plots.show_figure(plots.stats_figure(sampler.samples, title=found.name))
 
     def do_exec(self, args) -> None:
+        if not args.cmd:
+            raise failure("%container exec needs a command: %container exec NAME CMD [ARG...]")
+
         def start(stdin, stdout, stderr, explain):
             return container.start_exec(args.name, args.cmd, env=args.env,
                                         workdir=args.workdir, user=args.user, stdin=stdin,
@@ -602,10 +619,9 @@ class ContainerMagics(Magics):
         print("\n".join(removed) if removed else "nothing to clean up")
 
     def do_doctor(self, args) -> None:
-        from contained import doctor
+        from contained import cli
 
-        for check in doctor.checks():
-            print(check.line())
+        cli.run_doctor(argparse.Namespace())
 
     def do_dashboard(self, args):
         from contained import widgets
@@ -613,36 +629,18 @@ class ContainerMagics(Magics):
         return widgets.Dashboard().widget
 
 
-def _familiar(image: str) -> str:
-    from contained.reference import parse_reference
-
-    try:
-        return parse_reference(image).familiar
-    except ContainedError:
-        return image
-
-
-def _short_command(command: list[str], width: int = 30) -> str:
-    text = " ".join(command).replace("\n", "; ")
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def human_size(size: int) -> str:
-    """Decimal units, as Docker (and ``contained images``) print sizes: 4.26MB."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{size}B"
+    from contained.cli import human_size as cli_human_size
+
+    return cli_human_size(size)
 
 
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                     .rstrip() for row in rows)
+ContainerMagics.container.__doc__ = f"""Run a cell in a container, or manage containers.
 
+``%%container IMAGE [options]`` runs the cell body with the image's /bin/sh; without --name the
+container is thrown away after the cell, with --name it is created once and reused. The body
+reaches the shell untouched ($VAR, $$, {{x}} are the shell's); the magic line is expanded by
+IPython, so ``-e N={{n}}`` passes a Python value. A non-zero exit raises a one-line error.
 
-ContainerMagics.container.__doc__ = (
-    f"{__doc__.split(chr(10) + chr(10))[0]}\n\n{CELL_PARSER.format_help()}\n"
-    f"{LINE_PARSER.format_help()}")
+{CELL_PARSER.format_help()}
+{LINE_PARSER.format_help()}"""

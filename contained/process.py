@@ -496,7 +496,7 @@ def switch_user(uid: int, gid: int, groups: list[int]) -> None:
     way back to root.
     """
     try:
-        if _setgroups_allowed():
+        if setgroups_allowed():
             os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
@@ -506,7 +506,7 @@ def switch_user(uid: int, gid: int, groups: list[int]) -> None:
             f"{os.strerror(error.errno)}; is this id mapped in the user namespace?") from error
 
 
-def _setgroups_allowed() -> bool:
+def setgroups_allowed() -> bool:
     """False in a rootless container's user namespace, where setgroups(2) is denied (the
     kernel requires it before an unprivileged process may write its own gid_map)."""
     try:

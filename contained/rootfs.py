@@ -26,8 +26,17 @@ from contained import safepath, syscalls
 from contained.overlay import mount_overlay_step
 from contained.plan import Step
 from contained.syscalls import (
-    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
-    MS_REMOUNT, MS_SLAVE, MS_STRICTATIME,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_SLAVE,
+    MS_STRICTATIME,
 )
 
 # The device nodes a process expects; bind-mounted from the host's, so no mknod is needed (and

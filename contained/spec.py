@@ -42,25 +42,3 @@ class ContainerSpec:
     @classmethod
     def from_json(cls, text: str) -> "ContainerSpec":
         return cls(**json.loads(text))
-
-
-@dataclass
-class ExecSpec:
-    """A command to run in an already running (named) container."""
-
-    container: ContainerSpec
-    init_pid: int
-    init_start_time: int
-    args: list[str]
-    env: list[str]
-    working_dir: str
-    user: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ExecSpec":
-        data = json.loads(text)
-        data["container"] = ContainerSpec(**data["container"])
-        return cls(**data)

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_root
+
 from contained import container, namespaces
 from contained.container import Runner
 
@@ -167,7 +167,7 @@ def test_exit_status_and_signals_are_reported_like_a_shell(busybox_home, runner_
 
 
 def test_unknown_command_is_exit_127_with_one_line(busybox_home, runner_process):
-    with pytest.raises(container.runner.CommandFailed) as caught:
+    with pytest.raises(container.CommandFailed) as caught:
         run_capture("busybox", ["no-such-command"], runner_process)
     assert caught.value.exit_status == 127
     assert "no-such-command" in str(caught.value) and "\n" not in str(caught.value)

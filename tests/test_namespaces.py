@@ -3,6 +3,7 @@
 import subprocess
 
 from conftest import needs_root
+
 from contained import namespaces
 
 

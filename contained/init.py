@@ -1,0 +1,311 @@
+"""PID 1: the container's first process, and why it has a job of its own.
+
+Taught in notebooks 05 and 06. In a new PID namespace the first process is PID 1, and PID 1 is
+special: orphaned processes are re-parented to it, so it must reap them (or they stay zombies);
+the kernel delivers it no signal it has no handler for, so ``kill -TERM 1`` does nothing unless
+it forwards; and when it exits, the kernel kills everything else in the namespace. Docker's
+``--init`` (tini) exists for this. The shell equivalent of our init is roughly::
+
+    unshare --pid --fork --kill-child sh -c 'trap "kill -TERM $child" TERM; CMD & child=$!; wait'
+
+Our init is the runner's Python process, forked and renamed ``contained-init``; it drops to
+Docker's default capabilities and no_new_privs before it starts anything. For a named
+container it also serves ``exec``: a command sent on the container's control socket is forked
+by PID 1 itself, so it is born inside every namespace and the cgroup — nothing to join, which
+is the slow part of ``nsenter`` + a cgroup write.
+"""
+
+import os
+import select
+import signal
+import socket
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from contained import process, syscalls, wire
+from contained.errors import ContainedError
+from contained.plan import Step
+
+EXIT_SETUP_FAILED = 125
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+
+# Signals PID 1 passes on to the command. SIGINT is not among them: from a terminal, Ctrl-C
+# already reaches the command directly (it is in the terminal's foreground process group), and
+# from a notebook an interrupt kills.
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+TITLE = "contained-init"
+
+
+class CommandFailed(ContainedError):
+    """The command could not be started (not found, not executable, unknown user...)."""
+
+    def __init__(self, exit_status: int, message: str):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, (ContainedError, OSError)):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting the command
+
+def confine_step() -> Step:
+    """PID 1 drops to Docker's capabilities before it starts anything: its children inherit."""
+    names = ",".join("+" + name[4:].lower() for name in process.DOCKER_DEFAULT_CAPABILITIES)
+
+    def confine():
+        process.drop_capabilities(process.DOCKER_DEFAULT_CAPABILITIES)
+        process.set_no_new_privileges()
+
+    return Step(f"setpriv --bounding-set=-all,{names} --inh-caps=-all --no-new-privs",
+                "only Docker's default capabilities, and exec never grants more (setuid "
+                "binaries included), for PID 1 and everything it starts", confine)
+
+
+def spawn_command(args, env, working_dir, user, *, new_session: bool,
+                  stdio: tuple[int, int, int] | None = None) -> subprocess.Popen:
+    """Start the user's command as a child of this process (PID 1); returns its Popen.
+
+    PID 1 has already given up every capability the command must not have (`confine_step`),
+    so what is left is the user switch, the working directory, a clean environment and stdio:
+    `subprocess` does exactly that, with vfork() when no user switch is needed, which is much
+    cheaper than a fork of this Python process. A command that cannot start raises
+    CommandFailed with the exit status a shell would give (127 not found, 126 not executable).
+    """
+    uid, gid, groups, home = process.resolve_user(user or "", Path("/"))
+    environment = process.build_environment(env, [], home=home)
+    path_env = next((e[5:] for e in environment if e.startswith("PATH=")), "")
+    try:
+        executable = process.find_executable(args[0], path_env)
+    except ContainedError as error:
+        raise CommandFailed(error.exit_status, str(error)) from error
+    identity = {}
+    if (uid, gid) != (os.geteuid(), os.getegid()):
+        identity = {"user": uid, "group": gid}
+        if process.setgroups_allowed():
+            identity["extra_groups"] = groups
+    stdin, stdout, stderr = stdio if stdio is not None else (0, 1, 2)
+    try:
+        return subprocess.Popen(
+            args, executable=executable, env=dict(e.split("=", 1) for e in environment),
+            cwd=working_dir or "/", stdin=stdin, stdout=stdout, stderr=stderr,
+            start_new_session=new_session, close_fds=True, restore_signals=True, **identity)
+    except FileNotFoundError as error:
+        if error.filename == (working_dir or "/"):
+            raise CommandFailed(EXIT_NOT_EXECUTABLE, f"cannot enter the working directory "
+                                f"{working_dir}: it does not exist") from error
+        raise CommandFailed(EXIT_NOT_FOUND, f"{args[0]}: {error.strerror}") from error
+    except PermissionError as error:
+        raise CommandFailed(EXIT_NOT_EXECUTABLE, f"{args[0]}: {error.strerror}") from error
+    except OSError as error:
+        raise CommandFailed(EXIT_SETUP_FAILED, f"cannot start {args[0]}: {error}") from error
+
+
+def restore_default_signals() -> None:
+    """What the runner ignores (SIGINT, SIGPIPE via Python) must not stay ignored in commands:
+    an ignored signal survives exec. PID 1 itself is protected by the kernel anyway."""
+    for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------------------------------------
+# A throwaway container: PID 1 waits for its one command
+
+def reap_until(child: subprocess.Popen) -> int:
+    """Forward signals to the command, reap every zombie, return the command's status."""
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, lambda signum, frame: _signal(child.pid, signum))
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return EXIT_SETUP_FAILED
+        if pid == child.pid:
+            # Tell the Popen its child is reaped, or it would try again when collected.
+            child.returncode = exit_code(status)
+            return child.returncode
+
+
+def _signal(pid: int, signum: int, group: bool = False) -> None:
+    try:
+        (os.killpg if group else os.kill)(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# A named container: PID 1 holds the namespaces and runs what `exec` sends
+
+def control_socket(directory: Path) -> socket.socket:
+    """The listening socket `exec` connects to (in the container's 0700 directory)."""
+    path = directory / "control.sock"
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with short_path(path) as name:
+        listener.bind(name)
+    os.chmod(path, 0o600)
+    listener.listen(16)
+    return listener
+
+
+@contextmanager
+def short_path(path: Path):
+    """`path` as a name that fits a Unix socket address (108 bytes), via an open directory.
+
+    Container directories are deep (a 64-hex-digit id under CONTAINED_HOME); the directory's
+    descriptor names it in a few bytes, without chdir (which would affect every thread).
+    """
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def detach_stdio(keep: tuple[int, ...]) -> None:
+    """A long-lived PID 1 must not hold the caller's pipes open (a cell would never end)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    for fd in _open_fds():
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _open_fds() -> list[int]:
+    return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def serve_exec(listener: socket.socket) -> None:
+    """PID 1 of a named container, forever: exec requests in, zombies out, SIGTERM ends all.
+
+    Each request (JSON + the caller's stdin/stdout/stderr as SCM_RIGHTS) becomes a child in
+    its own session; its status goes back on the same connection. "kill" or the caller going
+    away kills the child's process group, unless the request was detached.
+    """
+    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_write)
+    stopping = []
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
+    children: dict[int, tuple[socket.socket, bool, subprocess.Popen]] = {}
+    while True:
+        if stopping:
+            _stop_everything()
+        watched = [listener, wakeup_read] + [conn for conn, _, _ in children.values()]
+        try:
+            ready, _, _ = select.select(watched, [], [])
+        except InterruptedError:
+            continue
+        if wakeup_read in ready:
+            _drain(wakeup_read)
+        if listener in ready:
+            _accept(listener, children)
+        for pid, (conn, detached, _) in list(children.items()):
+            if conn in ready and not detached:
+                data = _recv(conn)
+                if not data or b"kill" in data:
+                    _signal(pid, signal.SIGKILL, group=True)
+        _reap(children)
+
+
+def _accept(listener: socket.socket, children: dict) -> None:
+    conn, _ = listener.accept()
+    try:
+        received = wire.receive_request(conn)
+    except (OSError, ValueError):
+        conn.close()
+        return
+    if received is None:
+        conn.close()
+        return
+    request, fds = received
+    try:
+        spec = request["spec"]
+        child = spawn_command(spec["args"], spec["env"], spec["working_dir"], spec["user"],
+                              new_session=True, stdio=tuple(fds[:3]))
+    except CommandFailed as error:
+        wire.send_message(conn, event="error", type="CommandFailed", message=str(error),
+              exit_status=error.exit_status)
+        conn.close()
+        return
+    except BaseException as error:  # noqa: BLE001 — one bad request must not end PID 1
+        wire.send_message(conn, event="error", type="ExecFailed", message=describe(error),
+              exit_status=EXIT_SETUP_FAILED)
+        conn.close()
+        return
+    finally:
+        for fd in fds:
+            os.close(fd)
+    wire.send_message(conn, event="started", pid=child.pid)
+    children[child.pid] = (conn, bool(request.get("detached")), child)
+
+
+def _reap(children: dict) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in children:
+            conn, _, child = children.pop(pid)
+            child.returncode = exit_code(status)
+            wire.send_message(conn, event="exit", status=child.returncode, oom=False,
+                              message=None)
+            conn.close()
+
+
+def _stop_everything() -> None:
+    """SIGTERM to every process of the namespace, then leave once they are gone."""
+    _signal(-1, signal.SIGTERM)  # from PID 1, -1 means every process of the namespace
+    while True:
+        try:
+            os.kill(-1, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        select.select([], [], [], 0.05)
+
+
+def _recv(conn: socket.socket) -> bytes:
+    try:
+        return conn.recv(64)
+    except OSError:
+        return b""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def set_title() -> None:
+    syscalls.set_process_title(TITLE)

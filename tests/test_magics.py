@@ -1,0 +1,541 @@
+"""The magics in a real IPython shell: options, errors, streaming, persistence, plots, widgets.
+
+Parser, error-message, plot and loading tests run anywhere. Tests that run containers need root
+and use busybox (imported offline from the host's busybox-static) in a temporary CONTAINED_HOME,
+through the same runner helper process a kernel uses (`Runner.shared()`).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import IS_ROOT, needs_registry_tools, needs_root
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import contained
+from contained import magics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def shell():
+    """One IPython shell with the extension loaded, as a notebook kernel has."""
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "contained")
+    yield ip
+    ip.run_line_magic("unload_ext", "contained")
+
+
+def cell(shell, line: str, body: str):
+    return shell.run_cell_magic("container", line, body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Anywhere: loading, parsing, messages, decoding, plots, kernelspec.
+
+def test_import_contained_and_load_ext_import_neither_matplotlib_nor_ipywidgets():
+    code = (
+        "import sys, contained\n"
+        "assert 'IPython' not in sys.modules, 'import contained imported IPython'\n"
+        "from IPython.core.interactiveshell import InteractiveShell\n"
+        "ip = InteractiveShell.instance()\n"
+        "ip.run_line_magic('load_ext', 'contained')\n"
+        "assert 'container' in ip.magics_manager.magics['cell']\n"
+        "heavy = [m for m in ('matplotlib', 'ipywidgets') if m in sys.modules]\n"
+        "print('heavy:', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "heavy: []" in result.stdout
+
+
+def test_unload_removes_the_magics_and_load_brings_them_back():
+    ip = InteractiveShell.instance()  # the `shell` fixture's too: leave the extension loaded
+    ip.run_line_magic("load_ext", "contained")
+    assert "container" in ip.magics_manager.magics["line"]
+    ip.run_line_magic("unload_ext", "contained")
+    assert "container" not in ip.magics_manager.magics["line"]
+    assert "container" not in ip.magics_manager.magics["cell"]
+    ip.run_line_magic("load_ext", "contained")
+    assert "container" in ip.magics_manager.magics["cell"]
+
+
+def test_cell_options_parse_like_contained_run():
+    args = magics.parse(magics.CELL_PARSER,
+        "busybox --name b -m 32M --cpus 0.5 --pids-limit 20 --hostname h -e A=1 -e 'B=two words'"
+        " -w /tmp -u nobody -v /tmp:/data:ro --net none --chroot --explain --out o --err e "
+        "--no-raise-error --timeout 2.5 --stats")
+    assert (args.image, args.name, args.memory, args.cpus, args.pids_limit) == \
+        ("busybox", "b", "32M", "0.5", "20")
+    assert args.env == ["A=1", "B=two words"]
+    assert args.volume == ["/tmp:/data:ro"]
+    assert (args.chroot, args.explain, args.no_raise_error, args.stats) == (True,) * 4
+    assert (args.out, args.err, args.timeout) == ("o", "e", 2.5)
+    defaults = magics.parse(magics.CELL_PARSER, "busybox")
+    assert defaults.chroot is None and defaults.net is None and defaults.env == []
+
+
+@pytest.mark.parametrize("line", ["", "busybox --no-such-option", "busybox --timeout soon",
+                                  "busybox -e 'unbalanced"])
+def test_bad_cell_options_are_one_line_usage_errors(shell, line):
+    with pytest.raises(UsageError) as error:
+        cell(shell, line, "true")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("line", ["", "frobnicate", "exec", "stop"])
+def test_bad_subcommands_are_usage_errors(shell, line):
+    with pytest.raises(UsageError):
+        shell.run_line_magic("container", line)
+
+
+def test_a_missing_image_is_a_one_line_usage_error(shell, home):
+    with pytest.raises(UsageError, match=r"no-such-image") as error:
+        cell(shell, "no-such-image", "true")
+    assert "\n" not in str(error.value)
+    assert isinstance(error.value.__cause__, contained.errors.ContainedError)
+
+
+def test_a_failing_cell_shows_one_line_through_run_cell(shell, home, capsys):
+    result = shell.run_cell("%%container no-such-image\ntrue\n")
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr().err
+    assert err.startswith("UsageError: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_exit_messages():
+    from contained.container import RunResult
+
+    message = magics.exit_message
+    assert message(magics.Outcome(RunResult(0)), None) is None
+    assert message(magics.Outcome(RunResult(3)), None) == "container exited with status 3"
+    assert message(magics.Outcome(RunResult(137)), None) == \
+        "container exited with status 137 (killed by SIGKILL)"
+    oom = RunResult(137, oom=True, message="killed: out of memory, limit 16M")
+    assert message(magics.Outcome(oom), None) == \
+        "killed: out of memory, limit 16M (exit status 137)"
+    assert message(magics.Outcome(RunResult(137), timed_out=True), 0.5) == \
+        "killed after --timeout 0.5s (exit status 137)"
+    assert "runner" in message(magics.Outcome(None), None)
+
+
+def test_output_stream_decodes_utf8_split_across_reads():
+    read_end, write_end = os.pipe()
+    captured = magics.OutputStream(read_end, None, capture=True)
+    os.write(write_end, b"caf" + "é".encode()[:1])
+    assert captured.read()
+    assert captured.text() == "caf"  # half a character is held back, not replaced
+    os.write(write_end, "é".encode()[1:] + "€".encode()[:2])
+    captured.read()
+    os.close(write_end)
+    assert not captured.read()  # end of file: the incomplete "€" becomes U+FFFD
+    captured.close()
+    assert captured.text() == "café\ufffd"
+
+
+def test_output_stream_drain_does_not_wait_for_end_of_file():
+    read_end, write_end = os.pipe()  # the write end stays open, as a background process's
+    stream = magics.OutputStream(read_end, None, capture=True)
+    os.write(write_end, b"last words\n")
+    started = time.monotonic()
+    stream.drain()
+    assert time.monotonic() - started < 0.5
+    stream.close()
+    os.close(write_end)
+    assert stream.text() == "last words\n"
+
+
+def usage(memory, cpu_seconds, memory_limit=16 << 20, cpu_limit=0.5):
+    from contained.cgroups import Usage
+
+    return Usage(memory=memory, memory_peak=None, cpu_seconds=cpu_seconds, pids=1,
+                 memory_limit=memory_limit, cpu_limit=cpu_limit, pids_limit=None)
+
+
+def test_stats_figure_draws_usage_and_both_limits():
+    from contained import plots
+
+    samples = [(0.0, usage(1 << 20, 0.0)), (0.5, usage(8 << 20, 0.2)), (1.0, usage(15 << 20, 0.45))]
+    assert plots.cpu_series(samples) == ([0.5, 1.0], [pytest.approx(40.0), pytest.approx(50.0)])
+    figure = plots.stats_figure(samples, title="b")
+    memory_axes, cpu_axes = figure.axes
+    assert list(memory_axes.lines[0].get_ydata()) == [1, 8, 15]
+    assert list(memory_axes.lines[1].get_ydata()) == [16, 16]  # the limit, dashed
+    assert list(cpu_axes.lines[1].get_ydata()) == [50, 50]
+    labels = [t.get_text() for t in memory_axes.get_legend().get_texts()]
+    assert labels == ["used", "limit 16 MiB"]
+    assert plots.to_png(figure).startswith(b"\x89PNG")
+
+
+def test_stats_figure_without_limits_or_samples():
+    from contained import plots
+
+    figure = plots.stats_figure([(0.0, usage(1 << 20, 0.0, None, None))])
+    assert [len(axes.lines) for axes in figure.axes] == [1, 1]
+    assert plots.stats_figure([]).axes[0].get_title().startswith("no samples")
+
+
+def test_layer_sizes_chart(busybox_store):
+    from contained import plots
+
+    image = busybox_store.image("busybox")
+    axes = plots.layer_sizes_figure(image).axes[0]
+    bars = axes.patches
+    assert len(bars) == len(image.layers) >= 1
+    assert bars[0].get_width() == pytest.approx(image.layers[0][0].size / 1e6)
+    assert "busybox" in axes.get_title()
+
+
+def test_images_and_inspect_subcommands(shell, busybox_store, capsys):
+    shell.run_line_magic("container", "images")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE"]
+    assert out.splitlines()[1].split()[:2] == ["busybox", "latest"]
+    with capture_output() as captured:
+        shell.run_line_magic("container", "inspect busybox")
+    assert '"name": "docker.io/library/busybox:latest"' in captured.stdout
+    assert any("image/png" in output.data for output in captured.outputs)
+
+
+def test_kernelspec_installs_into_a_prefix(tmp_path):
+    import json
+
+    from contained import kernelspec
+
+    path = kernelspec.install_kernel(prefix=str(tmp_path))
+    assert path == tmp_path / "share" / "jupyter" / "kernels" / kernelspec.KERNEL_NAME
+    spec = json.loads((path / "kernel.json").read_text())
+    assert spec["display_name"] == "Python 3 (contained)"
+    assert spec["argv"][0] == sys.executable
+    assert "--IPKernelApp.extensions=contained" in spec["argv"]
+    assert (path / "logo-64x64.png").exists()
+
+
+def test_dashboard_lists_nothing_in_an_empty_home(home):
+    from contained import widgets
+
+    dashboard = widgets.Dashboard()
+    assert dashboard.rows == []
+    assert len(dashboard.table.children) == len(widgets.Dashboard.HEADER)
+    dashboard.close()
+
+
+@needs_registry_tools
+def test_pull_progress_bar_fills_and_reports_the_digest(registry, home):
+    from contained import widgets
+    from contained.store import Store
+
+    ref = f"{registry.address}/library/busybox:latest"
+    assert widgets.expected_bytes(ref) > 0
+    with capture_output():
+        image = widgets.pull_with_progress(Store(home), ref)
+    store_image = Store(home).image(ref)
+    assert image.digest == store_image.digest
+    progress = widgets.PullProgress(Store(home), ref)
+    progress.start()
+    progress.finish(image)
+    assert (progress.bar.value, progress.bar.bar_style) == (1.0, "success")
+    assert image.digest[:19] in progress.label.value
+
+
+@needs_registry_tools
+def test_pull_subcommand_in_plain_ipython_prints_text(shell, registry, home, capsys):
+    ref = f"{registry.address}/library/busybox:latest"
+    shell.run_line_magic("container", f"pull {ref}")
+    out = capsys.readouterr().out
+    assert out.startswith(f"pulling {ref}...")
+    assert "sha256:" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Root: real containers.
+
+@pytest.fixture(scope="module")
+def busybox_home(tmp_path_factory):
+    """busybox:latest in a temporary home, and a cgroup parent of our own, for the module.
+
+    The kernel's runner reads both from the environment when it starts: set them first, and
+    close the runner at the end (it kills anything still running)."""
+    if not IS_ROOT:
+        pytest.skip("needs root: mounts, namespaces and cgroups (CI runs as root)")
+    from contained import cgroups, container
+    from contained.busybox import import_busybox
+    from contained.store import Store
+
+    path = tmp_path_factory.mktemp("magics-home")
+    saved = {k: os.environ.get(k) for k in ("CONTAINED_HOME", "CONTAINED_CGROUP_PARENT")}
+    os.environ["CONTAINED_HOME"] = str(path)
+    os.environ["CONTAINED_CGROUP_PARENT"] = f"contained-test-magics-{os.getpid()}"
+    contained.close_runner()
+    import_busybox(Store(path))
+    yield path
+    for leftover in container.containers():
+        container.remove(leftover.id, force=True)
+    contained.close_runner()
+    container.gc()
+    for parent in cgroups.parent_paths():
+        if parent.exists():
+            parent.rmdir()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def clean(busybox_home):
+    """Each test starts and ends with no container."""
+    from contained import container
+
+    yield busybox_home
+    no_containers_soon(1.0)
+    for leftover in container.containers():
+        try:
+            container.remove(leftover.id, force=True)
+        except container.ContainedError:
+            pass  # torn down meanwhile
+
+
+def containers():
+    from contained import container
+
+    return container.containers()
+
+
+def no_containers_soon(timeout: float = 3.0) -> bool:
+    """The runner reports a throwaway container's exit first and tears it down just after."""
+    deadline = time.monotonic() + timeout
+    while containers() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return containers() == []
+
+
+@needs_root
+def test_throwaway_cell_has_its_own_hostname_and_leaves_nothing(shell, clean, capsys):
+    cell(shell, "busybox", "hostname; echo to-stderr >&2; cat /etc/hostname")
+    captured = capsys.readouterr()
+    lines = captured.out.split()
+    assert lines[0] != os.uname().nodename and lines[0] == lines[1]
+    assert captured.err == "to-stderr\n"
+    assert no_containers_soon()
+
+
+@needs_root
+def test_out_and_err_capture_into_variables(shell, clean, capsys):
+    cell(shell, "busybox --out o --err e", "echo out; echo err >&2; printf 'no newline'")
+    assert shell.user_ns["o"] == "out\nno newline"
+    assert shell.user_ns["e"] == "err\n"
+    assert capsys.readouterr().out == ""
+
+
+@needs_root
+def test_body_is_not_expanded_but_the_line_is(shell, clean, capsys):
+    shell.user_ns["n"] = 42
+    result = shell.run_cell('%%container busybox -e N={n} -e M=$n\necho "$N $M {n} $$"\n')
+    assert result.success
+    words = capsys.readouterr().out.split()
+    assert words[:3] == ["42", "42", "{n}"]
+    assert words[3].isdigit()  # the shell's own $$
+
+
+@needs_root
+def test_non_zero_exit_is_one_line_unless_no_raise_error(shell, clean, capsys):
+    with pytest.raises(UsageError, match=r"^container exited with status 3$") as error:
+        cell(shell, "busybox", "echo before; exit 3")
+    assert error.value.status == 3
+    assert capsys.readouterr().out == "before\n"
+    cell(shell, "busybox --no-raise-error", "exit 3")
+    assert no_containers_soon()
+
+
+@needs_root
+def test_command_not_found_in_image_is_an_error(shell, clean, capsys):
+    with pytest.raises(UsageError, match="status 127"):
+        cell(shell, "busybox", "no-such-command")
+    assert "not found" in capsys.readouterr().err
+
+
+@needs_root
+def test_out_of_memory_says_so(shell, clean, capsys):
+    with pytest.raises(UsageError) as error:
+        cell(shell, "busybox -m 16M", "dd if=/dev/zero of=/dev/null bs=64M count=1")
+    assert str(error.value) == "killed: out of memory, limit 16M (exit status 137)"
+    assert error.value.oom
+    assert no_containers_soon()
+
+
+@needs_root
+def test_output_streams_as_it_arrives(shell, clean, monkeypatch):
+    writes = []
+
+    class Timestamped:
+        def write(self, text):
+            writes.append((time.monotonic(), text))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Timestamped())
+    cell(shell, "busybox", "for i in 1 2 3; do echo line $i; sleep 0.4; done")
+    ended = time.monotonic()
+    assert "".join(t for _, t in writes) == "line 1\nline 2\nline 3\n"
+    assert ended - writes[0][0] > 0.7  # the first line came long before the end
+
+
+@needs_root
+def test_utf8_split_across_writes_is_decoded(shell, clean, capsys):
+    cell(shell, "busybox", r"printf '\303'; sleep 0.3; printf '\251t\342\202'; sleep 0.3; "
+                           r"printf '\254\n'")
+    assert capsys.readouterr().out == "ét€\n"
+
+
+@needs_root
+def test_named_container_persists_files_processes_and_hostname(shell, clean, capsys):
+    cell(shell, "busybox --name b --hostname box", "echo kept > /tmp/file; sleep 300 &\necho ok")
+    started = time.monotonic()
+    cell(shell, "busybox --name b", "cat /tmp/file; hostname; pidof sleep >/dev/null && echo bg")
+    assert time.monotonic() - started < 3  # the background sleep holds no cell open
+    assert capsys.readouterr().out == "ok\nkept\nbox\nbg\n"
+    (named,) = containers()
+    assert named.name == "b" and named.running and named.persistent
+
+
+@needs_root
+def test_creation_options_must_match_the_named_container(shell, clean):
+    cell(shell, "busybox --name b -m 32M", "true")
+    with pytest.raises(UsageError) as error:
+        cell(shell, "busybox --name b -m 64M", "true")
+    assert str(error.value) == ("container 'b' was created with --memory 32M; remove it "
+                                "(%container rm -f b) to change it")
+    with pytest.raises(UsageError, match=r"created with --hostname [0-9a-f]{12};"):
+        cell(shell, "busybox --name b --hostname other", "true")
+    with pytest.raises(UsageError, match=r"created with no --volume;"):
+        cell(shell, "busybox --name b -v /tmp:/tmp", "true")
+    cell(shell, "busybox --name b -m 32M -e X=1", "test $X = 1")  # same options, per-cell -e
+    shell.run_line_magic("container", "rm -f b")
+    cell(shell, "busybox --name b -m 64M", "true")
+
+
+@needs_root
+def test_dry_run_prints_steps_and_runs_nothing(shell, clean, capsys):
+    cell(shell, "busybox --dry-run -m 32M", "echo hi")
+    out = capsys.readouterr().out
+    assert "unshare" in out and "overlay" in out
+    assert "hi\n" not in out
+    assert no_containers_soon()
+    cell(shell, "busybox --name b", "true")
+    cell(shell, "busybox --name b --dry-run", "echo hi")
+    assert "nsenter --target" in capsys.readouterr().out  # what exec amounts to
+
+
+@needs_root
+def test_explain_shows_steps_on_stderr(shell, clean, capsys):
+    cell(shell, "busybox --explain", "echo hi")
+    captured = capsys.readouterr()
+    assert captured.out == "hi\n"
+    assert "+ " in captured.err and "unshare" in captured.err
+
+
+@needs_root
+def test_timeout_kills_the_cell(shell, clean):
+    started = time.monotonic()
+    with pytest.raises(UsageError, match=r"killed after --timeout 0.5s"):
+        cell(shell, "busybox --timeout 0.5", "sleep 30")
+    assert time.monotonic() - started < 3
+    assert no_containers_soon()
+
+
+def interrupt_main_thread_after(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+@needs_root
+def test_interrupt_removes_a_throwaway_container(shell, clean):
+    interrupt_main_thread_after(0.5)
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cell(shell, "busybox", "sleep 30")
+    assert time.monotonic() - started < 2.5
+    assert no_containers_soon()
+
+
+@needs_root
+def test_interrupt_leaves_a_named_container_usable(shell, clean, capsys):
+    cell(shell, "busybox --name b", "echo kept > /tmp/file")
+    interrupt_main_thread_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        cell(shell, "busybox --name b", "sleep 30")
+    cell(shell, "busybox --name b", "cat /tmp/file; pidof sleep || echo no-sleep")
+    assert capsys.readouterr().out == "kept\nno-sleep\n"
+
+
+@needs_root
+def test_stats_plots_the_run(shell, clean):
+    with capture_output() as captured:
+        cell(shell, "busybox --stats -m 32M", "dd if=/dev/zero of=/dev/null bs=8M count=1; "
+                                               "sleep 0.4")
+    assert [o for o in captured.outputs if "image/png" in o.data]
+
+
+@needs_root
+def test_subcommands_on_a_named_container(shell, clean, capsys):
+    cell(shell, "busybox --name b -m 32M", "sleep 300 &")
+    capsys.readouterr()
+    shell.run_line_magic("container", "ps")
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split()[:3] == ["CONTAINER", "ID", "IMAGE"]  # what `contained ps` prints
+    assert rows[1].split()[-1] == "b" and "Up" in rows[1]
+    shell.run_line_magic("container", "exec b sh -c 'echo $((6 * 7))'")
+    assert capsys.readouterr().out == "42\n"
+    with pytest.raises(UsageError, match="status 4"):
+        shell.run_line_magic("container", "exec b sh -c 'exit 4'")
+    with capture_output() as captured:
+        shell.run_line_magic("container", "stats b --seconds 0.3")
+    assert captured.stdout.startswith("b: memory ")
+    assert [o for o in captured.outputs if "image/png" in o.data]
+    with capture_output() as captured:
+        shell.run_line_magic("container", "inspect b")
+    assert '"name": "b"' in captured.stdout and '"memory": 33554432' in captured.stdout
+    shell.run_line_magic("container", "stop b -t 0")
+    assert not containers()[0].running
+    with pytest.raises(UsageError, match="is stopped"):
+        cell(shell, "busybox --name b", "true")
+    shell.run_line_magic("container", "rm b")
+    assert no_containers_soon()
+
+
+@needs_root
+def test_dashboard_shows_usage_and_stops_and_removes(clean, shell):
+    from contained import widgets
+
+    cell(shell, "busybox --name d -m 32M", "sleep 300 &")
+    dashboard = widgets.Dashboard()
+    (row,) = dashboard.rows
+    assert row["name"] == "d" and row["status"] == "running"
+    assert row["memory"] > 0 and row["memory_limit"] == 32 << 20
+    dashboard.refresh()
+    assert dashboard.rows[0]["cpu_percent"] is not None
+    buttons = dashboard.table.children[-1].children
+    assert [b.description for b in buttons] == ["stop", "remove"]
+    buttons[0].click()
+    assert dashboard.message.value == "stopped d"
+    deadline = time.monotonic() + 2  # the stopped init may linger a moment as a zombie
+    while dashboard.rows[0]["status"] != "exited" and time.monotonic() < deadline:
+        dashboard.refresh()
+    assert dashboard.rows[0]["status"] == "exited"
+    dashboard.table.children[-1].children[-1].click()
+    assert dashboard.rows == [] and no_containers_soon()
+    dashboard.close()
