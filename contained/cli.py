@@ -374,8 +374,13 @@ def add_stop(commands) -> None:
 def run_stop(args) -> int:
     from contained import container
 
-    for name in args.containers:
-        container.stop(name, timeout=args.time)
+    return _for_each(args.containers, lambda name: container.stop(name, timeout=args.time))
+
+
+def _for_each(names: list[str], action) -> int:
+    """Docker's habit for stop/rm: act on each name in turn, printing it when done."""
+    for name in names:
+        action(name)
         print(name)
     return 0
 
@@ -390,10 +395,7 @@ def add_rm(commands) -> None:
 def run_rm(args) -> int:
     from contained import container
 
-    for name in args.containers:
-        container.remove(name, force=args.force)
-        print(name)
-    return 0
+    return _for_each(args.containers, lambda name: container.remove(name, force=args.force))
 
 
 def add_logs(commands) -> None:

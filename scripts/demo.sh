@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job at this stage, offline: busybox as an image, a local registry serving it as
-# docker.io, the tutorial's skopeo pull through that registry, and the image unpacked into ./out.
+# The main job, offline: busybox as an image, a local registry serving it as docker.io, the
+# tutorial's skopeo pull through that registry, the image unpacked, containers run from it, and
+# the whole workbook executed (executed notebooks in ./out/workbook).
 # Uses the real store (CONTAINED_HOME, or /var/lib/contained for root); writes only under ./out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,3 +51,23 @@ if [ "$started_here" = yes ]; then
 else
     echo "(it was running before this demo: left running; \`contained registry stop\` stops it)"
 fi
+
+heading "7. a container: its own hostname, PID 1, only lo; the host's kernel"
+show "$contained" run --hostname demo busybox sh -c 'hostname; uname -r; ps; ls /sys/class/net'
+
+heading "8. a memory limit that holds: 16M, and a 64 MB allocation"
+show "$contained" run -m 16M busybox sh -c 'x=$(head -c 67108864 /dev/zero | tr "\\0" a)' || echo "(exit status $?)"
+
+heading "9. what it does, as shell commands (the tutorial's steps, completed)"
+show "$contained" run --dry-run busybox true
+
+heading "10. the workbook, executed offline: notebooks 00-08 into $out/workbook"
+rm -rf "$out/workbook"
+show .venv/bin/python -m contained.workbook "$out/workbook"
+
+heading "done"
+cat <<EOF
+Open the workbook in JupyterLab:
+    .venv/bin/jupyter lab --allow-root --ip 127.0.0.1 notebooks/
+Executed copies (with outputs) are in $out/workbook.
+EOF

@@ -82,3 +82,9 @@ def busybox_store(home):
     store = Store(home)
     busybox.import_busybox(store)
     return store
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Notebook runs last: a kernel client leaves threads in this process, and tests that
+    fork (process, cgroups, network) must fork a single-threaded process."""
+    items.sort(key=lambda item: "/notebooks/" in str(item.fspath))

@@ -194,7 +194,7 @@ def test_restart_or_shutdown_leaves_no_container_or_runner(kernel, kernel_env, h
         client.execute_cell(nb.cells[0], 0)
         client.kc.execute(nb.cells[1].source)  # left running
         assert wait_until(lambda: containers(kernel_env), 10), "the cell's container never ran"
-        assert runner_processes(kernel_env)
+        assert wait_until(lambda: runner_processes(kernel_env), 10), "no runner started"
         if how == "restart":
             kernel.restart_kernel(now=False)
         else:
