@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from contained import cgroups, home, init, network, runner, wire
+from contained import cgroups, home, init, layers, network, runner, wire
 from contained.errors import ContainedError
 from contained.init import CommandFailed
 from contained.spec import ContainerSpec
@@ -836,7 +835,7 @@ def _remove_files(spec: ContainerSpec) -> None:
         group.remove()
     directory = Path(spec.directory)
     if directory.is_dir():
-        shutil.rmtree(directory, ignore_errors=True)
+        layers.remove_tree(directory)
 
 
 def gc() -> list[str]:
@@ -858,7 +857,7 @@ def gc() -> list[str]:
             for entry in directory.iterdir():
                 if entry.is_dir() and entry.name not in live and entry.name not in removed \
                         and _read_state(entry.name) is None:
-                    shutil.rmtree(entry, ignore_errors=True)  # half-created, no state
+                    layers.remove_tree(entry)  # half-created, no state
         running = [c for c in containers() if c.running]
         keep = {getattr(cgroup_of(c.id), "name", c.id) for c in running} | _live_spares()
         removed += [f"cgroup {name}" for name in cgroups.gc(keep)]

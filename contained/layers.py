@@ -241,10 +241,18 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     except PermissionError:
         # Only a non-root user gets here: make our own directories writable, never following
-        # a symlink (os.walk does not descend into them, chmod is applied to real dirs only).
-        for dirpath, _dirnames, _files in os.walk(path):
-            os.chmod(dirpath, 0o700)
+        # a symlink. Each one is opened up before it is listed (overlayfs leaves a mode-000
+        # work/work behind that could not even be listed otherwise).
+        _open_up(path)
         shutil.rmtree(path)
+
+
+def _open_up(directory: Path) -> None:
+    os.chmod(directory, 0o700)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                _open_up(Path(entry.path))
 
 
 # --- the verified stream: bytes in, hashes checked, tar bytes out ------------------------------

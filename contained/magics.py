@@ -503,7 +503,9 @@ class ContainerMagics(Magics):
 
             plots.show_figure(plots.stats_figure(sampler.samples, title=args.name or args.image))
         message = exit_message(outcome, args.timeout)
-        if message and not args.no_raise_error:
+        if message and args.no_raise_error:
+            print(message, file=sys.stderr)  # said, but "Run all" goes on
+        elif message:
             result = outcome.result
             raise failure(message, status=result.status if result else None,
                           oom=bool(result and result.oom))

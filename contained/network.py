@@ -791,13 +791,29 @@ def _run_reported(explain: Callable[[str], None] | None, argv: list[str], why: s
     _run(argv)
 
 
+def _delete_veth(explain: Callable[[str], None] | None, veth: str, why: str) -> None:
+    """`ip link del` a host-side veth, unless the kernel deletes it first.
+
+    A veth pair also goes when the namespace holding its other end is destroyed, which the
+    kernel finishes asynchronously after the container's last process has exited: right after
+    a container dies, its veth can vanish between the check and the command.
+    """
+    if not _link_exists(veth):
+        return
+    _report(explain, Step(shlex.join(["ip", "link", "del", veth]), why))
+    try:
+        _run(["ip", "link", "del", veth])
+    except NetworkCommandFailed:
+        if _link_exists(veth):
+            raise
+
+
 def _release(config: NetworkConfig, state: dict, container: str,
              explain: Callable[[str], None] | None) -> None:
     lease = state["leases"][container]
     firewall = state.get("firewall") or _firewall(config)
-    if _link_exists(lease["veth"]):
-        _run_reported(explain, ["ip", "link", "del", lease["veth"]],
-                      f"unplug {container}: deleting one end of a veth pair deletes both")
+    _delete_veth(explain, lease["veth"],
+                 f"unplug {container}: deleting one end of a veth pair deletes both")
     for owner, delete in _port_rules(config, firewall):
         if owner == container:
             _run_reported(explain, delete, f"stop publishing {container}'s port")
@@ -867,7 +883,7 @@ def gc(alive: set[str] | None = None, config: NetworkConfig | None = None,
             name = link.get("ifname", "")
             if (link.get("master") == config.bridge and name.startswith(VETH_PREFIX)
                     and name not in owned):
-                _run_reported(explain, ["ip", "link", "del", name], "no lease owns this veth")
+                _delete_veth(explain, name, "no lease owns this veth")
         firewall = state.get("firewall") or _firewall(config)
         for owner, delete in _port_rules(config, firewall):
             if owner not in state["leases"]:

@@ -25,7 +25,6 @@ import json
 import os
 import select
 import shlex
-import shutil
 import signal
 import socket
 import struct
@@ -33,7 +32,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import cgroups, init, namespaces, network, rootfs, syscalls, wire
+from contained import cgroups, init, layers, namespaces, network, rootfs, syscalls, wire
 from contained.errors import ContainedError
 from contained.init import CommandFailed
 from contained.plan import Step, run_steps
@@ -413,7 +412,7 @@ def run_container(spec: ContainerSpec, reply: socket.socket, explain,
             network.detach(spec.name)
         if spec.remove:
             group.remove()
-            shutil.rmtree(spec.directory, ignore_errors=True)
+            layers.remove_tree(Path(spec.directory))
     return {"event": "cleaned"}
 
 

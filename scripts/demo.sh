@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 contained=.venv/bin/contained
 out=out
 heading() { printf '\n== %s\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+show() { printf '$'; printf ' %q' "$@"; printf '\n'; "$@"; }
 
 home="$(.venv/bin/python -c 'from contained.home import home_path; print(home_path())')"
 conf="$home/registry/registries.conf"

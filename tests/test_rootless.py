@@ -1,0 +1,95 @@
+"""Rootless containers, run by a real unprivileged user (nobody) in a user namespace.
+
+The test itself needs root only to become `nobody` (setpriv) and to give it a home; the
+containers are made entirely without privileges: a user namespace maps nobody to root, the
+overlay is mounted inside it, and no cgroup is needed when no limit is asked for.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import site
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import needs_root
+
+ROOT = Path(__file__).resolve().parent.parent
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+SCENARIO = r'''
+import json, os
+from contained import container
+from contained.store import Store
+from contained.busybox import import_busybox
+
+import_busybox(Store())
+runner = container.Runner(in_process=True)
+out = {}
+read, write = os.pipe()
+result = container.run("busybox", ["sh", "-c", "id -u; hostname; grep CapEff /proc/self/status;"
+                                   " echo hi > /tmp/x && cat /tmp/x"],
+                       stdout=write, runner_=runner, hostname="rootless")
+os.close(write)
+out["run"] = [result.status, os.read(read, 65536).decode()]
+container.create("busybox", name="kept", runner_=runner)
+read, write = os.pipe()
+result = container.exec_("kept", ["sh", "-c", "echo kept > /root/f; cat /root/f; ps -o pid,comm"],
+                         stdout=write)
+os.close(write)
+out["exec"] = [result.status, os.read(read, 65536).decode()]
+try:
+    container.run("busybox", ["true"], memory="32M", runner_=runner)
+    out["limit"] = "no error"
+except container.ContainedError as error:
+    out["limit"] = str(error)
+container.remove("kept", force=True)
+out["left"] = sorted(os.listdir(os.path.join(os.environ["CONTAINED_HOME"], "containers")))
+print(json.dumps(out))
+'''
+
+
+def user_namespaces_allowed() -> bool:
+    return subprocess.run(["unshare", "--user", "--map-root-user", "true"],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def nobody_home():
+    """A home for nobody (pytest's tmp_path is under a root-only directory)."""
+    home = Path(tempfile.mkdtemp(prefix="contained-nobody-"))
+    shutil.chown(home, "nobody", "nogroup")
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@needs_root
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3 (the venv's "
+                    "interpreter may live where nobody cannot read it)")
+def test_nobody_runs_throwaway_and_named_containers(nobody_home):
+    if not user_namespaces_allowed():
+        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
+    home = nobody_home
+    site_packages = site.getsitepackages()[0] if sys.prefix != sys.base_prefix else ""
+    env = {"HOME": str(home), "CONTAINED_HOME": str(home / "contained"),
+           "PYTHONPATH": f"{ROOT}:{site_packages}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
+         *[f"{k}={v}" for k, v in env.items()], str(SYSTEM_PYTHON), "-c", SCENARIO],
+        capture_output=True, text=True, timeout=120, cwd=home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.splitlines()[-1])
+    status, text = out["run"]
+    assert status == 0
+    uid, hostname, caps, written = text.split("\n")[:4]
+    assert uid == "0" and hostname == "rootless"  # root inside, nobody outside
+    assert caps.split()[-1] == "00000000a80425fb"
+    assert written == "hi"
+    status, text = out["exec"]
+    assert status == 0 and text.startswith("kept\n") and "contained-init" in text
+    assert "\n" not in out["limit"] and "cgroup" in out["limit"].lower()
+    assert out["left"] == [".lock"]
