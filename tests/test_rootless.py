@@ -6,16 +6,14 @@ overlay is mounted inside it, and no cgroup is needed when no limit is asked for
 """
 
 import json
-import os
 import shutil
-import subprocess
 import site
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import needs_root
 
 ROOT = Path(__file__).resolve().parent.parent
