@@ -326,3 +326,59 @@ def test_gc_cleans_what_a_killed_runner_left(busybox_home):
     assert spec.name in container.gc()
     assert not Path(spec.directory).exists()
     assert container.gc() == []
+
+
+# ---------------------------------------------------------------------------------------------
+# An image that points its files at the host
+
+def symlink_layer(links: dict[str, str]) -> bytes:
+    """An uncompressed layer holding only symlinks (name → target)."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def test_symlinks_in_an_image_cannot_reach_the_host(busybox_home, runner_process, tmp_path):
+    """/etc/hosts, /etc/hostname, WorkingDir and a volume's mount point, all symlinks to host
+    paths: everything the runtime writes or mounts lands inside the container's root."""
+    from contained import build
+    from contained.busybox import IMAGE_CONFIG, busybox_rootfs
+    from contained.store import Store
+
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "hosts").write_text("host's file\n")
+    busybox_rootfs(tmp_path / "rootfs")
+    # Replace /etc/hosts and /etc/hostname rather than adding beside them: drop them first.
+    for name in ("hosts", "hostname"):
+        (tmp_path / "rootfs" / "etc" / name).unlink(missing_ok=True)
+    links = symlink_layer({
+        "etc/hosts": f"{sentinel}/hosts",
+        "etc/hostname": f"../../../../../../../..{sentinel}/hostname",
+        "work": f"{sentinel}/workdir",
+        "mnt/data": f"{sentinel}/mountpoint",
+    })
+    config = dict(IMAGE_CONFIG, WorkingDir="/work/inside")
+    Store(busybox_home).add_image([build.tar_directory(tmp_path / "rootfs"), links],
+                                  "evil:latest", config)
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    (volume / "shared").write_text("from the host\n")
+    before = sorted(p.name for p in sentinel.iterdir())
+    result, out, err = run_capture(
+        "evil", ["sh", "-c", "pwd; cat /etc/hosts; cat /mnt/data/shared"], runner_process,
+        hostname="evil", volumes=[f"{volume}:/mnt/data:ro"])
+    assert result.status == 0, err
+    # The WorkingDir symlink was followed, but inside the container's root: the directory was
+    # made there (the host's sentinel directory stays as it was, below).
+    assert out.splitlines()[0] == f"{sentinel}/workdir/inside"
+    assert "127.0.0.1\tlocalhost" in out and "from the host" in out
+    assert (sentinel / "hosts").read_text() == "host's file\n"
+    assert sorted(p.name for p in sentinel.iterdir()) == before
