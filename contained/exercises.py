@@ -1,6 +1,6 @@
 """Exercise checkers: each notebook ends with exercises, and these say whether an answer is right.
 
-Used by every notebook (00-07). A checker looks at the learner's real result where there is one
+Used by every notebook (00-08). A checker looks at the learner's real result where there is one
 (a directory, a device file, a running container, an image's digests), not only at a typed
 answer, and when something is wrong it says what, in words a beginner understands, and what to
 try next. The shell equivalents of what they look at are in each checker's docstring.
@@ -442,3 +442,70 @@ def check_boundary(answer: str | None) -> Feedback:
         return wrong("chroot only changes where '/' starts for path lookups; the host's root "
                      "is still mounted, and root can chroot again and climb out (you saw it)")
     return wrong(f"{answer!r} is neither: answer chroot or pivot_root")
+
+
+# --- 08 networking -------------------------------------------------------------------------
+
+def check_third_namespace(namespace: str = "lab08-c", peer: str = "lab08-a",
+                          address: str = "10.200.9.2", gateway: str = "10.200.9.1"):
+    """`namespace` has `address` and reaches `gateway` in `peer` over a veth pair
+    (``ip -n NS -j addr``, ``ip netns exec NS busybox ping -c 1 GATEWAY``)."""
+    import json
+
+    from contained import workbook
+
+    if not workbook.privileged():
+        return wrong("network namespaces need root; run this notebook as root")
+    if namespace not in workbook.sh_output("ip netns list", check=False).split():
+        return wrong(f"there is no namespace {namespace}: `ip netns add {namespace}`")
+    links = json.loads(workbook.sh_output(f"ip -n {namespace} -j addr show") or "[]")
+    mine = [link for link in links if any(a.get("local") == address for a in link["addr_info"])]
+    if not mine:
+        return wrong(f"no interface in {namespace} has {address}: "
+                               f"`ip -n {namespace} addr add {address}/24 dev ...`")
+    if mine[0].get("link_type") != "ether" or "UP" not in mine[0]["flags"]:
+        return wrong(f"{mine[0]['ifname']} in {namespace} is not an Ethernet (veth) "
+                               f"interface that is up: `ip -n {namespace} link set "
+                               f"{mine[0]['ifname']} up`")
+    ping = f"ip netns exec {namespace} busybox ping -c 1 -W 1 {gateway}"
+    if workbook.sh_output(f"{ping} >/dev/null 2>&1 && echo ok", check=False) != "ok":
+        return wrong(f"{namespace} cannot ping {gateway}: is the other end in {peer} "
+                               f"addressed and up? (`ip -n {peer} -br addr`)")
+    return right(f"{namespace} ({address}) reaches {gateway} in {peer} over its own "
+                           "cable.")
+
+
+
+def check_published(name: str = "api08", port: int = 8090, text: str = "hello from api08"):
+    """`name` serves `text` on 127.0.0.1:`port` and, by name, to the other containers
+    (``wget -q -O - http://127.0.0.1:PORT/``, ``contained exec web08 wget -q -O - http://NAME/``)."""
+    import sys
+
+    from contained import container, workbook
+
+    if not workbook.privileged():
+        return wrong("bridged containers need root; run this notebook as root")
+    try:
+        found = container.get(name)
+    except ContainedError:
+        return wrong(f"there is no container named {name}: `contained run -d --name "
+                               f"{name} --net bridge -p 127.0.0.1:{port}:80 busybox sh -c ...`")
+    if found.spec.net != "bridge" or not found.running:
+        return wrong(f"{name} must be running with --net bridge: `contained rm -f "
+                               f"{name}` and start it again")
+    try:
+        page = workbook.fetch(f"http://127.0.0.1:{port}/", wait=3).strip()
+    except OSError:
+        return wrong(f"nothing answers on 127.0.0.1:{port}: did you publish it "
+                               f"with -p 127.0.0.1:{port}:80, and is httpd running in {name}?")
+    if page != text:
+        return wrong(f"127.0.0.1:{port} says {page!r}, not {text!r}")
+    contained = f"{shlex.quote(sys.executable)} -m contained"
+    by_name = workbook.sh_output(f"{contained} exec web08 wget -q -O - http://{name}/",
+                                 check=False)
+    if by_name != text:
+        return wrong(f"web08 cannot fetch http://{name}/ by name: is {name} on the "
+                               "bridge (--net bridge) and is web08 still running?")
+    return right(f"{name} serves {text!r} on 127.0.0.1:{port} and, by name, to "
+                           "web08.")
+

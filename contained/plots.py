@@ -16,6 +16,7 @@ imported only here, and this module only when a plot is asked for.
 import io
 
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
 
 MIB = 1024 * 1024
 LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
@@ -94,3 +95,39 @@ def show_figure(figure: Figure) -> None:
     from IPython.display import Image, display
 
     display(Image(data=to_png(figure), format="png"))
+
+
+def _box(axes, x, y, width, height, text, color):
+    axes.add_patch(FancyBboxPatch((x, y), width, height, boxstyle="round,pad=0.02",
+                                  facecolor=color, edgecolor="black"))
+    axes.text(x + width / 2, y + height / 2, text, ha="center", va="center", fontsize=9)
+
+
+def bridge_figure(state: dict) -> Figure:
+    """The host with its bridge on the left, one container per veth on the right."""
+    count = max(1, len(state["veths"]))
+    figure = Figure(figsize=(9, 1.2 + 1.1 * count), layout="constrained")
+    axes = figure.subplots()
+    axes.set_xlim(0, 10)
+    axes.set_ylim(0, 1.1 * count + 0.6)
+    axes.axis("off")
+    top = 1.1 * count + 0.3
+    axes.add_patch(FancyBboxPatch((0.1, 0.1), 3.6, top - 0.1, boxstyle="round,pad=0.02",
+                                  facecolor="#f3f3f3", edgecolor="grey", linestyle="--"))
+    axes.text(0.25, top - 0.05, "host network namespace", va="top", fontsize=8, color="grey")
+    bridge_y = top / 2 - 0.35
+    _box(axes, 0.5, bridge_y, 2.4, 0.7, f"{state['bridge']}\n(bridge) {state['gateway']}",
+         "#cfe2ff")
+    for i, veth in enumerate(state["veths"]):
+        y = top - 0.95 - 1.1 * i
+        _box(axes, 6.2, y, 3.5, 0.8, f"container {veth['name']}\neth0 {veth['ip']}", "#d1e7dd")
+        axes.plot([2.9, 6.2], [bridge_y + 0.35, y + 0.4], color="black")
+        axes.text(4.5, (bridge_y + 0.35 + y + 0.4) / 2 + 0.08, f"veth pair: {veth['veth']} ↔ eth0",
+                  ha="center", fontsize=8, rotation=0)
+        for j, port in enumerate(veth["ports"]):
+            axes.text(6.25, y - 0.12 - 0.18 * j, f"published {port}", fontsize=8,
+                      color="tab:red", va="top")
+    if not state["veths"]:
+        axes.text(7.5, top / 2, "no container on the bridge", ha="center", color="grey")
+    figure.suptitle("--net bridge: what the kernel has now")
+    return figure

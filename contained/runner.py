@@ -153,9 +153,11 @@ class Prepared:
         go, go_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if os.geteuid() != 0:
             _enter_user_namespace(os.geteuid(), os.getegid())
+        host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         syscalls.unshare(syscalls.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:
+            os.close(host_pidns)
             os.close(ready_read)
             go.close()
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -169,6 +171,9 @@ class Prepared:
                 os.close(fd)
             spec = ContainerSpec.from_json(request["spec"])
             _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True)
+        if os.geteuid() == 0:
+            syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)  # as in _start_init
+        os.close(host_pidns)
         os.close(ready_write)
         go_init.close()
         group.join(pid)
@@ -405,15 +410,28 @@ def run_container(spec: ContainerSpec, reply: socket.socket, explain,
         # slow part), the cgroup and the files happens after, off the caller's critical path.
         wire.send_message(reply, event="exit", **_result(status, group, spec))
     finally:
-        if init_pid is not None:
-            _kill(init_pid)
-            _reap(init_pid)
-        if spec.net == "bridge":
-            network.detach(spec.name)
-        if spec.remove:
-            group.remove()
-            layers.remove_tree(Path(spec.directory))
+        _tear_down(spec, group, init_pid)
     return {"event": "cleaned"}
+
+
+def _tear_down(spec: ContainerSpec, group, init_pid: int | None) -> None:
+    """Each step on its own: one that fails (a veth already gone) must not skip the rest;
+    whatever is left, `contained gc` finds."""
+    steps = []
+    if init_pid is not None:
+        steps.append(lambda: (_kill(init_pid), _reap(init_pid)))
+    if spec.net == "bridge":
+        steps.append(lambda: network.detach(spec.name))
+    if spec.remove:
+        steps += [group.remove, lambda: layers.remove_tree(Path(spec.directory))]
+    failures = []
+    for step in steps:
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 — reported after the others ran
+            failures.append(error)
+    if failures:
+        raise failures[0]
 
 
 def _wait_for_status(init_pid: int, status_pipe: int, reply: socket.socket) -> int:
@@ -451,6 +469,7 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
     go_read, go_write = os.pipe()
     if spec.rootless:
         run_steps([user_namespace_step()], explain)
+    host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
     syscalls.unshare(syscalls.CLONE_NEWPID)
     pid = os.fork()
@@ -458,13 +477,25 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
         os.close(ready_read)
         os.close(go_write)
         _init(spec, ready_write, go_read, explain, persistent)  # never returns
+    if not spec.rootless:
+        # Later children (ip, nft, nsenter) belong to the host's PID namespace again: in the
+        # container's they would not see PID 1 by its host pid, and once PID 1 has died every
+        # fork into that namespace fails (ENOMEM), the teardown's included. A rootless runner
+        # may not re-enter it (it has no CAP_SYS_ADMIN there) and runs none of these tools.
+        syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)
+    os.close(host_pidns)
     os.close(ready_write)
     os.close(go_read)
     try:
-        if spec.net == "bridge":
+        if spec.net == "bridge" and not explain:
             _plug_network(spec, pid, ready_read, explain)
         group.join(pid)
         os.write(go_write, b"g")
+        if spec.net == "bridge" and explain:
+            # Explained, PID 1 waits for "g" first, then stops after announcing its network
+            # namespace until the ip commands are done, so the steps print in order.
+            _plug_network(spec, pid, ready_read, explain)
+            os.write(go_write, b"n")
     except BrokenPipeError:
         pass  # PID 1 failed already: what went wrong is waiting on the ready pipe
     except BaseException:
@@ -536,7 +567,8 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
             # Explained steps come in order: wait for the runner's side first.
             os.read(go_read, 1)
         run_steps(namespace_steps(
-            spec, announce_netns=lambda: os.write(ready_write, b"netns\n"),
+            spec, announce_netns=lambda: (os.write(ready_write, b"netns\n"),
+                                          explain and not in_cgroup and os.read(go_read, 1)),
             wait_for_cgroup=None if explain or in_cgroup else lambda: os.read(go_read, 1)),
             explain)
         os.close(go_read)

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -639,3 +640,43 @@ def copy_notebooks(destination: Path, directory: Path = NOTEBOOKS_DIR) -> list[P
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --- notebook 08: the bridge as it is now ----------------------------------------------------
+
+def fetch(url: str, wait: float = 10.0) -> str:
+    """GET `url` (on 127.0.0.1), retrying while the server starts; no proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with opener.open(url, timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def bridge_state(bridge: str = "contained0") -> dict:
+    """The bridge, its gateway, and each plugged-in veth with its container's lease."""
+    links = json.loads(sh_output("ip -j addr show"))
+    found = [link for link in links if link["ifname"] == bridge]
+    if not found:
+        return {"bridge": None, "gateway": None, "veths": []}
+    gateway = next((a["local"] + "/" + str(a["prefixlen"]) for a in found[0]["addr_info"]
+                    if a["family"] == "inet"), "?")
+    plugged = {link["ifname"] for link in links if link.get("master") == bridge}
+    path = _network_state_path()
+    leases = json.loads(path.read_text())["leases"] if path.exists() else {}
+    veths = [{"veth": lease["veth"], "name": name, "ip": lease["ip"],
+              "ports": [f"{ip}:{host}→{port}/{proto}"
+                        for ip, host, port, proto in lease["publish"]]}
+             for name, lease in sorted(leases.items()) if lease["veth"] in plugged]
+    return {"bridge": bridge, "gateway": gateway, "veths": veths}
+
+
+def _network_state_path() -> Path:
+    from contained import network
+
+    return network.state_path(network.NetworkConfig())

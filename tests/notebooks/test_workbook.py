@@ -22,6 +22,9 @@ from contained import workbook
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = workbook.notebooks()
+# 08 builds a bridge and NAT rules: test_networking_notebook.py runs it as root inside a
+# network namespace of its own, never in the machine's.
+ROOT_NOTEBOOKS = [path for path in NOTEBOOKS if path.name != "08-networking.ipynb"]
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(
@@ -56,7 +59,7 @@ def executed_as_root(tmp_path_factory):
     home, out = base / "home", base / "out"
     env = {**os.environ, "CONTAINED_HOME": str(home)}
     try:
-        paths = workbook.execute_all(out, env=env)
+        paths = [workbook.execute_notebook(path, out, env=env) for path in ROOT_NOTEBOOKS]
         yield {path.name[:2]: outputs(path) for path in paths}
     finally:
         _clean_up(home, out)
@@ -74,7 +77,7 @@ def _clean_up(home: Path, out: Path) -> None:
 
 @needs_root
 def test_every_notebook_runs_without_errors_as_root(executed_as_root):
-    assert sorted(executed_as_root) == [path.name[:2] for path in NOTEBOOKS]
+    assert sorted(executed_as_root) == [path.name[:2] for path in ROOT_NOTEBOOKS]
     for number, (_, errors) in executed_as_root.items():
         assert not errors, f"notebook {number}: {errors}"
 
