@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -135,8 +134,12 @@ if {mode!r} == "cached":
         layers.cached_layer(Path({target!r}), *a)
 else:
     layers.apply_layers(args, Path({target!r}))
-print(time.perf_counter() - start)
+import resource
+print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+
+
+PEAKS: list[int] = []  # ru_maxrss (KiB) of each of our unpacking children
 
 
 def run_ours(specs, mode: str, target: Path) -> float:
@@ -144,7 +147,13 @@ def run_ours(specs, mode: str, target: Path) -> float:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(result.stderr)
-    return float(result.stdout.strip().splitlines()[-1])
+    seconds, peak_kib = result.stdout.strip().splitlines()[-1].split()
+    PEAKS.append(int(peak_kib))
+    return float(seconds)
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
 
 
 def timed(command: list[str]) -> float:
@@ -176,26 +185,43 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(path)], check=True)
             return path
 
-        for _ in range(options.runs):
-            cache = fresh("cache")
-            results.setdefault("ours: per-layer dirs, cold (cached_layer)", []).append(
-                run_ours(specs, "cached", cache))
-            results.setdefault("ours: per-layer dirs, already cached", []).append(
-                run_ours(specs, "cached", cache))
-            results.setdefault("ours: apply_layers into one dir", []).append(
-                run_ours(specs, "apply", fresh("flat")))
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        for _ in range(options.runs):
+        def tar_layers() -> float:
             dest = fresh("tar")
             dest.mkdir()
             start = time.perf_counter()
             for spec in specs:
                 subprocess.run(["tar", "-xzf", spec[0], "-C", str(dest)], check=True)
-            results.setdefault("tar -xzf, layer by layer", []).append(time.perf_counter() - start)
-            umoci = ["umoci", "raw", "unpack", "--image", f"{layout}:bench", str(fresh("umoci"))]
+            return time.perf_counter() - start
+
+        def umoci() -> float:
+            command = ["umoci", "raw", "unpack", "--image", f"{layout}:bench",
+                       str(fresh("umoci"))]
             if os.geteuid() != 0:
-                umoci.insert(3, "--rootless")
-            results.setdefault("umoci raw unpack", []).append(timed(umoci))
+                command.insert(3, "--rootless")
+            return timed(command)
+
+        def cold_then_cached() -> float:
+            cache = fresh("cache")
+            sync()
+            cold = run_ours(specs, "cached", cache)
+            results.setdefault("ours: per-layer dirs, already cached", []).append(
+                run_ours(specs, "cached", cache))
+            return cold
+
+        contenders = {
+            "ours: per-layer dirs, cold (cached_layer)": cold_then_cached,
+            "ours: apply_layers into one dir": lambda: run_ours(specs, "apply", fresh("flat")),
+            "tar -xzf, layer by layer": tar_layers,
+            "umoci raw unpack": umoci,
+        }
+        names = list(contenders)
+        for round_number in range(options.runs):
+            # Rotate the order each round, and flush dirty pages before each one: the disk's
+            # writeback of one contender's files must not be charged to the next.
+            for name in names[round_number % len(names):] + names[:round_number % len(names)]:
+                sync()
+                results.setdefault(name, []).append(contenders[name]())
+        peak_kib = max(PEAKS)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=True)
     tar_time = statistics.median(results["tar -xzf, layer by layer"])
