@@ -11,6 +11,9 @@ which is why every container of an image can share the same unpacked layers.
 """
 
 import os
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 from contained import syscalls
@@ -55,10 +58,27 @@ def _join(lowers, upper, work) -> str:
     return f"lowerdir={lowerdir},upperdir={upper},workdir={work}"
 
 
-def mount_overlay_step(lowers: list[Path], upper: Path, work: Path, target: Path) -> Step:
+def use_fuse(rootless: bool) -> bool:
+    """Whether to mount with fuse-overlayfs instead of the kernel's overlayfs.
+
+    The kernel mounts overlayfs inside a user namespace since Linux 5.11; before that, rootless
+    containers need fuse-overlayfs (a FUSE program doing the same in user space). The
+    CONTAINED_OVERLAY=fuse|kernel variable overrides the choice.
+    """
+    choice = os.environ.get("CONTAINED_OVERLAY", "")
+    if choice in ("fuse", "kernel"):
+        return choice == "fuse"
+    release = tuple(int(part) for part in os.uname().release.split(".")[:2] if part.isdigit())
+    return rootless and release < (5, 11) and shutil.which("fuse-overlayfs") is not None
+
+
+def mount_overlay_step(lowers: list[Path], upper: Path, work: Path, target: Path,
+                       fuse: bool = False) -> Step:
     """The step that mounts the container's root filesystem."""
     options, base = overlay_options(lowers, upper, work)
     prefix = f"cd {base} && " if base else ""
+    if fuse:
+        return _fuse_step(options, base, target, prefix)
 
     def run():
         if base is None:
@@ -74,6 +94,23 @@ def mount_overlay_step(lowers: list[Path], upper: Path, work: Path, target: Path
 
     return Step(f"{prefix}mount -t overlay overlay -o {options} {target}",
                 "image layers read-only below, this container's changes in upper", run)
+
+
+def _fuse_step(options: str, base: Path | None, target: Path, prefix: str) -> Step:
+    command = ["fuse-overlayfs", "-o", options, str(target)]
+
+    def run():
+        if shutil.which("fuse-overlayfs") is None:
+            raise ContainedError("fuse-overlayfs is not installed: apt-get install fuse-overlayfs")
+        # It mounts, then stays in the background serving the files; it runs in the
+        # container's PID namespace, so it ends with the container.
+        done = subprocess.run(command, cwd=base, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ContainedError(f"fuse-overlayfs could not mount {target}: "
+                                 f"{done.stderr.strip() or done.returncode}")
+
+    return Step(f"{prefix}{shlex.join(command)}",
+                "overlayfs in user space (FUSE), for kernels that refuse it here", run)
 
 
 def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:

@@ -77,6 +77,7 @@ class RootfsSpec:
     working_dir: str = "/"
     chroot: bool = False
     hosts_file: Path | None = None
+    fuse: bool = False  # fuse-overlayfs instead of the kernel's overlay (see overlay.use_fuse)
 
 
 def plan_rootfs(spec: RootfsSpec) -> list[Step]:
@@ -86,7 +87,7 @@ def plan_rootfs(spec: RootfsSpec) -> list[Step]:
         Step("mount --make-rprivate /",
              "our mounts must not propagate back to the host (systemd makes / shared)",
              lambda: syscalls.mount("none", "/", None, MS_REC | MS_PRIVATE)),
-        mount_overlay_step(spec.lowers, spec.upper, spec.work, root),
+        mount_overlay_step(spec.lowers, spec.upper, spec.work, root, fuse=spec.fuse),
     ]
     steps += _proc_sys_steps(root)
     steps += _dev_steps(root)

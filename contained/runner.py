@@ -32,8 +32,18 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import cgroups, init, layers, namespaces, network, rootfs, syscalls, wire
-from contained.errors import ContainedError
+from contained import (
+    cgroups,
+    init,
+    layers,
+    namespaces,
+    network,
+    overlay,
+    rootfs,
+    syscalls,
+    wire,
+)
+from contained.errors import ContainedError, NeedsPrivileges
 from contained.init import CommandFailed
 from contained.plan import Step, run_steps
 from contained.spec import ContainerSpec
@@ -288,7 +298,13 @@ def user_namespace_step() -> Step:
 
 
 def _enter_user_namespace(uid: int, gid: int) -> None:
-    syscalls.unshare(syscalls.CLONE_NEWUSER)
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER)
+    except OSError as error:
+        raise NeedsPrivileges(
+            f"containers without root need user namespaces, and this machine refuses them "
+            f"({error.strerror}): run as root, or see `contained doctor` for the sysctl to "
+            "change") from error
     # An unprivileged process may map only its own ids, and only after giving up setgroups.
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"0 {uid} 1")
@@ -322,7 +338,8 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
         # containers come and go, so they find each other by name.
         hosts_file=directory / "hosts" if spec.net == "bridge" else None,
         volumes=[rootfs.Volume(h, c, bool(ro)) for h, c, ro in spec.volumes],
-        working_dir=spec.working_dir or "/", chroot=spec.chroot)
+        working_dir=spec.working_dir or "/", chroot=spec.chroot,
+        fuse=overlay.use_fuse(spec.rootless))
 
 
 def namespace_steps(spec: ContainerSpec, announce_netns=None, wait_for_cgroup=None

@@ -5,6 +5,7 @@ CONTAINED_HOME, through the same runner helper process a notebook kernel uses.
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -382,3 +383,33 @@ def test_symlinks_in_an_image_cannot_reach_the_host(busybox_home, runner_process
     assert "127.0.0.1\tlocalhost" in out and "from the host" in out
     assert (sentinel / "hosts").read_text() == "host's file\n"
     assert sorted(p.name for p in sentinel.iterdir()) == before
+
+
+@pytest.mark.skipif(not Path("/dev/fuse").exists() or not shutil.which("fuse-overlayfs"),
+                    reason="needs /dev/fuse and fuse-overlayfs (apt-get install fuse-overlayfs)")
+def test_fuse_overlayfs_root_for_kernels_without_overlay_in_user_namespaces(
+        busybox_home, monkeypatch):
+    """The rootless fallback, forced: the root is a fuse-overlayfs mount, and its daemon ends
+    with the container (it runs in the container's PID namespace)."""
+    monkeypatch.setenv("CONTAINED_OVERLAY", "fuse")
+    result, out, err = run_capture(
+        "busybox", ["sh", "-c", "grep ' / ' /proc/mounts; echo written > /tmp/f; cat /tmp/f"],
+        container.Runner(in_process=True))
+    assert result.status == 0, err
+    assert "fuse" in out.splitlines()[0] and out.splitlines()[-1] == "written"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _fuse_daemons(busybox_home):
+        time.sleep(0.05)
+    assert not _fuse_daemons(busybox_home)
+
+
+def _fuse_daemons(home: Path) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"fuse-overlayfs") and str(home).encode() in cmdline:
+            found.append(entry.name)
+    return found
