@@ -855,7 +855,9 @@ def gc() -> list[str]:
         directory = containers_dir()
         if directory.exists():
             for entry in directory.iterdir():
-                if entry.is_dir() and entry.name not in live and entry.name not in removed \
+                # Dot entries are the runners' own (.lock, .staging, where spares build).
+                if entry.is_dir() and not entry.name.startswith(".") \
+                        and entry.name not in live and entry.name not in removed \
                         and _read_state(entry.name) is None:
                     layers.remove_tree(entry)  # half-created, no state
         running = [c for c in containers() if c.running]

@@ -28,6 +28,7 @@ from contained.plan import Step
 from contained.syscalls import (
     MNT_DETACH,
     MS_BIND,
+    MS_MOVE,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
@@ -80,22 +81,54 @@ class RootfsSpec:
     fuse: bool = False  # fuse-overlayfs instead of the kernel's overlay (see overlay.use_fuse)
 
 
-def plan_rootfs(spec: RootfsSpec) -> list[Step]:
-    """Every mount and write that builds the root, in order (run inside the new mount ns)."""
+def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
+    """Every mount and write that builds the root, in order (run inside the new mount ns).
+
+    With `staged` (see `plan_staging`), /proc, /sys and /dev were built ahead of time and are
+    moved into place instead.
+    """
     root = spec.root
-    steps = [
-        Step("mount --make-rprivate /",
-             "our mounts must not propagate back to the host (systemd makes / shared)",
-             lambda: syscalls.mount("none", "/", None, MS_REC | MS_PRIVATE)),
-        mount_overlay_step(spec.lowers, spec.upper, spec.work, root, fuse=spec.fuse),
-    ]
-    steps += _proc_sys_steps(root)
-    steps += _dev_steps(root)
+    steps = [] if staged else [_private_step()]
+    steps.append(mount_overlay_step(spec.lowers, spec.upper, spec.work, root, fuse=spec.fuse))
+    if staged:
+        steps += [_move_step(staged, root, path) for path in STAGED]
+    else:
+        steps += _proc_sys_steps(root) + _dev_steps(root)
     steps += _etc_steps(spec)
     steps += [_volume_step(root, volume) for volume in spec.volumes]
     steps.append(Step(f"mkdir -p {root}{spec.working_dir}", "the image's WorkingDir must exist",
                       lambda: safepath.mkdirs_in_root(root, spec.working_dir)))
     return steps
+
+
+# What does not depend on the image: a runner's spare PID 1 builds these ahead of time.
+STAGED = ("/proc", "/sys", "/dev")
+
+
+def plan_staging(staging: Path) -> list[Step]:
+    """/proc, /sys and /dev built under `staging` (a private tmpfs) before the image is known.
+
+    A runner keeps a spare PID 1 ready in new namespaces; it builds these while it waits, and
+    `plan_rootfs(..., staged=staging)` moves them into the container's root. Explained runs
+    never use a spare: they show (and run) the steps in place.
+    """
+    return ([_private_step(),
+             Step(f"mount -t tmpfs -o mode=755 staging {staging}", "a place to build in",
+                  lambda: syscalls.mount("staging", str(staging), "tmpfs", MS_NOSUID,
+                                         "mode=755"))]
+            + _proc_sys_steps(staging) + _dev_steps(staging))
+
+
+def _private_step() -> Step:
+    return Step("mount --make-rprivate /",
+                "our mounts must not propagate back to the host (systemd makes / shared)",
+                lambda: syscalls.mount("none", "/", None, MS_REC | MS_PRIVATE))
+
+
+def _move_step(staging: Path, root: Path, path: str) -> Step:
+    return Step(f"mount --move {staging}{path} {root}{path}", "built ahead of time",
+                lambda: syscalls.mount(str(staging) + path, str(_inside(root, path)), None,
+                                       MS_MOVE))
 
 
 def _inside(root: Path, path: str) -> Path:

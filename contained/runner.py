@@ -18,6 +18,12 @@ R reports W's status (and an OOM kill, read from the cgroup) on the request's so
 tears the container down; it kills the container if that socket closes first, so a kernel that
 dies takes its containers with it. The CLI, itself single-threaded, runs the same `handle` in
 a child of its own. A named container's PID 1 stays, and serves `exec` itself.
+
+Speed: the server keeps one *spare* R forked ahead of time, with what does not depend on the
+container already done — its cgroup made and PID 1 moved into it (a cgroup move waits for an
+RCU grace period), PID 1's namespaces unshared and /proc, /sys and /dev built in a staging
+tmpfs (moved into the root later). A plain throwaway run takes the spare; an explained one
+never does, so ``--explain`` shows, and runs, every step in place.
 """
 
 import fcntl
@@ -34,6 +40,7 @@ from pathlib import Path
 
 from contained import (
     cgroups,
+    home,
     init,
     layers,
     namespaces,
@@ -132,12 +139,13 @@ def _spare(sock: socket.socket) -> int:
 
 
 def _suits_spare(request: dict) -> bool:
-    """A spare fits a plain throwaway run: not explained (its steps must show in order), not
-    bridged (plugged in between fork and go), and rootless exactly when this runner is."""
+    """A spare fits a plain throwaway run: not explained (its steps must show in order, in
+    place), with --net none, and rootless exactly when this runner is."""
     if request.get("op") != "run" or request.get("explain"):
         return False
     spec = json.loads(request["spec"])
-    return spec.get("net") != "bridge" and bool(spec.get("rootless")) == (os.geteuid() != 0)
+    # A spare's PID 1 has made its network namespace already: only --net none fits.
+    return spec.get("net") == "none" and bool(spec.get("rootless")) == (os.geteuid() != 0)
 
 
 class Prepared:
@@ -161,6 +169,7 @@ class Prepared:
             group = NoCgroup()
         ready_read, ready_write = os.pipe()
         go, go_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = staging_directory()
         if os.geteuid() != 0:
             _enter_user_namespace(os.geteuid(), os.getegid())
         host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -171,6 +180,11 @@ class Prepared:
             os.close(ready_read)
             go.close()
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+            try:
+                run_steps(spare_steps(staging))
+                staged = staging
+            except Exception:  # noqa: BLE001 — then the container is built in place
+                staged = None
             received = wire.receive_request(go_init)
             if received is None:
                 os._exit(0)  # the spare's runner went away before handing over a container
@@ -180,7 +194,8 @@ class Prepared:
                 os.dup2(fd, target, inheritable=True)
                 os.close(fd)
             spec = ContainerSpec.from_json(request["spec"])
-            _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True)
+            _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True,
+                  staged=staged)
         if os.geteuid() == 0:
             syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)  # as in _start_init
         os.close(host_pidns)
@@ -342,32 +357,28 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
         fuse=overlay.use_fuse(spec.rootless))
 
 
-def namespace_steps(spec: ContainerSpec, announce_netns=None, wait_for_cgroup=None
-                    ) -> list[Step]:
+def namespace_steps(spec: ContainerSpec, announce_netns=None, wait_for_cgroup=None,
+                    staged: Path | None = None) -> list[Step]:
     """Steps done by PID 1 inside the new namespaces, up to the cgroup namespace.
 
     `announce_netns` tells the runner the network namespace exists, so that (outside, where
     the bridge lives) it can plug a veth in; `wait_for_cgroup` waits until the runner has moved
     PID 1 into the container's cgroup. Both happen while PID 1 builds the root filesystem:
     moving a process between cgroups can take milliseconds (an RCU grace period), and there is
-    no reason to wait for it with nothing else to do.
+    no reason to wait for it with nothing else to do. With `staged`, the namespaces, the
+    loopback and /proc, /sys, /dev exist already (`spare_steps`).
     """
     kinds = namespace_kinds(spec)
-    steps = [
-        Step(f"{namespaces.unshare_command(['pid', *kinds])} sh",
-             "new namespaces; the steps below run in this shell, PID 1 of its own PID namespace",
-             lambda: syscalls.unshare(namespaces.flags_for(kinds))),
-    ]
+    steps = [] if staged else [unshare_step(kinds)]
     if spec.net == "bridge":
         steps.append(Step("# (outside) the runner plugs a veth into this network namespace",
                           "see the ip commands: bridge, veth pair, address, route, NAT",
                           announce_netns))
     steps.append(Step(f"hostname {spec.hostname}", "the UTS namespace has its own hostname",
                       lambda: syscalls.sethostname(spec.hostname)))
-    if "net" in kinds:
-        steps.append(Step("ip link set lo up", "a new network namespace has only lo, and down",
-                          _loopback_up))
-    steps += rootfs.plan_rootfs(rootfs_spec(spec))
+    if "net" in kinds and not staged:
+        steps.append(loopback_step())
+    steps += rootfs.plan_rootfs(rootfs_spec(spec), staged)
     steps += rootfs.plan_switch_root(Path(spec.directory) / "root", spec.chroot)
     steps.append(Step(
         "unshare --cgroup", "after joining its cgroup: the container sees that cgroup as /",
@@ -375,6 +386,31 @@ def namespace_steps(spec: ContainerSpec, announce_netns=None, wait_for_cgroup=No
                  syscalls.unshare(syscalls.CLONE_NEWCGROUP))))
     steps.append(init.confine_step())
     return steps
+
+
+def unshare_step(kinds: list[str]) -> Step:
+    return Step(f"{namespaces.unshare_command(['pid', *kinds])} sh",
+                "new namespaces; the steps below run in this shell, PID 1 of its own PID "
+                "namespace", lambda: syscalls.unshare(namespaces.flags_for(kinds)))
+
+
+def loopback_step() -> Step:
+    return Step("ip link set lo up", "a new network namespace has only lo, and down",
+                _loopback_up)
+
+
+def spare_steps(staging: Path) -> list[Step]:
+    """What a spare PID 1 does before it knows its container (a --net none one)."""
+    return ([unshare_step(CONTAINER_NAMESPACES), loopback_step()]
+            + rootfs.plan_staging(staging))
+
+
+def staging_directory() -> Path:
+    """Where spares build /proc, /sys and /dev: a mount point only ever mounted on inside
+    their own (private) mount namespaces; on the host it stays an empty directory."""
+    path = home.home_path() / "containers" / ".staging"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def exec_step(args: list[str], env: list[str], user: str) -> Step:
@@ -571,7 +607,7 @@ def _plug_network(spec: ContainerSpec, pid: int, ready_read: int, explain) -> No
 
 
 def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persistent: bool,
-          in_cgroup: bool = False):
+          in_cgroup: bool = False, staged: Path | None = None):
     """PID 1: build the namespaces and root, start the command, then reap and forward."""
     try:
         if not persistent:
@@ -586,8 +622,8 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
         run_steps(namespace_steps(
             spec, announce_netns=lambda: (os.write(ready_write, b"netns\n"),
                                           explain and not in_cgroup and os.read(go_read, 1)),
-            wait_for_cgroup=None if explain or in_cgroup else lambda: os.read(go_read, 1)),
-            explain)
+            wait_for_cgroup=None if explain or in_cgroup else lambda: os.read(go_read, 1),
+            staged=staged), explain)
         os.close(go_read)
         if persistent:
             os.write(ready_write, b"ready\n")
