@@ -308,7 +308,7 @@ def _alive(pid: int | None, started: int | None) -> bool:
 
 
 def _container_from_state(data: dict) -> Container:
-    spec = ContainerSpec(**data["spec"])
+    spec = ContainerSpec.from_dict(data["spec"])
     if spec.persistent:
         running = _alive(data.get("init_pid"), data.get("init_start_time"))
     else:

@@ -7,7 +7,7 @@ only plain values.
 """
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass
@@ -34,11 +34,16 @@ class ContainerSpec:
     persistent: bool = False         # named: an init keeps the namespaces for later exec
     rootless: bool = False           # started without root: a user namespace maps us to root
     remove: bool = True              # throwaway: everything goes when the command ends
-    tty: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> "ContainerSpec":
-        return cls(**json.loads(text))
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ContainerSpec":
+        """From saved state; fields a newer or older version wrote are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})

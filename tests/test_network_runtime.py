@@ -189,8 +189,10 @@ def _census() -> dict:
             groups |= {p.name for p in parent.iterdir()
                        if p.is_dir() and not p.name.startswith("spare-")}
     containers_dir = home / "containers"
+    # Dot entries (.staging, where a runner's spare builds /proc, /sys, /dev) are not containers.
     return {**_state(), "containers": sorted(p.name for p in containers_dir.iterdir()
-                                             if p.is_dir()) if containers_dir.exists() else [],
+                                             if p.is_dir() and not p.name.startswith("."))
+            if containers_dir.exists() else [],
             "cgroups": sorted(groups)}
 
 
@@ -266,7 +268,7 @@ def _kill_a_run(name: str, port: int) -> None:
     the container's directory stay for gc.
     """
     home = Path(os.environ["CONTAINED_HOME"]) / "containers"
-    known = set(os.listdir(home)) if home.exists() else set()
+    known = set(os.listdir(home)) | {".staging", ".lock"} if home.exists() else set()
     cli = subprocess.Popen([sys.executable, "-m", "contained", "run", "--name", name, "--rm",
                             "--net", "bridge", "-p", f"127.0.0.1:{port}:80", "busybox",
                             "sleep", "300"], stdin=subprocess.DEVNULL,
