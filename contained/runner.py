@@ -204,8 +204,8 @@ class Prepared:
         group.join(pid)
         return cls(group, pid, ready_read, go)
 
-    def start(self, spec: ContainerSpec) -> tuple[int, int]:
-        """Hand PID 1 its spec and stdio; the rest is `_start_init`'s second half."""
+    def start(self, spec: ContainerSpec) -> int:
+        """Hand PID 1 its spec and stdio; returns the pipe on which it says "ready"."""
         limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
         if not isinstance(self.group, NoCgroup):
             run_steps(self.group.limit_steps(limits))
@@ -213,7 +213,7 @@ class Prepared:
             raise ContainedError("limits need cgroups, which need root here")
         wire.send_request(self.go, {"spec": spec.to_json()}, [0, 1, 2])
         self.go.close()
-        return self.init_pid, self.ready_read
+        return self.ready_read
 
     def discard(self) -> None:
         _kill(self.init_pid)
@@ -442,21 +442,25 @@ def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir:
 
 def run_container(spec: ContainerSpec, reply: socket.socket, explain,
                   prepared: Prepared | None = None) -> dict:
+    runner = {"runner_pid": os.getpid(), "runner_start_time": start_time(os.getpid())}
+    init_pid = None
     if prepared is not None:
-        group, steps = prepared.group, host_steps(spec, with_cgroup=False)[1]
+        # PID 1 is waiting: hand it the spec first (it makes the directories itself), and
+        # write down who runs what while it builds the root.
+        group, init_pid = prepared.group, prepared.init_pid
     else:
         group, steps = host_steps(spec)
-    init_pid = None
     try:
-        run_steps(steps, explain)
-        _record(spec, runner_pid=os.getpid(), runner_start_time=start_time(os.getpid()),
-                cgroup=getattr(group, "name", None))
         if prepared is not None:
-            init_pid = prepared.init_pid
-            init_pid, status_pipe = _finish_start(spec, *prepared.start(spec))
+            ready_read = prepared.start(spec)
+            _record(spec, **runner, cgroup=getattr(group, "name", None), init_pid=init_pid,
+                    init_start_time=start_time(init_pid))
+            init_pid, status_pipe = _finish_start(spec, init_pid, ready_read)
         else:
+            run_steps(steps, explain)
+            _record(spec, **runner, cgroup=getattr(group, "name", None))
             init_pid, status_pipe = _start_init(spec, group, explain)
-        _record(spec, init_pid=init_pid, init_start_time=start_time(init_pid))
+            _record(spec, init_pid=init_pid, init_start_time=start_time(init_pid))
         wire.send_message(reply, event="started", init_pid=init_pid)
         status = _wait_for_status(init_pid, status_pipe, reply)
         # The result goes out now; tearing down the namespaces (unmounting the overlay is the
@@ -619,6 +623,8 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
         if explain and not in_cgroup:
             # Explained steps come in order: wait for the runner's side first.
             os.read(go_read, 1)
+        if staged:
+            run_steps(host_steps(spec, with_cgroup=False)[1])  # the runner did not (spares)
         run_steps(namespace_steps(
             spec, announce_netns=lambda: (os.write(ready_write, b"netns\n"),
                                           explain and not in_cgroup and os.read(go_read, 1)),
