@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -379,6 +380,7 @@ class Runner:
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen | None = None
+        self._spares: list[socket.socket] = []
 
     @classmethod
     def shared(cls) -> "Runner":
@@ -398,6 +400,19 @@ class Runner:
     def alive(self) -> bool:
         return self.in_process or (self._process is not None and self._process.poll() is None)
 
+    def _take_spare(self) -> socket.socket | None:
+        """A spare the runner handed over (see `runner.serve`), if one has arrived."""
+        control = self._start()
+        while select.select([control], [], [], 0)[0]:
+            received = wire.receive_request(control)
+            if received is None:
+                break
+            message, fds = received
+            if message.get("op") == "spare" and fds:
+                self._spares.append(socket.socket(fileno=fds[0]))
+        # The oldest first: it had the most time to get ready.
+        return self._spares.pop(0) if self._spares else None
+
     def _start(self) -> socket.socket:
         if self._control is None or not self.alive():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -412,6 +427,9 @@ class Runner:
 
     def close(self) -> None:
         """Stop the helper: its running containers see the socket close and are killed."""
+        for spare in self._spares:
+            spare.close()
+        self._spares = []
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -439,13 +457,26 @@ class Runner:
                     os._exit(runner.handle(request, fds))
             else:
                 with self._lock:
-                    wire.send_request(self._start(), request, fds)
+                    self._send(request, fds)
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
         return Request(ours, worker)
+
+    def _send(self, request: dict, fds: list[int]) -> None:
+        """To the waiting spare when it fits (one hop less), else to the runner itself."""
+        if runner.suits_spare(request) and (spare := self._take_spare()) is not None:
+            try:
+                wire.send_request(spare, request, fds)
+                wire.send_request(self._start(), {"op": "want-spare"}, [])
+                return
+            except OSError:
+                pass  # that spare died: the runner forks one on the spot instead
+            finally:
+                spare.close()
+        wire.send_request(self._start(), request, fds)
 
     def request(self, op: str, spec_json: str, stdio: tuple[int, int, int],
                 explain_fd: int | None = None, detached: bool = False) -> dict:

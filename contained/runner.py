@@ -55,6 +55,9 @@ from contained.init import CommandFailed
 from contained.plan import Step, run_steps
 from contained.spec import ContainerSpec
 
+# Spares kept ready. Each is two idle processes and an empty cgroup; two measured no faster
+# than one for back-to-back runs on 2 cores.
+SPARES = 1
 CONTAINER_NAMESPACES = ["mount", "uts", "ipc", "net"]  # + pid (by R) and cgroup (late)
 
 
@@ -66,10 +69,14 @@ class ContainerSetupFailed(ContainedError):
 # The server loop and one request.
 
 def serve(control: socket.socket) -> None:
-    """Hand each request to a child forked ahead of time, until the client closes the socket.
+    """Serve requests until the client (the kernel) closes the socket.
 
-    Forking this process takes a millisecond or two; doing it before the request arrives (a
-    spare child waits for the next request) takes that off every container's start.
+    Forking this process takes a millisecond or two, and a container needs more that does not
+    depend on it (below, `Prepared`). So the runner keeps a *spare*: a child forked ahead of
+    time and ready, whose socket it hands to the client (a "spare" message with the socket as
+    SCM_RIGHTS; SPARES of them). The client sends a plain throwaway run straight to a spare,
+    then asks for another ("want-spare"); anything else comes here and gets a child forked on
+    the spot.
     """
     # Children are not waited for here: each one reports on its own socket. As a subreaper,
     # this process also adopts (and, with SIGCHLD ignored, reaps) the PID 1 of every named
@@ -77,7 +84,8 @@ def serve(control: socket.socket) -> None:
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
-    spare = _fork_spare(control)
+    for _ in range(SPARES):
+        _send_spare(control)
     while True:
         try:
             received = wire.receive_request(control)
@@ -86,21 +94,24 @@ def serve(control: socket.socket) -> None:
         if received is None:
             return
         request, fds = received
-        handed = False
-        if _suits_spare(request):
-            try:
-                wire.send_request(spare, request, fds)
-                handed = True
-            except OSError:
-                pass  # the spare died: do it the slow way
-        if not handed and os.fork() == 0:
+        if request.get("op") == "want-spare":
+            _send_spare(control)
+            continue
+        if os.fork() == 0:
             control.close()
             os._exit(handle(request, fds))
         for fd in fds:
             os.close(fd)
-        if handed:
-            spare.close()
-            spare = _fork_spare(control)
+
+
+def _send_spare(control: socket.socket) -> None:
+    spare = _fork_spare(control)
+    try:
+        wire.send_request(control, {"op": "spare"}, [spare.fileno()])
+    except OSError:
+        pass  # the client is gone: the loop ends on its next read
+    finally:
+        spare.close()  # the spare exits when the client's copy closes, unused
 
 
 def _fork_spare(control: socket.socket) -> socket.socket:
@@ -138,7 +149,7 @@ def _spare(sock: socket.socket) -> int:
     return handle(*received, prepared=prepared)
 
 
-def _suits_spare(request: dict) -> bool:
+def suits_spare(request: dict) -> bool:
     """A spare fits a plain throwaway run: not explained (its steps must show in order, in
     place), with --net none, and rootless exactly when this runner is."""
     if request.get("op") != "run" or request.get("explain"):
