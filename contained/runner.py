@@ -149,6 +149,28 @@ def _spare(sock: socket.socket) -> int:
     return handle(*received, prepared=prepared)
 
 
+def _wait_as_pid_one(staging: Path, ready_write: int, go_init: socket.socket) -> None:
+    """A spare's PID 1: build what does not depend on the container, then wait for its spec
+    (and the caller's stdio) and become that container's PID 1 (never returns)."""
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    try:
+        run_steps(spare_steps(staging))
+        staged = staging
+    except Exception:  # noqa: BLE001 — then the container is built in place
+        staged = None
+    received = wire.receive_request(go_init)
+    if received is None:
+        os._exit(0)  # the spare's runner went away before handing over a container
+    request, fds = received
+    # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+    spec = ContainerSpec.from_json(request["spec"])
+    _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True,
+          staged=staged)
+
+
 def suits_spare(request: dict) -> bool:
     """A spare fits a plain throwaway run: not explained (its steps must show in order, in
     place), with --net none, and rootless exactly when this runner is."""
@@ -183,33 +205,13 @@ class Prepared:
         staging = staging_directory()
         if os.geteuid() != 0:
             _enter_user_namespace(os.geteuid(), os.getegid())
-        host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        syscalls.unshare(syscalls.CLONE_NEWPID)
-        pid = os.fork()
-        if pid == 0:
-            os.close(host_pidns)
+
+        def spare_pid_one():
             os.close(ready_read)
             go.close()
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-            try:
-                run_steps(spare_steps(staging))
-                staged = staging
-            except Exception:  # noqa: BLE001 — then the container is built in place
-                staged = None
-            received = wire.receive_request(go_init)
-            if received is None:
-                os._exit(0)  # the spare's runner went away before handing over a container
-            request, fds = received
-            # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
-            for target, fd in enumerate(fds):
-                os.dup2(fd, target, inheritable=True)
-                os.close(fd)
-            spec = ContainerSpec.from_json(request["spec"])
-            _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True,
-                  staged=staged)
-        if os.geteuid() == 0:
-            syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)  # as in _start_init
-        os.close(host_pidns)
+            _wait_as_pid_one(staging, ready_write, go_init)
+
+        pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
         os.close(ready_write)
         go_init.close()
         group.join(pid)
@@ -537,21 +539,13 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
     go_read, go_write = os.pipe()
     if spec.rootless:
         run_steps([user_namespace_step()], explain)
-    host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
-    syscalls.unshare(syscalls.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:
+
+    def pid_one():
         os.close(ready_read)
         os.close(go_write)
         _init(spec, ready_write, go_read, explain, persistent)  # never returns
-    if not spec.rootless:
-        # Later children (ip, nft, nsenter) belong to the host's PID namespace again: in the
-        # container's they would not see PID 1 by its host pid, and once PID 1 has died every
-        # fork into that namespace fails (ENOMEM), the teardown's included. A rootless runner
-        # may not re-enter it (it has no CAP_SYS_ADMIN there) and runs none of these tools.
-        syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)
-    os.close(host_pidns)
+
+    pid = _fork_pid_one(spec.rootless, pid_one)
     os.close(ready_write)
     os.close(go_read)
     try:
@@ -574,6 +568,25 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
     finally:
         os.close(go_write)
     return _finish_start(spec, pid, ready_read)
+
+
+def _fork_pid_one(rootless: bool, pid_one) -> int:
+    """Fork `pid_one` as PID 1 of a new PID namespace; return its (host) pid."""
+    host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
+    syscalls.unshare(syscalls.CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        os.close(host_pidns)
+        pid_one()  # never returns
+    if not rootless:
+        # Later children (ip, nft, nsenter) belong to the host's PID namespace again: in the
+        # container's they would not see PID 1 by its host pid, and once PID 1 has died every
+        # fork into that namespace fails (ENOMEM), the teardown's included. A rootless runner
+        # may not re-enter it (it has no CAP_SYS_ADMIN there) and runs none of these tools.
+        syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)
+    os.close(host_pidns)
+    return pid
 
 
 def _finish_start(spec: ContainerSpec, pid: int, ready_read: int) -> tuple[int, int]:

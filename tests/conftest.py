@@ -5,6 +5,8 @@ import shutil
 
 import pytest
 
+from contained import cgroups
+
 IS_ROOT = os.geteuid() == 0
 
 needs_root = pytest.mark.skipif(
@@ -88,3 +90,27 @@ def pytest_collection_modifyitems(session, config, items):
     """Notebook runs last: a kernel client leaves threads in this process, and tests that
     fork (process, cgroups, network) must fork a single-threaded process."""
     items.sort(key=lambda item: "/notebooks/" in str(item.fspath))
+
+
+def remove_cgroup_parent(parent: str) -> list[str]:
+    """Remove the test's cgroup parent in every tree; return what was left inside it."""
+    os.environ["CONTAINED_CGROUP_PARENT"] = parent
+    try:
+        paths = cgroups.parent_paths()
+    finally:
+        del os.environ["CONTAINED_CGROUP_PARENT"]
+    leftover = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            leftover.append(child.name)
+            try:
+                child.rmdir()
+            except OSError:
+                pass
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+    return sorted(set(leftover))

@@ -34,7 +34,7 @@ from test_network import _host_view, _state  # noqa: E402
 from contained import cgroups, container, network  # noqa: E402
 
 try:
-    from conftest import needs_root
+    from conftest import needs_root, remove_cgroup_parent
 except ImportError:  # run as a scenario script, outside pytest
     needs_root = pytest.mark.skipif(False, reason="")
 
@@ -72,35 +72,11 @@ def run_scenario(name: str, tmp_path: Path) -> dict:
         except ProcessLookupError:
             pass
         scenario.wait()
-        leftover = _remove_cgroup_parent(parent)
+        leftover = remove_cgroup_parent(parent)
     assert scenario.returncode == 0, f"scenario {name} failed:\n{err}"
     assert leftover == [], f"the scenario left cgroups under {parent}: {leftover}"
     assert _host_view() == before, "the scenario changed the host's network"
     return json.loads(out.strip().splitlines()[-1])
-
-
-def _remove_cgroup_parent(parent: str) -> list[str]:
-    """Remove the test's cgroup parent in every tree; return what was left inside it."""
-    os.environ["CONTAINED_CGROUP_PARENT"] = parent
-    try:
-        paths = cgroups.parent_paths()
-    finally:
-        del os.environ["CONTAINED_CGROUP_PARENT"]
-    leftover = []
-    for path in paths:
-        if not path.exists():
-            continue
-        for child in sorted(p for p in path.iterdir() if p.is_dir()):
-            leftover.append(child.name)
-            try:
-                child.rmdir()
-            except OSError:
-                pass
-        try:
-            path.rmdir()
-        except OSError:
-            pass
-    return sorted(set(leftover))
 
 
 @needs_root

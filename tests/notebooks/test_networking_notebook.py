@@ -18,9 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import needs_root
-
-from contained import cgroups
+from conftest import needs_root, remove_cgroup_parent
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "08-networking.ipynb"
@@ -86,28 +84,12 @@ def executed(tmp_path_factory):
         except ProcessLookupError:
             pass
         run.wait()
-        leftover = _remove_cgroup_parent(parent)
+        leftover = remove_cgroup_parent(parent)
         if made_run_netns:
             os.rmdir("/run/netns")
     yield {"status": run.returncode, "stderr": err + out, "leftover_cgroups": leftover,
            "host_changed": _host_view() != before,
            "outputs": _outputs(base / "out" / NOTEBOOK.name)}
-
-
-def _remove_cgroup_parent(parent: str) -> list[str]:
-    os.environ["CONTAINED_CGROUP_PARENT"] = parent
-    try:
-        paths = cgroups.parent_paths()
-    finally:
-        del os.environ["CONTAINED_CGROUP_PARENT"]
-    leftover = []
-    for path in paths:
-        if path.exists():
-            for child in (p for p in path.iterdir() if p.is_dir()):
-                leftover.append(child.name)
-                child.rmdir()
-            path.rmdir()
-    return sorted(set(leftover))
 
 
 def test_runs_without_errors_and_leaves_nothing(executed):
