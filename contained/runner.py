@@ -437,7 +437,15 @@ def plan(spec: ContainerSpec) -> list[Step]:
     _, steps = host_steps(spec)
     if spec.rootless:
         steps.append(user_namespace_step())
-    return steps + namespace_steps(spec) + [exec_step(spec.args, spec.env, spec.user)]
+    inside = namespace_steps(spec)
+    if spec.net == "bridge":
+        # What the runner does from outside once PID 1's network namespace exists: shown with
+        # "PID" for PID 1's pid, and the address a run would lease now (nothing is leased).
+        publish = [network.parse_publish(p) for p in spec.publish]
+        _, plugging = network.plan_attach(spec.name, "PID", publish, reserve=False,
+                                          hosts_file=Path(spec.directory) / "hosts")
+        inside[2:2] = plugging  # after "unshare" and "(outside) the runner plugs..."
+    return steps + inside + [exec_step(spec.args, spec.env, spec.user)]
 
 
 def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir: str

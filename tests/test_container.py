@@ -413,3 +413,13 @@ def _fuse_daemons(home: Path) -> list[str]:
         if cmdline.startswith(b"fuse-overlayfs") and str(home).encode() in cmdline:
             found.append(entry.name)
     return found
+
+
+def test_dry_run_of_a_bridged_container_shows_the_network_steps(busybox_home):
+    spec = container.build_spec("busybox", ["true"], net="bridge", publish=["8080:80"])
+    steps = container.dry_run(spec)
+    text = "\n".join(steps)
+    assert "type veth peer name eth0" in text and "netns PID" in text
+    assert text.index("unshare --pid") < text.index("type veth") < text.index("pivot_root")
+    assert "dport 8080 dnat to" in text
+    assert not (busybox_home / "network" / "contained0.json").exists()  # nothing leased
