@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -93,24 +94,45 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def remove_cgroup_parent(parent: str) -> list[str]:
-    """Remove the test's cgroup parent in every tree; return what was left inside it."""
-    os.environ["CONTAINED_CGROUP_PARENT"] = parent
+    """Remove a test's cgroup parent in every tree; return the groups that were left inside.
+
+    What is left is killed and removed the way `contained gc` does it (cgroups.gc), so a
+    failed test cannot leave its parent behind either.
+    """
+    saved = os.environ.get(cgroups.PARENT_ENV)
+    os.environ[cgroups.PARENT_ENV] = parent
     try:
-        paths = cgroups.parent_paths()
+        leftover = cgroups.gc(set())
+        for path in cgroups.parent_paths():
+            if path.exists():
+                path.rmdir()
     finally:
-        del os.environ["CONTAINED_CGROUP_PARENT"]
-    leftover = []
-    for path in paths:
-        if not path.exists():
-            continue
-        for child in sorted(p for p in path.iterdir() if p.is_dir()):
-            leftover.append(child.name)
-            try:
-                child.rmdir()
-            except OSError:
-                pass
-        try:
-            path.rmdir()
-        except OSError:
-            pass
-    return sorted(set(leftover))
+        if saved is None:
+            del os.environ[cgroups.PARENT_ENV]
+        else:
+            os.environ[cgroups.PARENT_ENV] = saved
+    return leftover
+
+
+def contained_cgroups() -> set[str]:
+    """Every cgroup directory named contained* at a tree's top, and the groups inside them."""
+    if not IS_ROOT:
+        return set()
+    host = cgroups.detect()
+    found = set()
+    for top in {host.unified, *host.v1_mounts.values()} - {None}:
+        for parent in top.glob("contained*"):
+            found.add(str(parent))
+            found |= {str(group) for group in parent.iterdir() if group.is_dir()}
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_cgroup_left_behind():
+    """The whole run must leave no cgroup (a test's parent, a container's, a spare's)."""
+    before = contained_cgroups()
+    yield
+    deadline = time.monotonic() + 10  # spares go when their runner's socket closes
+    while time.monotonic() < deadline and contained_cgroups() - before:
+        time.sleep(0.1)
+    assert not contained_cgroups() - before, "cgroups left behind by the tests"

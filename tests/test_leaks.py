@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, remove_cgroup_parent
 
 from contained import cgroups, container
 
@@ -52,13 +52,12 @@ def busybox_home(tmp_path, monkeypatch):
     from contained.busybox import import_busybox
     from contained.store import Store
 
+    parent = f"contained-test-{os.getpid()}"
     monkeypatch.setenv("CONTAINED_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CONTAINED_CGROUP_PARENT", f"contained-test-{os.getpid()}")
+    monkeypatch.setenv("CONTAINED_CGROUP_PARENT", parent)
     import_busybox(Store(tmp_path / "home"))
     yield tmp_path / "home"
-    for parent in cgroups.parent_paths():
-        if parent.exists():
-            parent.rmdir()
+    remove_cgroup_parent(parent)
 
 
 def test_hundred_cycles_and_a_killed_runner_leave_nothing(busybox_home):

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import IS_ROOT, needs_registry_tools, needs_root
+from conftest import IS_ROOT, needs_registry_tools, needs_root, remove_cgroup_parent
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -267,7 +267,7 @@ def busybox_home(tmp_path_factory):
     close the runner at the end (it kills anything still running)."""
     if not IS_ROOT:
         pytest.skip("needs root: mounts, namespaces and cgroups (CI runs as root)")
-    from contained import cgroups, container
+    from contained import container
     from contained.busybox import import_busybox
     from contained.store import Store
 
@@ -282,9 +282,7 @@ def busybox_home(tmp_path_factory):
         container.remove(leftover.id, force=True)
     contained.close_runner()
     container.gc()
-    for parent in cgroups.parent_paths():
-        if parent.exists():
-            parent.rmdir()
+    remove_cgroup_parent(os.environ["CONTAINED_CGROUP_PARENT"])
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

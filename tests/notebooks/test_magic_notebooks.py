@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import needs_root
+from conftest import needs_root, remove_cgroup_parent
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
@@ -29,7 +29,6 @@ CELL_TIMEOUT = 60
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
     """The kernel's environment: a home with busybox, and a cgroup parent of our own."""
-    from contained import cgroups
     from contained.busybox import import_busybox
     from contained.store import Store
 
@@ -40,7 +39,7 @@ def kernel_env(tmp_path_factory):
            "PYTHONPATH": str(ROOT)}
     yield env
     with_env(env, clean_up)
-    with_env(env, lambda: [p.rmdir() for p in cgroups.parent_paths() if p.exists()])
+    remove_cgroup_parent(parent)
 
 
 def with_env(env: dict, action):
