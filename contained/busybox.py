@@ -20,9 +20,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from contained import build
+from contained import build, oci
 from contained.errors import ContainedError
-from contained.store import DEFAULT_PATH, Image, Store
+from contained.store import Image, Store
 
 HOST_BUSYBOX = Path("/bin/busybox")
 DEFAULT_NAME = "busybox"
@@ -33,7 +33,7 @@ GROUP = "root:x:0:\nnobody:x:65534:\n"
 DIRECTORIES = {"bin": 0o755, "dev": 0o755, "etc": 0o755, "proc": 0o555, "root": 0o700,
                "sbin": 0o755, "sys": 0o555, "tmp": 0o1777, "usr": 0o755, "usr/bin": 0o755,
                "usr/sbin": 0o755, "var": 0o755}
-IMAGE_CONFIG = {"Env": [DEFAULT_PATH], "Cmd": ["sh"]}
+IMAGE_CONFIG = {"Env": [f"PATH={oci.DEFAULT_PATH}"], "Cmd": ["sh"]}
 ELF_MAGIC = b"\x7fELF"
 PT_INTERP = 3
 

@@ -31,15 +31,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from contained import cgroups, home, init, layers, network, runner, wire
+from contained import cgroups, home, init, layers, network, process, runner, wire
 from contained.errors import ContainedError
 from contained.init import CommandFailed
 from contained.spec import ContainerSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 DEFAULT_STOP_TIMEOUT = 10.0
-# Docker's PATH for images that set none.
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class ContainerNotFound(ContainedError):
@@ -125,23 +123,6 @@ def _command(image_config, command: list[str] | None) -> list[str]:
     return args
 
 
-def _environment(image_env: list[str], extra: list[str]) -> list[str]:
-    """The image's Env, then -e K=V (a bare K copies the caller's value, as docker -e does)."""
-    merged: dict[str, str] = {}
-    for item in list(image_env or []) + list(extra or []):
-        key, sep, value = item.partition("=")
-        if not key or not re.fullmatch(r"[^=\s]+", key):
-            raise BadOption(f"invalid environment variable {item!r}: use NAME=value")
-        if not sep:
-            if key not in os.environ:
-                continue
-            value = os.environ[key]
-        merged[key] = value
-    if "PATH" not in merged:
-        merged["PATH"] = DEFAULT_PATH[5:]
-    return [f"{k}={v}" for k, v in merged.items()]
-
-
 def build_spec(image: str, command: list[str] | None = None, *, name: str | None = None,
                persistent: bool = False, memory: str | int | None = None,
                cpus: str | float | None = None, pids_limit: int | None = None,
@@ -169,7 +150,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         directory=str(containers_dir() / container_id),
         lowers=[str(p) for p in store.layer_dirs(resolved)],
         args=_command(config, command),
-        env=_environment(config.env, list(env)),
+        env=process.merge_environment(config.env or [], list(env)),
         working_dir=working_dir,
         user=user if user is not None else (config.user or ""),
         hostname=hostname or container_id[:12],
@@ -790,7 +771,7 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
         for step in runner.exec_steps(container.init_pid, spec, list(command), working_dir):
             os.write(_explain_fd(explain), f"+ {step.explain()}\n".encode())
     request = {"op": "exec", "detached": detach, "spec": {
-        "args": list(command), "env": _environment(spec.env, list(env)),
+        "args": list(command), "env": process.merge_environment(spec.env, list(env)),
         "working_dir": working_dir, "user": spec.user if user is None else user}}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from contained import syscalls
 from contained.errors import ContainedError
+from contained.oci import DEFAULT_PATH
 
 #: Docker's default capabilities (moby oci/caps/defaults.go), in moby's order. Everything else,
 #: CAP_SYS_ADMIN first of all, is dropped. As a mask: 0x00000000a80425fb.
@@ -92,7 +93,6 @@ CAPABILITY_NUMBERS: dict[str, int] = {
 }
 
 #: Docker's PATH when the image sets none (moby oci.DefaultPathEnv on Linux).
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # <sys/prctl.h> values syscalls.py does not have (yet)
 PR_CAPBSET_READ = 23
@@ -377,6 +377,14 @@ def parse_env_options(items: list[str]) -> list[str]:
     return parsed
 
 
+def merge_environment(image_env: list[str], options: list[str]) -> list[str]:
+    """The image's Env with -e options applied, as a container's spec records it (the
+    defaults and HOME come later, from `build_environment` inside the container)."""
+    for item in image_env:
+        _check_env_entry(item, item.partition("=")[0], "the image's Env")
+    return _replace_or_append(list(image_env), parse_env_options(options))
+
+
 def build_environment(image_env: list[str], extra: list[str], *, home: str,
                       hostname: str | None = None, tty: bool = False) -> list[str]:
     """The container's environment, built as Docker builds it, never copied from the host.
@@ -401,7 +409,7 @@ def build_environment(image_env: list[str], extra: list[str], *, home: str,
 
 
 def _check_env_entry(item: str, name: str, where: str) -> None:
-    if not name or "\0" in item:
+    if not name or "\0" in item or any(c.isspace() for c in name):
         raise BadEnvironment(f"invalid environment variable {item!r} in {where}: "
                              f"use NAME=value (or NAME to copy it from your environment)")
 

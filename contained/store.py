@@ -73,7 +73,6 @@ REF_NAME = build.ANNOTATION_REF_NAME
 # Pulls land here first (same filesystem as oci/, so blobs move by hard link).
 STAGING_DIR = "tmp"
 STAGING_REF = "pulling"
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAYER_MEDIA_TYPES = (oci.MEDIA_TYPE_LAYER, oci.MEDIA_TYPE_LAYER_GZIP, oci.MEDIA_TYPE_LAYER_ZSTD,
                      oci.MEDIA_TYPE_DOCKER_LAYER_GZIP,
                      "application/vnd.docker.image.rootfs.diff.tar")
@@ -291,7 +290,7 @@ class Store:
         except tarfile.TarError as err:
             raise InvalidTarball(f"cannot import {tarball}: not a tar archive ({err}); give a "
                                  f"rootfs tarball (tar -C rootfs -cf rootfs.tar .)") from None
-        return self.add_image([data], name, {"Env": [DEFAULT_PATH]})
+        return self.add_image([data], name, {"Env": [f"PATH={oci.DEFAULT_PATH}"]})
 
     def remove(self, ref: str) -> None:
         """Untag the image and delete the blobs no other image uses (not the layer dirs)."""
