@@ -19,10 +19,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import median_ms, needs_root  # noqa: E402  (benchmarks/common.py)
 
 LOAD_COST = """
 import resource, sys, time
@@ -36,16 +37,6 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 heavy = [m for m in ("matplotlib", "ipywidgets") if m in sys.modules]
 print(f"{elapsed * 1000:.1f} {(after - before) / 1024:.1f} {','.join(heavy) or '-'}")
 """
-
-
-def median_ms(action, runs: int) -> float:
-    action()  # warm caches and the runner's first fork
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        action()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def load_cost() -> tuple[float, float, str]:
@@ -64,8 +55,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("needs root (namespaces, mounts, cgroups)", file=sys.stderr)
+    if not needs_root("magic.py"):
         return 1
     milliseconds, megabytes, heavy = load_cost()
     print(f"%load_ext contained: {milliseconds:.0f} ms, {megabytes:.1f} MB "

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,19 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import median_ms, needs_root  # noqa: E402  (benchmarks/common.py)
+
 from contained import container  # noqa: E402
 from contained.busybox import import_busybox  # noqa: E402
 from contained.store import Store  # noqa: E402
-
-
-def median_ms(action, runs: int) -> float:
-    action()  # warm caches (page cache, dentries, the runner's first fork)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        action()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
 
 
 def crun_bundle(root: Path, bundle: Path) -> None:
@@ -63,8 +54,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("startup.py: needs root (mounts, namespaces, cgroups)", file=sys.stderr)
+    if not needs_root("startup.py"):
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="contained-bench-"))
     os.environ["CONTAINED_HOME"] = str(scratch / "home")
