@@ -186,7 +186,6 @@ def run_registry_stop(args) -> int:
     return 0
 
 
-#: Registration functions, in help order. The runtime commands (run, exec, ps, …) go here too.
 # ---------------------------------------------------------------------------------------------
 # Containers (notebooks 05 and 06): run, exec, ps, stop, rm, logs, gc, doctor
 

@@ -238,63 +238,39 @@ def _write_state(spec: ContainerSpec, **extra) -> None:
 
 
 def _read_state(container_id: str) -> dict | None:
+    """state.json (the caller's record) with runner.json (the runner's) on top, or None."""
     try:
         data = json.loads(_state_path(container_id).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    runner_file = containers_dir() / container_id / "runner.json"
+    return data | _runner_record(container_id)
+
+
+def _runner_record(container_id: str) -> dict:
+    """What the runner wrote down: its pid, PID 1's, and the cgroup it used."""
     try:
-        data.update(json.loads(runner_file.read_text()))
+        return json.loads((containers_dir() / container_id / "runner.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    return data
+        return {}
 
 
 def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
     """A container's cgroup: named after it, or a spare the runner had made ahead of time."""
-    name = container_id
-    try:
-        recorded = json.loads((containers_dir() / container_id / "runner.json").read_text())
-        name = recorded.get("cgroup") or container_id
-    except (FileNotFoundError, json.JSONDecodeError):
-        pass
-    return cgroups.Cgroup.open(name)
+    return cgroups.Cgroup.open(_runner_record(container_id).get("cgroup") or container_id)
 
 
 def _live_spares() -> set[str]:
-    """Cgroups that runners made ahead of time and still hold (spare-PID-STARTTIME)."""
-    names = set()
-    for parent in cgroups.parent_paths():
-        if parent.exists():
-            for entry in parent.iterdir():
-                parts = entry.name.split("-")
-                if len(parts) == 3 and parts[0] == "spare" and parts[1].isdigit() \
-                        and parts[2].isdigit() and _alive(int(parts[1]), int(parts[2])):
-                    names.add(entry.name)
-    return names
-
-
-def _alive(pid: int | None, started: int | None) -> bool:
-    """Is this exact process (pid + start time, so a reused pid doesn't count) still running?
-
-    A zombie counts as gone: an exited init whose new parent has not reaped it yet.
-    """
-    if not pid or started is None:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] not in ("Z", "X") and int(fields[19]) == started
+    """Cgroups that runners made ahead of time and still hold."""
+    return {entry.name for parent in cgroups.parent_paths() if parent.exists()
+            for entry in parent.iterdir() if runner.is_live_spare(entry.name)}
 
 
 def _container_from_state(data: dict) -> Container:
     spec = ContainerSpec.from_dict(data["spec"])
     if spec.persistent:
-        running = _alive(data.get("init_pid"), data.get("init_start_time"))
+        running = runner.alive(data.get("init_pid"), data.get("init_start_time"))
     else:
-        running = any(_alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
+        running = any(runner.alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
                       for who in ("owner", "runner", "init"))
     return Container(id=spec.id, name=spec.name, image=spec.image, command=spec.args,
                      created=data.get("created", 0.0), persistent=spec.persistent,

@@ -193,10 +193,8 @@ class Prepared:
 
     @classmethod
     def make(cls) -> "Prepared":
-        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        name = f"spare-{os.getpid()}-{stat[19]}"
         if os.geteuid() == 0:
-            group, steps = cgroups.Cgroup.plan(name, cgroups.Limits())
+            group, steps = cgroups.Cgroup.plan(spare_cgroup_name(), cgroups.Limits())
             run_steps(steps)
         else:
             group = NoCgroup()
@@ -744,10 +742,42 @@ def format_bytes(count: int | None) -> str:
     return f"{count}B"
 
 
-def start_time(pid: int) -> int:
-    """A process's start time (clock ticks since boot): a pid plus this names one process."""
+def _stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields from the third (state) on: the name before may hold spaces."""
     with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def start_time(pid: int | str) -> int:
+    """A process's start time (clock ticks since boot): a pid plus this names one process."""
+    return int(_stat(pid)[19])
+
+
+def alive(pid: int | None, started: int | None) -> bool:
+    """Is this exact process (pid + start time, so a reused pid doesn't count) still running?
+
+    A zombie counts as gone: an exited init whose new parent has not reaped it yet.
+    """
+    if not pid or started is None:
+        return False
+    try:
+        fields = _stat(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] not in ("Z", "X") and int(fields[19]) == started
+
+
+def spare_cgroup_name() -> str:
+    """The cgroup a spare makes for the container it will become: spare-PID-STARTTIME."""
+    return f"spare-{os.getpid()}-{start_time('self')}"
+
+
+def is_live_spare(name: str) -> bool:
+    """Whether `name` is a spare's cgroup (see `spare_cgroup_name`) whose spare still runs."""
+    kind, _, rest = name.partition("-")
+    pid, _, started = rest.partition("-")
+    return kind == "spare" and pid.isdigit() and started.isdigit() \
+        and alive(int(pid), int(started))
 
 
 # ---------------------------------------------------------------------------------------------
