@@ -2,9 +2,9 @@
 
 Taught in notebook 06 (``%%container``) and used everywhere after notebook 05. The shell
 equivalents are Docker's: ``docker run --rm``, ``docker run -d --name``, ``docker exec``,
-``docker ps``, ``docker stop``, ``docker rm``. Every call can also explain itself: pass
-``explain=True`` to see each step's shell command as it runs, or ``dry_run=True`` to get them
-without running anything.
+``docker ps``, ``docker stop``, ``docker rm``. Every run can also explain itself: pass
+``explain=True`` to see each step's shell command as it runs, or give a spec to `dry_run` to
+get them without running anything.
 
 This module never forks, never unshares and never mounts: it resolves the image and the
 options into a `ContainerSpec`, records state on disk, and hands the spec to the runner

@@ -6,7 +6,8 @@ Taught in notebook 01. The tutorial's command::
 
 Each flag is one namespace kind; a process's namespaces are the links in /proc/PID/ns, and two
 processes share a namespace exactly when their links point at the same inode. ``nsenter``
-(``contained exec``) joins the namespaces of a running process through those same files.
+joins the namespaces of a running process through those same files (``contained exec`` gets
+the same result by having the container's PID 1 start the command).
 """
 
 import os
@@ -24,11 +25,6 @@ KINDS = {
     "cgroup": (syscalls.CLONE_NEWCGROUP, "--cgroup", "cgroup"),
     "user": (syscalls.CLONE_NEWUSER, "--user", "user"),
 }
-
-# The order setns must follow when joining a container: the user namespace first (it grants
-# the rights to join the others), the mount namespace last (after it, /proc/PID is gone).
-JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mount")
-
 
 @dataclass(frozen=True)
 class Namespace:
@@ -65,27 +61,3 @@ def namespaces_of(pid: int | str = "self") -> dict[str, Namespace]:
             continue  # a kernel without this namespace kind
         result[kind] = Namespace(kind, inode)
     return result
-
-
-def open_namespaces(pid: int, kinds: list[str]) -> list[tuple[str, int]]:
-    """Open /proc/PID/ns/* for `kinds` in join order; the caller setns()es and closes them."""
-    opened = []
-    try:
-        for kind in JOIN_ORDER:
-            if kind in kinds:
-                fd = os.open(f"/proc/{pid}/ns/{KINDS[kind][2]}", os.O_RDONLY | os.O_CLOEXEC)
-                opened.append((kind, fd))
-    except OSError:
-        for _, fd in opened:
-            os.close(fd)
-        raise
-    return opened
-
-
-def join_namespaces(opened: list[tuple[str, int]]) -> None:
-    """setns() into each opened namespace, in order, closing the fds."""
-    for kind, fd in opened:
-        try:
-            syscalls.setns(fd, KINDS[kind][0])
-        finally:
-            os.close(fd)

@@ -474,7 +474,7 @@ def run_container(spec: ContainerSpec, reply: socket.socket, explain,
             ready_read = prepared.start(spec)
             _record(spec, **runner, cgroup=getattr(group, "name", None), init_pid=init_pid,
                     init_start_time=start_time(init_pid))
-            init_pid, status_pipe = _finish_start(spec, init_pid, ready_read)
+            init_pid, status_pipe = _finish_start(init_pid, ready_read)
         else:
             run_steps(steps, explain)
             _record(spec, **runner, cgroup=getattr(group, "name", None))
@@ -573,7 +573,7 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
         raise
     finally:
         os.close(go_write)
-    return _finish_start(spec, pid, ready_read)
+    return _finish_start(pid, ready_read)
 
 
 def _fork_pid_one(rootless: bool, pid_one) -> int:
@@ -595,7 +595,7 @@ def _fork_pid_one(rootless: bool, pid_one) -> int:
     return pid
 
 
-def _finish_start(spec: ContainerSpec, pid: int, ready_read: int) -> tuple[int, int]:
+def _finish_start(pid: int, ready_read: int) -> tuple[int, int]:
     """Wait for PID 1 to report "ready" (the command runs) or what failed."""
     message = _read_line(ready_read)
     if message == b"ready\n":
