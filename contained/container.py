@@ -254,9 +254,14 @@ def _runner_record(container_id: str) -> dict:
         return {}
 
 
+def _cgroup_name(container_id: str) -> str:
+    """Named after the container, or a spare's that the runner had made ahead of time."""
+    return _runner_record(container_id).get("cgroup") or container_id
+
+
 def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
-    """A container's cgroup: named after it, or a spare the runner had made ahead of time."""
-    return cgroups.Cgroup.open(_runner_record(container_id).get("cgroup") or container_id)
+    """A container's cgroup, if it has one now."""
+    return cgroups.Cgroup.open(_cgroup_name(container_id))
 
 
 def _live_spares() -> set[str]:
@@ -291,9 +296,10 @@ def containers() -> list[Container]:
 
 def get(name_or_id: str) -> Container:
     """A container by name, full id or unique id prefix."""
-    matches = [c for c in containers() if c.name == name_or_id]
+    listed = containers()
+    matches = [c for c in listed if c.name == name_or_id]
     if not matches and len(name_or_id) >= 3:
-        matches = [c for c in containers() if c.id.startswith(name_or_id)]
+        matches = [c for c in listed if c.id.startswith(name_or_id)]
     if len(matches) != 1:
         if matches:
             raise ContainerNotFound(f"{name_or_id!r} matches {len(matches)} containers: "
@@ -833,25 +839,21 @@ def gc() -> list[str]:
     """
     removed = []
     with _locked():
-        live = set()
-        for container in containers():
-            if container.running or container.persistent:
-                live.add(container.id)
-                continue
-            _remove_files(container.spec)
-            removed.append(container.name)
+        listed = containers()
+        for container in listed:
+            if not (container.running or container.persistent):
+                _remove_files(container.spec)
+                removed.append(container.name)
         directory = containers_dir()
         if directory.exists():
             for entry in directory.iterdir():
                 # Dot entries are the runners' own (.lock, .staging, where spares build).
                 if entry.is_dir() and not entry.name.startswith(".") \
-                        and entry.name not in live and entry.name not in removed \
                         and _read_state(entry.name) is None:
                     layers.remove_tree(entry)  # half-created, no state
-        running = [c for c in containers() if c.running]
-        keep = {getattr(cgroup_of(c.id), "name", c.id) for c in running} | _live_spares()
+        running = [c for c in listed if c.running]
+        keep = {_cgroup_name(c.id) for c in running} | _live_spares()
         removed += [f"cgroup {name}" for name in cgroups.gc(keep)]
         if network.state_path(network.NetworkConfig()).exists():
-            alive = {c.name for c in running}
-            removed += [f"network {name}" for name in network.gc(alive)]
+            removed += [f"network {name}" for name in network.gc({c.name for c in running})]
     return removed
