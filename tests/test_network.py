@@ -152,40 +152,49 @@ def test_resolv_conf_skips_loopback_and_ipv6_servers(tmp_path):
 # --- with root: scenarios in a network namespace of their own -----------------------------
 
 
-def _host_view() -> dict:
-    """What a leak onto the real host would change."""
+def host_view() -> dict:
+    """What a leak onto the real host would change: links, nft tables, forwarding, /run/netns."""
     links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True,
                                       text=True).stdout or "[]")
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     return {
-        "links": sorted(link["ifname"] for link in links
-                        if link["ifname"].startswith(("contained", network.VETH_PREFIX))),
-        "table": "ip contained" in tables,
+        "links": sorted(link["ifname"] for link in links),
+        "tables": tables,
+        "netns": sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else [],
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
     }
 
 
-def run_scenario(name: str, tmp_path: Path) -> dict:
-    """Run a scenario in a fresh network namespace; return its JSON facts."""
-    before = _host_view()
-    env = {**os.environ, "CONTAINED_HOME": str(tmp_path / "home")}
-    env.pop("CONTAINED_SUBNET", None)
-    runner = subprocess.Popen(
-        ["unshare", "--net", "--", sys.executable, __file__, name, str(tmp_path)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group: every container it left can be killed
-    )
+def run_in_network_namespace(command: list[str], env: dict, timeout: float, *,
+                             cwd: Path | None = None, mount: bool = False
+                             ) -> subprocess.CompletedProcess:
+    """Run `command` under ``unshare --net`` (and a private mount namespace if `mount`), in
+    its own process group, which is killed afterwards with whatever it left running."""
+    isolate = ["unshare", "--net", *(["--mount", "--propagation", "private"] if mount else [])]
+    process = subprocess.Popen([*isolate, "--", *command], env=env, cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     try:
-        out, err = runner.communicate(timeout=SCENARIO_TIMEOUT)
+        out, err = process.communicate(timeout=timeout)
     finally:
         try:
-            os.killpg(runner.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        runner.wait()
-    assert runner.returncode == 0, f"scenario {name} failed:\n{err}"
-    assert _host_view() == before, "the scenario changed the host's network"
-    return json.loads(out.strip().splitlines()[-1])
+        process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def run_scenario(name: str, tmp_path: Path) -> dict:
+    """Run a scenario in a fresh network namespace; return its JSON facts."""
+    before = host_view()
+    env = {**os.environ, "CONTAINED_HOME": str(tmp_path / "home")}
+    env.pop("CONTAINED_SUBNET", None)
+    done = run_in_network_namespace([sys.executable, __file__, name, str(tmp_path)], env,
+                                    SCENARIO_TIMEOUT)
+    assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr}"
+    assert host_view() == before, "the scenario changed the host's network"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @needs_root

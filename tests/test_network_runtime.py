@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_network import _host_view, _state  # noqa: E402
+from test_network import _state, host_view, run_in_network_namespace  # noqa: E402
 
 from contained import cgroups, container, network  # noqa: E402
 
@@ -57,26 +57,16 @@ def run_scenario(name: str, tmp_path: Path) -> dict:
            "CONTAINED_CGROUP_PARENT": parent, "PYTHONPATH": str(REPO)}
     for variable in ("CONTAINED_SUBNET", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(variable, None)
-    before = _host_view()
-    scenario = subprocess.Popen(
-        ["unshare", "--net", "--mount", "--propagation", "private", "--",
-         sys.executable, __file__, name, str(tmp_path)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group: whatever it left can be killed
-    )
+    before = host_view()
     try:
-        out, err = scenario.communicate(timeout=SCENARIO_TIMEOUT)
+        done = run_in_network_namespace([sys.executable, __file__, name, str(tmp_path)], env,
+                                        SCENARIO_TIMEOUT, cwd=REPO, mount=True)
     finally:
-        try:
-            os.killpg(scenario.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        scenario.wait()
         leftover = remove_cgroup_parent(parent)
-    assert scenario.returncode == 0, f"scenario {name} failed:\n{err}"
+    assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr}"
     assert leftover == [], f"the scenario left cgroups under {parent}: {leftover}"
-    assert _host_view() == before, "the scenario changed the host's network"
-    return json.loads(out.strip().splitlines()[-1])
+    assert host_view() == before, "the scenario changed the host's network"
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @needs_root

@@ -9,33 +9,20 @@ parent. Traffic goes only to 127.0.0.1 and the namespaces' own subnets. The unpr
 of every notebook, 08 included, is tests/notebooks/test_workbook.py's.
 """
 
-import json
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import needs_root, remove_cgroup_parent
+from test_network import host_view, run_in_network_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "08-networking.ipynb"
 TIMEOUT = 240
 
 pytestmark = needs_root
-
-
-def _host_view() -> dict:
-    """What a leak onto the host would change: links, nft tables, forwarding, /run/netns."""
-    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True,
-                                      text=True).stdout or "[]")
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    netns = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
-    return {"links": sorted(link["ifname"] for link in links),
-            "tables": tables, "netns": netns,
-            "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text()}
 
 
 def _outputs(path: Path) -> tuple[str, list[dict], int]:
@@ -64,31 +51,23 @@ def executed(tmp_path_factory):
            "CONTAINED_CGROUP_PARENT": parent, "PYTHONPATH": str(REPO)}
     for variable in ("CONTAINED_SUBNET", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(variable, None)
-    before = _host_view()
+    before = host_view()
     made_run_netns = not os.path.exists("/run/netns")  # mkdir -p below makes it on the host
     # lo up: nbclient talks to its kernel over 127.0.0.1. ip netns add bind-mounts namespace
     # files on /run/netns: a tmpfs there keeps them in this mount namespace.
     script = ('ip link set lo up && mkdir -p /run/netns && '
               'mount -t tmpfs -o mode=755 lab08 /run/netns && '
               'exec "$0" -m contained.workbook "$1" "$2"')
-    run = subprocess.Popen(
-        ["unshare", "--net", "--mount", "--propagation", "private", "--", "sh", "-c", script,
-         sys.executable, str(base / "out"), str(NOTEBOOK)],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
     try:
-        out, err = run.communicate(timeout=TIMEOUT)
+        run = run_in_network_namespace(
+            ["sh", "-c", script, sys.executable, str(base / "out"), str(NOTEBOOK)], env,
+            TIMEOUT, cwd=REPO, mount=True)
     finally:
-        try:
-            os.killpg(run.pid, signal.SIGKILL)  # a kernel or container left behind
-        except ProcessLookupError:
-            pass
-        run.wait()
         leftover = remove_cgroup_parent(parent)
         if made_run_netns:
             os.rmdir("/run/netns")
-    yield {"status": run.returncode, "stderr": err + out, "leftover_cgroups": leftover,
-           "host_changed": _host_view() != before,
+    yield {"status": run.returncode, "stderr": run.stderr + run.stdout,
+           "leftover_cgroups": leftover, "host_changed": host_view() != before,
            "outputs": _outputs(base / "out" / NOTEBOOK.name)}
 
 
