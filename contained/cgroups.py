@@ -116,6 +116,17 @@ class Usage:
     pids_limit: int | None
 
 
+def cpu_rates(samples: list[tuple[float, Usage]]) -> tuple[list[float], list[float]]:
+    """CPUs used between consecutive (seconds, Usage) readings, at each interval's end
+    (1.0 = one whole CPU): the growth of the group's CPU time over the time between them."""
+    times, rates = [], []
+    for (t0, u0), (t1, u1) in zip(samples, samples[1:], strict=False):
+        if t1 > t0:
+            times.append(t1)
+            rates.append((u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0))
+    return times, rates
+
+
 @dataclass
 class CgroupHost:
     """Where this machine's cgroup trees are mounted and what they offer."""

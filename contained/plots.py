@@ -18,6 +18,8 @@ import io
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
+from contained import cgroups
+
 MIB = 1024 * 1024
 LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
 
@@ -57,12 +59,8 @@ def stats_figure(samples: list, title: str = "") -> Figure:
 
 def cpu_series(samples: list) -> tuple[list[float], list[float]]:
     """CPU use in % of one CPU between consecutive samples, at each interval's end."""
-    times, percent = [], []
-    for (t0, u0), (t1, u1) in zip(samples, samples[1:], strict=False):
-        if t1 > t0:
-            times.append(t1)
-            percent.append(max(0.0, (u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0) * 100))
-    return times, percent
+    times, rates = cgroups.cpu_rates(samples)
+    return times, [max(0.0, rate * 100) for rate in rates]
 
 
 def layer_sizes_figure(image) -> Figure:

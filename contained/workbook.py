@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import doctor, namespaces
+from contained import cgroups, doctor, namespaces
 from contained.errors import ContainedError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -415,21 +415,11 @@ def sample_usage(group, seconds: float, interval: float = 0.1, until=None) -> li
         time.sleep(interval)
 
 
-def cpu_fractions(samples: list[tuple]) -> tuple[list[float], list[float]]:
-    """Times and CPUs used between consecutive samples (1.0 = one whole CPU)."""
-    times, used = [], []
-    for (t0, u0), (t1, u1) in zip(samples, samples[1:], strict=False):
-        if t1 > t0:
-            times.append(t1)
-            used.append((u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0))
-    return times, used
-
-
 def plot_cpu(samples: list[tuple], limit: float | None, title: str = "CPU used by the group"):
     """A matplotlib plot of CPU use over time, with the cgroup's limit as a dashed line."""
     import matplotlib.pyplot as plt
 
-    times, used = cpu_fractions(samples)
+    times, used = cgroups.cpu_rates(samples)
     figure, axes = plt.subplots(figsize=(7, 3))
     axes.plot(times, used, marker=".", label="CPU used (1.0 = one CPU)")
     if limit is not None:
