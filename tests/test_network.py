@@ -165,6 +165,16 @@ def host_view() -> dict:
     }
 
 
+def isolated_env(home: Path, cgroup_parent: str) -> dict:
+    """The environment for a run in a test's own network namespace: its own store and cgroup
+    parent, the repository importable, and no subnet or proxy setting from outside."""
+    env = {**os.environ, "CONTAINED_HOME": str(home), "CONTAINED_CGROUP_PARENT": cgroup_parent,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    for variable in ("CONTAINED_SUBNET", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        env.pop(variable, None)
+    return env
+
+
 def run_in_network_namespace(command: list[str], env: dict, timeout: float, *,
                              cwd: Path | None = None, mount: bool = False
                              ) -> subprocess.CompletedProcess:

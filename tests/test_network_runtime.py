@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_network import _state, host_view, run_in_network_namespace  # noqa: E402
+from test_network import _state, host_view, isolated_env, run_in_network_namespace  # noqa: E402
 
 from contained import cgroups, container, network  # noqa: E402
 
@@ -53,10 +53,7 @@ def run_scenario(name: str, tmp_path: Path) -> dict:
     The host's links, nft tables, ip_forward and our cgroup parent must be as they were.
     """
     parent = f"contained-nettest-{os.getpid()}-{name[:12]}"
-    env = {**os.environ, "CONTAINED_HOME": str(tmp_path / "home"),
-           "CONTAINED_CGROUP_PARENT": parent, "PYTHONPATH": str(REPO)}
-    for variable in ("CONTAINED_SUBNET", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(variable, None)
+    env = isolated_env(tmp_path / "home", parent)
     before = host_view()
     try:
         done = run_in_network_namespace([sys.executable, __file__, name, str(tmp_path)], env,

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from conftest import needs_root, remove_cgroup_parent
-from test_network import host_view, run_in_network_namespace
+from test_network import host_view, isolated_env, run_in_network_namespace
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "08-networking.ipynb"
@@ -47,10 +47,7 @@ def _outputs(path: Path) -> tuple[str, list[dict], int]:
 def executed(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebook-08")
     parent = f"contained-nbtest-{os.getpid()}"
-    env = {**os.environ, "CONTAINED_HOME": str(base / "home"),
-           "CONTAINED_CGROUP_PARENT": parent, "PYTHONPATH": str(REPO)}
-    for variable in ("CONTAINED_SUBNET", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(variable, None)
+    env = isolated_env(base / "home", parent)
     before = host_view()
     made_run_netns = not os.path.exists("/run/netns")  # mkdir -p below makes it on the host
     # lo up: nbclient talks to its kernel over 127.0.0.1. ip netns add bind-mounts namespace
