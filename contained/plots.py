@@ -1,4 +1,5 @@
-"""Plots for the notebooks: a container's memory and CPU over time, and an image's layer sizes.
+"""Plots for the notebooks: a container's memory, CPU and processes over time, an image's layer
+sizes, and the bridge network.
 
 Taught in notebooks 02 (cgroups: watch a limit being hit) and 04 (images: what the layers
 weigh), and shown by ``%%container --stats``, ``%container stats NAME`` and
@@ -75,6 +76,59 @@ def layer_sizes_figure(image) -> Figure:
     axes.set_xlabel("compressed size (MB)")
     axes.set_title(f"{image.name}: {len(sizes)} layer(s), {_megabytes(sum(sizes))}")
     axes.margins(x=0.2)
+    return figure
+
+
+def pids_figure(samples: list, limit: int | None, title: str = "Processes in the group"
+                ) -> Figure:
+    """The group's process count over a run (notebook 02's fork bomb), pids.max dashed."""
+    figure = Figure(figsize=(7, 3), layout="constrained")
+    axes = figure.subplots()
+    axes.plot([t for t, _ in samples], [u.pids for _, u in samples], marker=".",
+              label="processes")
+    if limit is not None:
+        axes.axhline(limit, **LIMIT_STYLE, label=f"pids.max = {limit}")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("processes")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    return figure
+
+
+def cpu_figure(samples: list, limit: float | None, title: str = "CPU used by the group"
+               ) -> Figure:
+    """CPUs used over a run (1.0 = one CPU), the cgroup's CPU limit dashed (notebook 02)."""
+    times, used = cgroups.cpu_rates(samples)
+    figure = Figure(figsize=(7, 3), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(times, used, marker=".", label="CPU used (1.0 = one CPU)")
+    if limit is not None:
+        axes.axhline(limit, **LIMIT_STYLE, label=f"limit: {limit:g} CPU")
+    axes.set_xlabel("seconds")
+    axes.set_ylabel("CPUs")
+    axes.set_ylim(0, max([1.1, *(u * 1.1 for u in used)]))
+    axes.set_title(title)
+    axes.legend(loc="upper right")
+    return figure
+
+
+def layer_bytes_figure(sizes: list[tuple[str, int, int]], title: str = "Layer sizes"
+                       ) -> Figure:
+    """Each layer's compressed and uncompressed size in KiB, from (digest, compressed,
+    uncompressed) rows (notebook 04's hand-built image, `workbook.layer_sizes`)."""
+    names = [f"{i}: {digest}" for i, (digest, _, _) in enumerate(sizes)]
+    figure = Figure(figsize=(7, 3), layout="constrained")
+    axes = figure.subplots()
+    positions = range(len(sizes))
+    axes.barh([p + 0.2 for p in positions], [s[2] / 1024 for s in sizes], height=0.4,
+              label="uncompressed (tar)")
+    axes.barh([p - 0.2 for p in positions], [s[1] / 1024 for s in sizes], height=0.4,
+              label="compressed (blob)")
+    axes.set_yticks(list(positions), names)
+    axes.invert_yaxis()
+    axes.set_xlabel("KiB")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
     return figure
 
 

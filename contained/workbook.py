@@ -332,7 +332,6 @@ def unmount_all(path: str | Path, *, echo: bool = True) -> list[Path]:
 def cgroup_commands(name: str, limits) -> str:
     """The shell commands that create cgroup `name` with `limits` on this machine (nothing
     is touched: reading the plan needs no privileges)."""
-    from contained import cgroups
 
     _, steps = cgroups.Cgroup.plan(name, limits)
     return "\n".join(step.shell for step in steps)
@@ -343,7 +342,6 @@ def create_cgroup(name: str, limits):
 
     Returns the `contained.cgroups.Cgroup`; call its ``remove()`` when done.
     """
-    from contained import cgroups
 
     group, steps = cgroups.Cgroup.plan(name, limits)
     try:
@@ -366,24 +364,6 @@ def failed_forks(group) -> int:
                 if key == "max":
                     return int(value)
     return 0
-
-
-def plot_pids(samples: list[tuple], limit: int | None, title: str = "Processes in the group"):
-    """A matplotlib plot of the group's process count over time, with pids.max dashed."""
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 3))
-    axes.plot([t for t, _ in samples], [u.pids for _, u in samples], marker=".",
-              label="processes")
-    if limit is not None:
-        axes.axhline(limit, color="red", linestyle="--", label=f"pids.max = {limit}")
-    axes.set_xlabel("seconds")
-    axes.set_ylabel("processes")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
-    return figure
 
 
 def start_in_cgroup(group, command: str) -> subprocess.Popen:
@@ -413,25 +393,6 @@ def sample_usage(group, seconds: float, interval: float = 0.1, until=None) -> li
         if elapsed >= seconds or (until is not None and until()):
             return samples
         time.sleep(interval)
-
-
-def plot_cpu(samples: list[tuple], limit: float | None, title: str = "CPU used by the group"):
-    """A matplotlib plot of CPU use over time, with the cgroup's limit as a dashed line."""
-    import matplotlib.pyplot as plt
-
-    times, used = cgroups.cpu_rates(samples)
-    figure, axes = plt.subplots(figsize=(7, 3))
-    axes.plot(times, used, marker=".", label="CPU used (1.0 = one CPU)")
-    if limit is not None:
-        axes.axhline(limit, color="red", linestyle="--", label=f"limit: {limit:g} CPU")
-    axes.set_xlabel("seconds")
-    axes.set_ylabel("CPUs")
-    axes.set_ylim(0, max([1.1, *(u * 1.1 for u in used)]))
-    axes.set_title(title)
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
-    return figure
 
 
 def mean_cpu(samples: list[tuple], skip: float = 0.5) -> float:
@@ -516,27 +477,6 @@ def tar_layer(*entries: tuple) -> bytes:
             else:
                 tar.addfile(info)
     return buffer.getvalue()
-
-
-def plot_layer_sizes(sizes: list[tuple[str, int, int]], title: str = "Layer sizes"):
-    """A bar chart of each layer's compressed and uncompressed size (KiB)."""
-    import matplotlib.pyplot as plt
-
-    names = [f"{i}: {digest}" for i, (digest, _, _) in enumerate(sizes)]
-    figure, axes = plt.subplots(figsize=(7, 3))
-    positions = range(len(sizes))
-    axes.barh([p + 0.2 for p in positions], [s[2] / 1024 for s in sizes], height=0.4,
-              label="uncompressed (tar)")
-    axes.barh([p - 0.2 for p in positions], [s[1] / 1024 for s in sizes], height=0.4,
-              label="compressed (blob)")
-    axes.set_yticks(list(positions), names)
-    axes.invert_yaxis()
-    axes.set_xlabel("KiB")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    plt.close(figure)  # shown once, by display() or as the cell's value, not again by pyplot
-    return figure
 
 
 # ---------------------------------------------------------------------------------------------
