@@ -673,11 +673,24 @@ class Cgroup:
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for going over the memory limit."""
+        path = self._oom_file()
+        return 0 if path is None else _keyed(_read_optional(path), "oom_kill") or 0
+
+    def oom_counter(self) -> Callable[[], int]:
+        """`oom_kills` through a file opened now, which keeps working after this process's
+        root has changed (a container's PID 1 reads it after pivot_root)."""
+        path = self._oom_file()
+        if path is None:
+            return lambda: 0
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return lambda: _keyed(os.pread(fd, 4096, 0).decode(), "oom_kill") or 0
+
+    def _oom_file(self) -> Path | None:
         memory = self._dir("memory")
         if memory is None:
-            return 0
+            return None
         name = "memory.events" if self.host.where("memory") == "v2" else "memory.oom_control"
-        return _keyed(_read_optional(memory / name), "oom_kill") or 0
+        return memory / name
 
     # stopping
 

@@ -28,16 +28,28 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import cgroups, home, init, layers, network, process, runner, wire
+from contained import (
+    cgroups,
+    home,
+    init,
+    layers,
+    network,
+    process,
+    procfs,
+    runner,
+    state,
+    wire,
+)
 from contained.errors import ContainedError
 from contained.init import CommandFailed
 from contained.spec import ContainerSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 DEFAULT_STOP_TIMEOUT = 10.0
+SETUP_GRACE = 60.0  # seconds a container directory may exist before it is recorded
 
 
 class ContainerNotFound(ContainedError):
@@ -147,7 +159,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         id=container_id,
         name=check_name(name) if name else _generated_name(),
         image=resolved.name,
-        directory=str(containers_dir() / container_id),
+        directory=str(state.containers_dir() / container_id),
         lowers=[str(p) for p in store.layer_dirs(resolved)],
         args=_command(config, command),
         env=process.merge_environment(config.env or [], list(env)),
@@ -205,14 +217,10 @@ def _generated_name() -> str:
 # ---------------------------------------------------------------------------------------------
 # State on disk
 
-def containers_dir() -> Path:
-    return home.home_path() / "containers"
-
-
 @contextmanager
 def _locked():
     """Serialise name allocation, removal and gc across every process on the machine."""
-    directory = containers_dir()
+    directory = state.containers_dir()
     directory.mkdir(parents=True, exist_ok=True)
     home.ensure_home(directory.parent)
     with open(directory / ".lock", "a") as lock:
@@ -220,43 +228,9 @@ def _locked():
         yield
 
 
-def _state_path(container_id: str) -> Path:
-    return containers_dir() / container_id / "state.json"
-
-
-def _write_state(spec: ContainerSpec, **extra) -> None:
-    path = _state_path(spec.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"spec": asdict(spec), "created": time.time(), "owner_pid": os.getpid(),
-            "owner_start_time": runner.start_time(os.getpid())}
-    if path.exists():
-        data.update({k: v for k, v in json.loads(path.read_text()).items() if k != "spec"})
-    data.update(extra)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(path)
-
-
-def _read_state(container_id: str) -> dict | None:
-    """state.json (the caller's record) with runner.json (the runner's) on top, or None."""
-    try:
-        data = json.loads(_state_path(container_id).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data | _runner_record(container_id)
-
-
-def _runner_record(container_id: str) -> dict:
-    """What the runner wrote down: its pid, PID 1's, and the cgroup it used."""
-    try:
-        return json.loads((containers_dir() / container_id / "runner.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
 def _cgroup_name(container_id: str) -> str:
     """Named after the container, or a spare's that the runner had made ahead of time."""
-    return _runner_record(container_id).get("cgroup") or container_id
+    return state.runner_record(container_id).get("cgroup") or container_id
 
 
 def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
@@ -273,9 +247,9 @@ def _live_spares() -> set[str]:
 def _container_from_state(data: dict) -> Container:
     spec = ContainerSpec.from_dict(data["spec"])
     if spec.persistent:
-        running = runner.alive(data.get("init_pid"), data.get("init_start_time"))
+        running = procfs.alive(data.get("init_pid"), data.get("init_start_time"))
     else:
-        running = any(runner.alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
+        running = any(procfs.alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
                       for who in ("owner", "runner", "init"))
     return Container(id=spec.id, name=spec.name, image=spec.image, command=spec.args,
                      created=data.get("created", 0.0), persistent=spec.persistent,
@@ -284,12 +258,12 @@ def _container_from_state(data: dict) -> Container:
 
 def containers() -> list[Container]:
     """Every container with state on disk, newest first (`contained ps -a`)."""
-    directory = containers_dir()
+    directory = state.containers_dir()
     if not directory.exists():
         return []
     found = []
     for entry in directory.iterdir():
-        if entry.is_dir() and (data := _read_state(entry.name)) is not None:
+        if entry.is_dir() and (data := state.read(entry.name)) is not None:
             found.append(_container_from_state(data))
     return sorted(found, key=lambda c: c.created, reverse=True)
 
@@ -309,18 +283,16 @@ def get(name_or_id: str) -> Container:
     return matches[0]
 
 
-def _reserve(spec: ContainerSpec, named: bool = True) -> None:
-    """Record a new container, checking that its name is free (a generated one is)."""
-    if not named:
-        _write_state(spec)
-        return
+def _reserve(spec: ContainerSpec) -> None:
+    """Claim a named container's name and record it. (A throwaway one with a generated name
+    needs no claim: its runner records it, while the caller waits anyway.)"""
     with _locked():
         for other in containers():
             if other.name == spec.name and (other.persistent or other.running):
                 raise NameInUse(f"the name {spec.name!r} is already in use by container "
                                 f"{other.id[:12]}: remove it (`contained rm -f {spec.name}`) "
                                 "or choose another name")
-        _write_state(spec)
+        state.write_state(spec, **state.owner())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,11 +377,15 @@ class Runner:
             self._process = None
 
     def submit(self, op: str, spec_json: str, stdio: tuple[int, int, int],
-               explain_fd: int | None = None, detached: bool = False) -> "Request":
-        """Send one request; the returned `Request` reports its progress and result."""
+               explain_fd: int | None = None, detached: bool = False,
+               owner: dict | None = None) -> "Request":
+        """Send one request; the returned `Request` reports its progress and result.
+
+        With `owner` (`state.owner()`), the runner records the container (state.json).
+        """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         request = {"op": op, "spec": spec_json, "explain": explain_fd is not None,
-                   "detached": detached}
+                   "detached": detached, "owner": owner}
         fds = [*stdio, explain_fd if explain_fd is not None else stdio[2], theirs.fileno()]
         worker = None
         try:
@@ -618,10 +594,12 @@ def run_spec(spec: ContainerSpec, **options) -> RunResult:
 
 def start_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
                runner_: Runner | None = None, named: bool = True) -> "Execution":
-    _reserve(spec, named)
+    if named:
+        _reserve(spec)
     try:
         request = (runner_ or Runner.shared()).submit(
-            "run", spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain))
+            "run", spec.to_json(), _stdio(stdin, stdout, stderr), _explain_fd(explain),
+            owner=None if named else state.owner())
     except BaseException:
         _remove_files(spec)
         raise
@@ -676,7 +654,7 @@ class Execution:
         # The runner removes a throwaway container; this catches a runner that died first.
         result = self.request.result
         if result is not None and result.get("type") == "RunnerDied" and self.spec.remove \
-                and _state_path(self.spec.id).exists():
+                and Path(self.spec.directory).exists():
             _remove_files(self.spec)
 
 
@@ -707,7 +685,8 @@ def create_from_spec(spec: ContainerSpec, *, explain=None, runner_: Runner | Non
     except BaseException:
         _remove_files(spec)
         raise
-    _write_state(spec, init_pid=message["init_pid"], init_start_time=message["init_start_time"])
+    state.write_state(spec, init_pid=message["init_pid"],
+                      init_start_time=message["init_start_time"])
     return get(spec.id)
 
 
@@ -772,7 +751,7 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
 def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
     """SIGTERM to PID 1 (it passes it on), SIGKILL after `timeout` seconds (``docker stop``)."""
     container = get(name)
-    data = _read_state(container.id)
+    data = state.read(container.id)
     if data is None:  # a throwaway one that finished meanwhile
         raise ContainerNotFound(f"container {name!r} is gone (it was a throwaway container)")
     pid = data.get("init_pid")
@@ -832,6 +811,15 @@ def _remove_files(spec: ContainerSpec) -> None:
         layers.remove_tree(directory)
 
 
+def _abandoned(directory: Path) -> bool:
+    """A directory without state is being set up (its runner records it in a moment) or was
+    left by a crash; only one that has not changed for a while is taken for a crash."""
+    try:
+        return time.time() - directory.stat().st_mtime > SETUP_GRACE
+    except FileNotFoundError:
+        return False
+
+
 def gc() -> list[str]:
     """Clean what crashed runners left: dead throwaway containers and orphan cgroups.
 
@@ -844,12 +832,12 @@ def gc() -> list[str]:
             if not (container.running or container.persistent):
                 _remove_files(container.spec)
                 removed.append(container.name)
-        directory = containers_dir()
+        directory = state.containers_dir()
         if directory.exists():
             for entry in directory.iterdir():
                 # Dot entries are the runners' own (.lock, .staging, where spares build).
                 if entry.is_dir() and not entry.name.startswith(".") \
-                        and _read_state(entry.name) is None:
+                        and state.read(entry.name) is None and _abandoned(entry):
                     layers.remove_tree(entry)  # half-created, no state
         running = [c for c in listed if c.running]
         keep = {_cgroup_name(c.id) for c in running} | _live_spares()

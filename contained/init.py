@@ -125,19 +125,39 @@ def restore_default_signals() -> None:
 # ---------------------------------------------------------------------------------------------
 # A throwaway container: PID 1 waits for its one command
 
-def reap_until(child: subprocess.Popen) -> int:
-    """Forward signals to the command, reap every zombie, return the command's status."""
+def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> int:
+    """Forward signals to the command, reap every zombie, return the command's status.
+
+    With `caller` (the socket of whoever waits for the result), "kill" on it or its end
+    SIGKILLs the command: a notebook's interrupt, or a kernel that died.
+    """
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda signum, frame: _signal(child.pid, signum))
+    wakeup = _sigchld_wakeup() if caller is not None else None
     while True:
         try:
-            pid, status = os.waitpid(-1, 0)
+            pid, status = os.waitpid(-1, 0 if caller is None else os.WNOHANG)
         except ChildProcessError:
             return EXIT_SETUP_FAILED
         if pid == child.pid:
             # Tell the Popen its child is reaped, or it would try again when collected.
             child.returncode = exit_code(status)
             return child.returncode
+        if pid == 0:  # children left, none exited yet: sleep until one does, or the caller
+            ready, _, _ = select.select([wakeup, caller], [], [])
+            _drain(wakeup)
+            if caller in ready:
+                _recv(caller)  # "kill", or nothing: the caller has gone
+                _signal(child.pid, signal.SIGKILL)
+                caller = None  # from now on a plain wait
+
+
+def _sigchld_wakeup() -> int:
+    """A pipe that becomes readable when a child exits (SIGCHLD), for select()."""
+    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    return wakeup_read
 
 
 def _signal(pid: int, signum: int, group: bool = False) -> None:
@@ -201,10 +221,8 @@ def serve_exec(listener: socket.socket) -> None:
     its own session; its status goes back on the same connection. "kill" or the caller going
     away kills the child's process group, unless the request was detached.
     """
-    wakeup_read, wakeup_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wakeup_write)
+    wakeup_read = _sigchld_wakeup()
     stopping = []
-    signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     children: dict[int, tuple[socket.socket, bool, subprocess.Popen]] = {}

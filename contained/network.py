@@ -57,6 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contained import procfs
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
 from contained.plan import Step
@@ -412,20 +413,9 @@ def _save(config: NetworkConfig, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks (field 22 of /proc/PID/stat), None if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
-    return int(stat.rsplit(")", 1)[1].split()[19])
-
-
 def _lease_alive(lease: dict) -> bool:
     # the start time tells a reused pid from the container that took the lease
-    start = lease.get("start")
-    return start is not None and _start_time(lease["pid"]) == start
+    return procfs.alive(lease["pid"], lease.get("start"))
 
 
 def _free_address(config: NetworkConfig, leases: dict) -> ipaddress.IPv4Address | None:
@@ -510,7 +500,7 @@ def plan_attach(
     """
     config = config or NetworkConfig()
     check_name(container)
-    if reserve and _start_time(pid) is None:
+    if reserve and procfs.start_time(pid) is None:
         raise ContainerNotRunning(f"process {pid} of container {container} has exited, so "
                                   "there is no network namespace to attach; start it again")
     firewall = _firewall(config)
@@ -543,7 +533,7 @@ def plan_attach(
             state["subnet"] = config.subnet
             state["firewall"] = state.get("firewall", firewall)
             state["leases"][container] = {
-                "ip": str(address), "veth": veth, "pid": pid, "start": _start_time(pid),
+                "ip": str(address), "veth": veth, "pid": pid, "start": procfs.start_time(pid),
                 "publish": [[p.host_ip, p.host_port, p.container_port, p.protocol] for p in ports],
                 "hosts_file": None if hosts_file is None else os.fspath(hosts_file),
             }

@@ -31,7 +31,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contained import skopeo
+from contained import procfs, skopeo
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
 from contained.store import Store
@@ -295,11 +295,7 @@ def _is_our_registry(state: RegistryState) -> bool:
 
 def _process_alive(pid: int) -> bool:
     _reap(pid)
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return False
-    return bool(fields) and fields[0] not in ("Z", "X")
+    return procfs.running(pid)
 
 
 def _terminate(pid: int) -> None:

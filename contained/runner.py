@@ -46,7 +46,9 @@ from contained import (
     namespaces,
     network,
     overlay,
+    procfs,
     rootfs,
+    state,
     syscalls,
     wire,
 )
@@ -137,38 +139,15 @@ def _fork_spare(control: socket.socket) -> socket.socket:
 def _spare(sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this one waits for its children
     try:
-        prepared = Prepared.make()
+        prepared = Prepared.make(sock)
     except Exception:  # noqa: BLE001 — a spare that can't prepare does it all after the request
         prepared = None
+    if prepared is not None:
+        sock.close()  # PID 1 has it: the request goes there
+        return prepared.supervise()
     received = wire.receive_request(sock)
     sock.close()
-    if received is None:
-        if prepared is not None:
-            prepared.discard()
-        return 0
-    return handle(*received, prepared=prepared)
-
-
-def _wait_as_pid_one(staging: Path, ready_write: int, go_init: socket.socket) -> None:
-    """A spare's PID 1: build what does not depend on the container, then wait for its spec
-    (and the caller's stdio) and become that container's PID 1 (never returns)."""
-    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-    try:
-        run_steps(spare_steps(staging))
-        staged = staging
-    except Exception:  # noqa: BLE001 — then the container is built in place
-        staged = None
-    received = wire.receive_request(go_init)
-    if received is None:
-        os._exit(0)  # the spare's runner went away before handing over a container
-    request, fds = received
-    # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target, inheritable=True)
-        os.close(fd)
-    spec = ContainerSpec.from_json(request["spec"])
-    _init(spec, ready_write, go_init.detach(), None, persistent=False, in_cgroup=True,
-          staged=staged)
+    return 0 if received is None else handle(*received)
 
 
 def suits_spare(request: dict) -> bool:
@@ -184,58 +163,127 @@ def suits_spare(request: dict) -> bool:
 class Prepared:
     """What a spare makes before it knows the container: an empty cgroup and PID 1 in it.
 
-    PID 1 has been forked into a new PID namespace and waits for the spec on its pipe.
+    PID 1 has been forked into a new PID namespace, has built what it can (`spare_steps`) and
+    waits for the request itself: the caller talks to it directly, and it answers directly
+    ("started", "exit"), which saves a process hop each way. This process (the spare's
+    runner) stays beside it on `link`: PID 1 passes it the request and the reply socket, and
+    it records the container, waits for PID 1, tears everything down and says "cleaned" — or,
+    should PID 1 die without a word (SIGKILLed), reports its end instead.
     """
 
-    def __init__(self, group, init_pid: int, ready_read: int, go: socket.socket):
-        self.group, self.init_pid = group, init_pid
-        self.ready_read, self.go = ready_read, go
+    def __init__(self, group, init_pid: int, link: socket.socket):
+        self.group, self.init_pid, self.link = group, init_pid, link
 
     @classmethod
-    def make(cls) -> "Prepared":
+    def make(cls, requests: socket.socket) -> "Prepared":
         if os.geteuid() == 0:
             group, steps = cgroups.Cgroup.plan(spare_cgroup_name(), cgroups.Limits())
             run_steps(steps)
         else:
             group = NoCgroup()
-        ready_read, ready_write = os.pipe()
-        go, go_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        staging = staging_directory()
-        if os.geteuid() != 0:
-            _enter_user_namespace(os.geteuid(), os.getegid())
+        try:
+            link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            staging = staging_directory()
+            if os.geteuid() != 0:
+                _enter_user_namespace(os.geteuid(), os.getegid())
 
-        def spare_pid_one():
-            os.close(ready_read)
-            go.close()
-            _wait_as_pid_one(staging, ready_write, go_init)
+            def spare_pid_one():
+                link.close()
+                _wait_as_pid_one(staging, requests, link_init, group)
 
-        pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
-        os.close(ready_write)
-        go_init.close()
-        group.join(pid)
-        return cls(group, pid, ready_read, go)
+            pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
+        except BaseException:
+            group.remove()
+            raise
+        link_init.close()
+        prepared = cls(group, pid, link)
+        try:
+            group.join(pid)
+            link.sendall(b"j")  # PID 1 starts no command before it is in the cgroup
+        except BaseException:
+            prepared.discard()
+            raise
+        return prepared
 
-    def start(self, spec: ContainerSpec) -> int:
-        """Hand PID 1 its spec and stdio; returns the pipe on which it says "ready"."""
-        limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
-        if not isinstance(self.group, NoCgroup):
-            run_steps(self.group.limit_steps(limits))
-        elif limits != cgroups.Limits():
-            raise ContainedError("limits need cgroups, which need root here")
-        wire.send_request(self.go, {"spec": spec.to_json()}, [0, 1, 2])
-        self.go.close()
-        return self.ready_read
+    def supervise(self) -> int:
+        """Stay beside PID 1 until its container has ended; clean up; exit code for the spare."""
+        received = wire.receive_request(self.link)
+        if received is None:  # never used: the caller closed the spare, and PID 1 left
+            self.discard()
+            return 0
+        request, fds = received
+        reply = socket.socket(fileno=fds[0])
+        spec = ContainerSpec.from_json(request["spec"])
+        try:
+            if request.get("owner"):
+                state.write_state(spec, **request["owner"])
+            state.write_runner(spec, **_runner_values(), cgroup=getattr(self.group, "name", None),
+                               init_pid=self.init_pid,
+                               init_start_time=procfs.start_time(self.init_pid))
+            self.link.sendall(b"r")  # on record: PID 1 may say "started"
+            said = b""
+            while chunk := self.link.recv(64):  # until PID 1 exits
+                said += chunk
+            _, status = os.waitpid(self.init_pid, 0)
+            if b"reported" not in said:  # PID 1 was killed: its status and the cgroup tell
+                result = _result(init.exit_code(status), self.group.oom_kills(), spec.memory)
+                wire.send_message(reply, event="exit", **result)
+            _tear_down(spec, self.group, None)
+            wire.send_message(reply, event="cleaned")
+            return 0
+        except BaseException as error:  # noqa: BLE001 — reported, never a silent death
+            _kill(self.init_pid)
+            _reap(self.init_pid)
+            wire.send_message(reply, event="error", type="InternalError",
+                              message=f"runner failed: {init.describe(error)}")
+            return 1
 
     def discard(self) -> None:
         _kill(self.init_pid)
-        try:
-            os.waitpid(self.init_pid, 0)
-        except ChildProcessError:
-            pass
+        _reap(self.init_pid)
         self.group.remove()
 
 
-def handle(request: dict, fds: list[int], prepared: "Prepared | None" = None) -> int:
+def _wait_as_pid_one(staging: Path, requests: socket.socket, link: socket.socket,
+                     group) -> None:
+    """A spare's PID 1: build what does not depend on the container, then wait for a request
+    (its spec, the caller's stdio and reply socket) and become that container's PID 1."""
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    host_pid = int(os.readlink("/proc/self"))  # still the host's /proc: the pid seen there
+    try:
+        run_steps(spare_steps(staging))
+        staged = staging
+    except Exception:  # noqa: BLE001 — then the container is built in place
+        staged = None
+    received = wire.receive_request(requests)
+    if received is None:
+        os._exit(0)  # the caller closed this spare unused
+    requests.close()
+    request, (stdin, stdout, stderr, explain_fd, reply_fd) = received
+    wire.send_request(link, request, [reply_fd])  # for the spare's runner (`supervise`)
+    # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
+    for target, fd in enumerate((stdin, stdout, stderr)):
+        os.dup2(fd, target, inheritable=True)
+        os.close(fd)
+    os.close(explain_fd)
+    spec = ContainerSpec.from_json(request["spec"])
+    report = CallerReport(socket.socket(fileno=reply_fd), link, host_pid, spec.memory)
+    try:
+        limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
+        if not isinstance(group, NoCgroup):
+            run_steps(group.limit_steps(limits))
+        elif limits != cgroups.Limits():
+            raise ContainedError("limits need cgroups, which need root here")
+        # Opened now: after pivot_root the host's /sys/fs/cgroup is out of sight.
+        report.oom_kills = group.oom_counter()
+    except BaseException as error:  # noqa: BLE001 — reported to the caller
+        report.error(init.describe(error))
+        os._exit(init.EXIT_SETUP_FAILED)
+    _init(spec, report, None, persistent=False, staged=staged,
+          wait_for_cgroup=lambda: link.recv(1))
+
+
+def handle(request: dict, fds: list[int]) -> int:
     """Do one request in this (disposable, single-threaded) process; return an exit code."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # Interrupts arrive as "kill" on the request socket; a terminal's Ctrl-C goes to the command.
@@ -249,7 +297,7 @@ def handle(request: dict, fds: list[int], prepared: "Prepared | None" = None) ->
     try:
         spec = ContainerSpec.from_json(request["spec"])
         if request["op"] == "run":
-            result = run_container(spec, reply, explain, prepared)
+            result = run_container(spec, reply, explain, request.get("owner"))
         elif request["op"] == "create":
             result = create_container(spec, explain)
         else:
@@ -311,6 +359,9 @@ class NoCgroup:
 
     def oom_kills(self) -> int:
         return 0
+
+    def oom_counter(self):
+        return self.oom_kills
 
     def remove(self) -> None:
         pass
@@ -459,32 +510,28 @@ def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir:
 # ---------------------------------------------------------------------------------------------
 # run: a throwaway container whose command is PID 1's only child.
 
+def _runner_values() -> dict:
+    return {"runner_pid": os.getpid(), "runner_start_time": procfs.start_time(os.getpid())}
+
+
 def run_container(spec: ContainerSpec, reply: socket.socket, explain,
-                  prepared: Prepared | None = None) -> dict:
-    runner = {"runner_pid": os.getpid(), "runner_start_time": start_time(os.getpid())}
+                  owner: dict | None = None) -> dict:
+    """A throwaway container whose runner is this process (not a spare); recorded here when
+    the caller gave its `owner` (see `state`)."""
     init_pid = None
-    if prepared is not None:
-        # PID 1 is waiting: hand it the spec first (it makes the directories itself), and
-        # write down who runs what while it builds the root.
-        group, init_pid = prepared.group, prepared.init_pid
-    else:
-        group, steps = host_steps(spec)
+    if owner:
+        state.write_state(spec, **owner)
+    group, steps = host_steps(spec)
     try:
-        if prepared is not None:
-            ready_read = prepared.start(spec)
-            _record(spec, **runner, cgroup=getattr(group, "name", None), init_pid=init_pid,
-                    init_start_time=start_time(init_pid))
-            init_pid, status_pipe = _finish_start(init_pid, ready_read)
-        else:
-            run_steps(steps, explain)
-            _record(spec, **runner, cgroup=getattr(group, "name", None))
-            init_pid, status_pipe = _start_init(spec, group, explain)
-            _record(spec, init_pid=init_pid, init_start_time=start_time(init_pid))
+        run_steps(steps, explain)
+        state.write_runner(spec, **_runner_values(), cgroup=getattr(group, "name", None))
+        init_pid, status_pipe = _start_init(spec, group, explain)
+        state.write_runner(spec, init_pid=init_pid, init_start_time=procfs.start_time(init_pid))
         wire.send_message(reply, event="started", init_pid=init_pid)
         status = _wait_for_status(init_pid, status_pipe, reply)
         # The result goes out now; tearing down the namespaces (unmounting the overlay is the
         # slow part), the cgroup and the files happens after, off the caller's critical path.
-        wire.send_message(reply, event="exit", **_result(status, group, spec))
+        wire.send_message(reply, event="exit", **_result(status, group.oom_kills(), spec.memory))
     finally:
         _tear_down(spec, group, init_pid)
     return {"event": "cleaned"}
@@ -549,7 +596,7 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
     def pid_one():
         os.close(ready_read)
         os.close(go_write)
-        _init(spec, ready_write, go_read, explain, persistent)  # never returns
+        _init(spec, RunnerReport(ready_write), explain, persistent, go_read=go_read)
 
     pid = _fork_pid_one(spec.rootless, pid_one)
     os.close(ready_write)
@@ -583,8 +630,11 @@ def _fork_pid_one(rootless: bool, pid_one) -> int:
     syscalls.unshare(syscalls.CLONE_NEWPID)
     pid = os.fork()
     if pid == 0:
-        os.close(host_pidns)
-        pid_one()  # never returns
+        try:
+            os.close(host_pidns)
+            pid_one()  # never returns, unless it fails outside its own error handling
+        finally:
+            os._exit(init.EXIT_SETUP_FAILED)  # never back into the runner's code
     if not rootless:
         # Later children (ip, nft, nsenter) belong to the host's PID namespace again: in the
         # container's they would not see PID 1 by its host pid, and once PID 1 has died every
@@ -640,9 +690,15 @@ def _plug_network(spec: ContainerSpec, pid: int, ready_read: int, explain) -> No
     run_steps(steps, explain)
 
 
-def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persistent: bool,
-          in_cgroup: bool = False, staged: Path | None = None):
-    """PID 1: build the namespaces and root, start the command, then reap and forward."""
+def _init(spec: ContainerSpec, report, explain, persistent: bool, go_read: int | None = None,
+          staged: Path | None = None, wait_for_cgroup=None):
+    """PID 1: build the namespaces and root, start the command, then reap and forward.
+
+    Forked by the runner for this container, PID 1 syncs with it on `go_read` (the runner's
+    side of --explain and the network comes in between, and it moves PID 1 into the cgroup);
+    a spare's PID 1 (`staged`) only waits until it is in the cgroup. How it reports is
+    `report`'s business: to the runner (`RunnerReport`) or to the caller (`CallerReport`).
+    """
     try:
         if not persistent:
             # If the runner dies (SIGKILL, a crashed kernel), so does the container.
@@ -650,42 +706,106 @@ def _init(spec: ContainerSpec, ready_write: int, go_read: int, explain, persiste
         init.set_title()
         init.restore_default_signals()
         listener = init.control_socket(Path(spec.directory)) if persistent else None
-        if explain and not in_cgroup:
-            # Explained steps come in order: wait for the runner's side first.
-            os.read(go_read, 1)
+        if go_read is not None:
+            if explain:
+                os.read(go_read, 1)  # explained steps come in order: the runner's side first
+            wait_for_cgroup = None if explain else lambda: os.read(go_read, 1)
         if staged:
             run_steps(host_steps(spec, with_cgroup=False)[1])  # the runner did not (spares)
         run_steps(namespace_steps(
-            spec, announce_netns=lambda: (os.write(ready_write, b"netns\n"),
-                                          explain and not in_cgroup and os.read(go_read, 1)),
-            wait_for_cgroup=None if explain or in_cgroup else lambda: os.read(go_read, 1),
-            staged=staged), explain)
-        os.close(go_read)
+            spec, announce_netns=lambda: (report.netns(), explain and os.read(go_read, 1)),
+            wait_for_cgroup=wait_for_cgroup, staged=staged), explain)
+        if go_read is not None:
+            os.close(go_read)
         if persistent:
-            os.write(ready_write, b"ready\n")
-            os.close(ready_write)
+            report.ready()
             init.detach_stdio(keep=(listener.fileno(),))
             init.serve_exec(listener)  # never returns
         if explain:
             explain(exec_step(spec.args, spec.env, spec.user).shell)
         child = init.spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
                                    new_session=False)
-        os.write(ready_write, b"ready\n")
+        report.ready()
     except CommandFailed as error:
         try:
-            os.write(ready_write, f"failed:{error.exit_status}:{error}".encode())
+            report.failed(error)
         finally:
             os._exit(error.exit_status)
-    except BaseException as error:  # noqa: BLE001 — reported to the runner, then exit
+    except BaseException as error:  # noqa: BLE001 — reported, then exit
         try:
-            os.write(ready_write, f"error:{init.describe(error)}".encode())
+            report.error(init.describe(error))
         finally:
             os._exit(init.EXIT_SETUP_FAILED)
-    status = init.reap_until(child)
+    status = init.reap_until(child, report.watched())
     try:
-        os.write(ready_write, f"exit {status}\n".encode())
+        report.exit(status)
     finally:
         os._exit(status)
+
+
+class RunnerReport:
+    """PID 1 reporting to the runner that forked it: lines on a pipe (`_finish_start`,
+    `_wait_for_status` read them); the runner tells the caller."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def netns(self) -> None:
+        os.write(self.fd, b"netns\n")
+
+    def ready(self) -> None:
+        os.write(self.fd, b"ready\n")
+
+    def failed(self, error: CommandFailed) -> None:
+        os.write(self.fd, f"failed:{error.exit_status}:{error}".encode())
+
+    def error(self, text: str) -> None:
+        os.write(self.fd, f"error:{text}".encode())
+
+    def exit(self, status: int) -> None:
+        os.write(self.fd, f"exit {status}\n".encode())
+
+    def watched(self) -> None:
+        return None  # the runner watches the caller's socket
+
+
+class CallerReport:
+    """A spare's PID 1 reporting to the caller itself, in the runner's words ("started",
+    "exit", "error"), and watching the caller's socket for "kill" or its end. Then it tells
+    the spare's runner (on `link`) that it has reported, so the runner does not again."""
+
+    def __init__(self, reply: socket.socket, link: socket.socket, host_pid: int,
+                 memory: int | None):
+        self.reply, self.link, self.host_pid, self.memory = reply, link, host_pid, memory
+        self.oom_kills = lambda: 0
+
+    def netns(self) -> None:
+        pass  # a spare runs --net none only
+
+    def ready(self) -> None:
+        self.link.recv(1)  # the spare's runner has recorded the container ("r")
+        wire.send_message(self.reply, event="started", init_pid=self.host_pid)
+
+    def failed(self, error: CommandFailed) -> None:
+        self._final(event="error", type="CommandFailed", message=str(error),
+                    exit_status=error.exit_status)
+
+    def error(self, text: str) -> None:
+        self._final(event="error", type=ContainerSetupFailed.__name__, message=text,
+                    exit_status=ContainerSetupFailed.exit_status)
+
+    def exit(self, status: int) -> None:
+        self._final(event="exit", **_result(status, self.oom_kills(), self.memory))
+
+    def watched(self) -> socket.socket:
+        return self.reply
+
+    def _final(self, **message) -> None:
+        wire.send_message(self.reply, **message)
+        try:
+            self.link.sendall(b"reported")
+        except OSError:
+            pass
 
 
 def _loopback_up() -> None:
@@ -710,27 +830,15 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _result(status: int, group, spec: ContainerSpec) -> dict:
-    oom = group.oom_kills() > 0
-    message = None
-    if oom:
-        status = 137
-        message = oom_message(spec.memory)
-    return {"status": status, "oom": oom, "message": message}
+def _result(status: int, oom_kills: int, memory: int | None) -> dict:
+    """The "exit" message: an OOM kill is reported as such, with Docker's status 137."""
+    if oom_kills > 0:
+        return {"status": 137, "oom": True, "message": oom_message(memory)}
+    return {"status": status, "oom": False, "message": None}
 
 
 def oom_message(limit: int | None) -> str:
     return f"killed: out of memory, limit {format_bytes(limit)}"
-
-
-def _record(spec: ContainerSpec, **values) -> None:
-    """Note who runs a container in its directory, so `contained gc` can tell a crash."""
-    path = Path(spec.directory) / "runner.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(values)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(path)
 
 
 def format_bytes(count: int | None) -> str:
@@ -742,34 +850,9 @@ def format_bytes(count: int | None) -> str:
     return f"{count}B"
 
 
-def _stat(pid: int | str) -> list[str]:
-    """/proc/PID/stat's fields from the third (state) on: the name before may hold spaces."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def start_time(pid: int | str) -> int:
-    """A process's start time (clock ticks since boot): a pid plus this names one process."""
-    return int(_stat(pid)[19])
-
-
-def alive(pid: int | None, started: int | None) -> bool:
-    """Is this exact process (pid + start time, so a reused pid doesn't count) still running?
-
-    A zombie counts as gone: an exited init whose new parent has not reaped it yet.
-    """
-    if not pid or started is None:
-        return False
-    try:
-        fields = _stat(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return fields[0] not in ("Z", "X") and int(fields[19]) == started
-
-
 def spare_cgroup_name() -> str:
     """The cgroup a spare makes for the container it will become: spare-PID-STARTTIME."""
-    return f"spare-{os.getpid()}-{start_time('self')}"
+    return f"spare-{os.getpid()}-{procfs.start_time('self')}"
 
 
 def is_live_spare(name: str) -> bool:
@@ -777,7 +860,7 @@ def is_live_spare(name: str) -> bool:
     kind, _, rest = name.partition("-")
     pid, _, started = rest.partition("-")
     return kind == "spare" and pid.isdigit() and started.isdigit() \
-        and alive(int(pid), int(started))
+        and procfs.alive(int(pid), int(started))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,7 +878,7 @@ def create_container(spec: ContainerSpec, explain) -> dict:
         group.remove()
         raise
     # This process is outside the new PID namespace: init_pid is the host's pid of PID 1.
-    return {"status": 0, "init_pid": init_pid, "init_start_time": start_time(init_pid)}
+    return {"status": 0, "init_pid": init_pid, "init_start_time": procfs.start_time(init_pid)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ def send_request(sock: socket.socket, request: dict, fds: list[int]) -> None:
 def receive_request(sock: socket.socket) -> tuple[dict, list[int]] | None:
     """The next request and its descriptors, or None when the other side has gone."""
     fds = array("i")
-    header, ancillary, _, _ = sock.recvmsg(4, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    try:
+        header, ancillary, _, _ = sock.recvmsg(4, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    except ConnectionResetError:  # it left with something of ours unread
+        return None
     if not header:
         return None
     for level, kind, payload in ancillary:
