@@ -230,7 +230,7 @@ def _locked():
 
 def _cgroup_name(container_id: str) -> str:
     """Named after the container, or a spare's that the runner had made ahead of time."""
-    return state.runner_record(container_id).get("cgroup") or container_id
+    return (state.read(container_id) or {}).get("cgroup") or container_id
 
 
 def cgroup_of(container_id: str) -> cgroups.Cgroup | None:

@@ -18,6 +18,7 @@ the wrong answer and a way out of the container.
 
 import ctypes
 import errno
+import functools
 import os
 import resource
 import stat
@@ -558,7 +559,7 @@ def drop_capabilities(keep: tuple[str, ...]) -> None:
         # After setuid with KEEPCAPS the effective set is empty; CAP_SETPCAP must be effective
         # to drop from the bounding set.
         syscalls.capset(permitted, permitted, 0)
-        for number in range(_last_capability() + 1):
+        for number in range(last_capability() + 1):
             if not wanted & (1 << number):
                 syscalls.prctl(syscalls.PR_CAPBSET_DROP, number)
         syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
@@ -570,7 +571,8 @@ def drop_capabilities(keep: tuple[str, ...]) -> None:
             f"the runner needs CAP_SETPCAP (run as root)") from error
 
 
-def _last_capability() -> int:
+@functools.cache
+def last_capability() -> int:
     """The kernel's highest capability number (/proc/sys/kernel/cap_last_cap, without /proc)."""
     number = 0
     while True:

@@ -46,6 +46,7 @@ from contained import (
     namespaces,
     network,
     overlay,
+    process,
     procfs,
     rootfs,
     state,
@@ -53,6 +54,7 @@ from contained import (
     wire,
 )
 from contained.errors import ContainedError, NeedsPrivileges
+from contained.oci import DEFAULT_PATH
 from contained.init import CommandFailed
 from contained.plan import Step, run_steps
 from contained.spec import ContainerSpec
@@ -60,6 +62,7 @@ from contained.spec import ContainerSpec
 # Spares kept ready. Each is two idle processes and an empty cgroup; two measured no faster
 # than one for back-to-back runs on 2 cores.
 SPARES = 1
+SPARE_NICENESS = 10
 CONTAINER_NAMESPACES = ["mount", "uts", "ipc", "net"]  # + pid (by R) and cgroup (late)
 
 
@@ -138,6 +141,11 @@ def _fork_spare(control: socket.socket) -> socket.socket:
 
 def _spare(sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this one waits for its children
+    if os.geteuid() == 0:
+        # Getting ready must not slow down the container that runs meanwhile (its PID 1 and
+        # runner, on a machine with few CPUs): nice until a request comes. Only root may go
+        # back to normal, so a rootless spare keeps the normal priority throughout.
+        os.setpriority(os.PRIO_PROCESS, 0, SPARE_NICENESS)
     try:
         prepared = Prepared.make(sock)
     except Exception:  # noqa: BLE001 — a spare that can't prepare does it all after the request
@@ -158,6 +166,11 @@ def suits_spare(request: dict) -> bool:
     spec = json.loads(request["spec"])
     # A spare's PID 1 has made its network namespace already: only --net none fits.
     return spec.get("net") == "none" and bool(spec.get("rootless")) == (os.geteuid() != 0)
+
+
+def _normal_priority() -> None:
+    if os.geteuid() == 0:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 class Prepared:
@@ -215,11 +228,10 @@ class Prepared:
         reply = socket.socket(fileno=fds[0])
         spec = ContainerSpec.from_json(request["spec"])
         try:
-            if request.get("owner"):
-                state.write_state(spec, **request["owner"])
-            state.write_runner(spec, **_runner_values(), cgroup=getattr(self.group, "name", None),
-                               init_pid=self.init_pid,
-                               init_start_time=procfs.start_time(self.init_pid))
+            _normal_priority()
+            state.write_state(spec, **(request.get("owner") or {}), **_runner_values(),
+                              cgroup=getattr(self.group, "name", None), init_pid=self.init_pid,
+                              init_start_time=procfs.start_time(self.init_pid))
             self.link.sendall(b"r")  # on record: PID 1 may say "started"
             said = b""
             while chunk := self.link.recv(64):  # until PID 1 exits
@@ -255,9 +267,12 @@ def _wait_as_pid_one(staging: Path, requests: socket.socket, link: socket.socket
         staged = staging
     except Exception:  # noqa: BLE001 — then the container is built in place
         staged = None
+    if not select.select([requests], [], [], 0)[0]:  # nobody waits yet: time to warm up
+        _rehearse(staging)
     received = wire.receive_request(requests)
     if received is None:
         os._exit(0)  # the caller closed this spare unused
+    _normal_priority()  # the command inherits it
     requests.close()
     request, (stdin, stdout, stderr, explain_fd, reply_fd) = received
     wire.send_request(link, request, [reply_fd])  # for the spare's runner (`supervise`)
@@ -281,6 +296,34 @@ def _wait_as_pid_one(staging: Path, requests: socket.socket, link: socket.socket
         os._exit(init.EXIT_SETUP_FAILED)
     _init(spec, report, None, persistent=False, staged=staged,
           wait_for_cgroup=lambda: link.recv(1))
+
+
+def _rehearse(staging: Path) -> None:
+    """Go through the motions of a container once, while nobody waits.
+
+    A forked Python process pays on the first run of any code: every page it writes (object
+    reference counts included) is copied then, and lazy set-ups (ctypes prototypes, the json
+    encoder, the capability count) happen then. Measured in a fresh fork, planning, the
+    capability drop, the user lookup and `subprocess` each take two to three times longer the
+    first time. So a spare's PID 1 plans a container without running it, and starts the
+    host's /bin/true the way it will start the command (it has not left the host's root yet).
+    """
+    directory = staging / "rehearsal"
+    spec = ContainerSpec(id="0" * 64, name="rehearsal", image="", directory=str(directory),
+                         lowers=[str(directory)], args=["true"], env=[f"PATH={DEFAULT_PATH}"],
+                         hostname="rehearsal")
+    try:
+        ContainerSpec.from_json(spec.to_json())
+        host_steps(spec, with_cgroup=False)
+        namespace_steps(spec, staged=staging)
+        process.capability_mask(process.DOCKER_DEFAULT_CAPABILITIES)
+        process.last_capability()
+        with open(os.devnull, "r+b") as null:
+            child = init.spawn_command(spec.args, spec.env, "/", "", new_session=False,
+                                       stdio=(null.fileno(),) * 3)
+        child.wait()
+    except Exception:  # noqa: BLE001 — a rehearsal only warms up; the real run reports
+        pass
 
 
 def handle(request: dict, fds: list[int]) -> int:
@@ -519,14 +562,13 @@ def run_container(spec: ContainerSpec, reply: socket.socket, explain,
     """A throwaway container whose runner is this process (not a spare); recorded here when
     the caller gave its `owner` (see `state`)."""
     init_pid = None
-    if owner:
-        state.write_state(spec, **owner)
     group, steps = host_steps(spec)
+    state.write_state(spec, **(owner or {}), **_runner_values(),
+                      cgroup=getattr(group, "name", None))
     try:
         run_steps(steps, explain)
-        state.write_runner(spec, **_runner_values(), cgroup=getattr(group, "name", None))
         init_pid, status_pipe = _start_init(spec, group, explain)
-        state.write_runner(spec, init_pid=init_pid, init_start_time=procfs.start_time(init_pid))
+        state.write_state(spec, init_pid=init_pid, init_start_time=procfs.start_time(init_pid))
         wire.send_message(reply, event="started", init_pid=init_pid)
         status = _wait_for_status(init_pid, status_pipe, reply)
         # The result goes out now; tearing down the namespaces (unmounting the overlay is the

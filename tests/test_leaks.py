@@ -85,7 +85,7 @@ def test_hundred_cycles_and_a_killed_runner_leave_nothing(busybox_home):
         execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
                                     runner_=runner, memory="16M")
         execution.wait_started()
-        runner_info = json.loads((Path(execution.spec.directory) / "runner.json").read_text())
+        runner_info = json.loads((Path(execution.spec.directory) / "state.json").read_text())
         os.kill(runner_info["runner_pid"], signal.SIGKILL)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and census(busybox_home)["processes"]:

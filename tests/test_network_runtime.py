@@ -209,11 +209,11 @@ def scenario_web_by_name(tmp: Path) -> dict:
 
 
 def _runner_of(directory: Path, timeout: float = 10) -> dict:
-    """runner.json of a container once its PID 1 is recorded."""
+    """The record (state.json) of a container once its PID 1 is in it."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            recorded = json.loads((directory / "runner.json").read_text())
+            recorded = json.loads((directory / "state.json").read_text())
             if recorded.get("init_pid"):
                 return recorded
         except (FileNotFoundError, json.JSONDecodeError):
