@@ -22,8 +22,9 @@ Layout of ``CONTAINED_HOME`` (mode 0700, see `contained.home`)::
 Nothing read from the layout is trusted: every pull and import checks index entry → manifest
 (digest and size) → config (digest and size) → as many diff_ids as layers → every layer blob
 (digest and size), because skopeo passes wrong manifest digests, sizes, diff_ids and truncated
-blobs through. Reads check the manifest and config again and the layers' sizes; layer digests
-and diff_ids are checked once more while unpacking.
+blobs through. Reads check the manifest and config again and the layers' sizes (once per
+version of index.json in a process); layer digests and diff_ids are checked once more while
+unpacking.
 
 CONTRACT (the runtime relies on exactly this):
 
@@ -170,6 +171,10 @@ class Image:
         }
 
 
+# Resolved images by (layout, reference), with the version of index.json they came from.
+_RESOLVED: dict[tuple[str, str], tuple[tuple[int, int, int] | None, Image]] = {}
+
+
 class Store:
     """The images under one CONTAINED_HOME. See the module docstring for the layout."""
 
@@ -189,9 +194,28 @@ class Store:
         return sorted(images, key=lambda image: image.name)
 
     def image(self, ref: str) -> Image:
-        """The image `ref` names (busybox, busybox:latest, busybox@sha256:…)."""
+        """The image `ref` names (busybox, busybox:latest, busybox@sha256:…).
+
+        Resolving means reading and verifying the index, manifest and config; a process that
+        starts many containers (a notebook) does it once per image and version of the index.
+        Every change to the index replaces the file, so its inode and mtime tell a new one.
+        """
+        key = (str(self.layout), ref)
+        cached = _RESOLVED.get(key)
+        if cached is not None and cached[0] == self._index_version():
+            return cached[1]
         with self.lock(shared=True):
-            return self._image(ref)
+            version = self._index_version()
+            image = self._image(ref)
+        _RESOLVED[key] = (version, image)
+        return image
+
+    def _index_version(self) -> tuple[int, int, int] | None:
+        try:
+            stat = os.stat(self.layout / "index.json")
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
     def layer_dirs(self, image: Image) -> list[Path]:
         """The image's layers unpacked (once, cached by diff_id), bottom first, for overlay."""

@@ -358,6 +358,22 @@ def test_rmi_keeps_blobs_another_image_shares(busybox_store, tmp_path):
     assert blobs(store) == set() and names(store) == []
 
 
+def test_resolved_images_follow_the_index(busybox_store, tmp_path):
+    """image() remembers what it resolved, but only for the index it read: a name that now
+    names another image, or none, is resolved again."""
+    before = busybox_store.image("busybox").digest
+    assert busybox_store.image("busybox").digest == before  # the remembered answer
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(tar_of({"other": b"y"}))
+    busybox_store.import_tarball(tarball, "busybox")
+    after = busybox_store.image("busybox").digest
+    assert after != before
+    assert Store(busybox_store.home).image("busybox").digest == after  # another Store object
+    busybox_store.remove("busybox")
+    with pytest.raises(ImageNotFound):
+        busybox_store.image("busybox")
+
+
 def test_rmi_of_missing_image(home):
     with pytest.raises(ImageNotFound):
         Store(home).remove("busybox")
