@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import container, namespaces
+from contained import container, namespaces, procfs
 from contained.container import Runner
 
 pytestmark = needs_root
@@ -327,6 +327,52 @@ def test_gc_cleans_what_a_killed_runner_left(busybox_home):
     assert spec.name in container.gc()
     assert not Path(spec.directory).exists()
     assert container.gc() == []
+
+
+def test_gc_leaves_a_directory_being_set_up_but_not_an_abandoned_one(busybox_home):
+    """A throwaway container's runner records it a moment after its PID 1 makes the
+    directory: gc must not take that moment for a crash — but one a minute old is one."""
+    fresh = container.state.containers_dir() / ("a" * 64)
+    abandoned = container.state.containers_dir() / ("b" * 64)
+    for directory in (fresh, abandoned):
+        (directory / "upper").mkdir(parents=True)
+    old = time.time() - container.SETUP_GRACE - 5
+    os.utime(abandoned, (old, old))
+    container.gc()
+    assert fresh.is_dir() and not abandoned.exists()
+    shutil.rmtree(fresh)
+
+
+def test_a_container_is_on_record_once_it_has_started(busybox_home, runner_process):
+    with open(os.devnull) as null:
+        execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
+                                    runner_=runner_process)
+        execution.wait_started()
+        try:
+            record = container.state.read(execution.spec.id)
+            assert record["owner_pid"] == os.getpid()
+            assert procfs.alive(record["runner_pid"], record["runner_start_time"])
+            assert procfs.alive(record["init_pid"], record["init_start_time"])
+            listed = {c.id: c for c in container.containers()}
+            assert listed[execution.spec.id].running
+        finally:
+            execution.kill()
+            assert execution.wait(settle=True).status == 137
+    assert not Path(execution.spec.directory).exists()
+
+
+def test_a_pid_one_killed_from_outside_is_reported_by_its_runner(busybox_home, runner_process):
+    """PID 1 answers the caller itself; SIGKILLed, it cannot, and its runner does instead."""
+    with open(os.devnull) as null:
+        execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
+                                    runner_=runner_process)
+        execution.wait_started()
+        init_pid = container.state.read(execution.spec.id)["init_pid"]
+        os.kill(init_pid, signal.SIGKILL)
+        result = execution.wait(settle=True)
+    assert (result.status, result.oom) == (137, False)
+    assert not Path(execution.spec.directory).exists()
+    assert not _sleepers()
 
 
 # ---------------------------------------------------------------------------------------------
