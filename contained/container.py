@@ -824,6 +824,8 @@ def gc() -> list[str]:
     """Clean what crashed runners left: dead throwaway containers and orphan cgroups.
 
     Idempotent. Stopped named containers are kept (their files are the user's); `rm` them.
+    A directory without a record is left alone for a minute (`SETUP_GRACE`): it may belong
+    to a container whose runner is about to record it.
     """
     removed = []
     with _locked():
