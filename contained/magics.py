@@ -572,7 +572,7 @@ class ContainerMagics(Magics):
 
         image = Store().image(args.target)
         print(json.dumps(image.describe(), indent=2))
-        plots.show_figure(plots.layer_sizes_figure(image))
+        plots.show_figure(plots.image_layers_figure(image))
 
     def do_stats(self, args) -> None:
         from contained import plots

@@ -64,19 +64,12 @@ def cpu_series(samples: list) -> tuple[list[float], list[float]]:
     return times, [max(0.0, rate * 100) for rate in rates]
 
 
-def layer_sizes_figure(image) -> Figure:
-    """One horizontal bar per layer (bottom layer at the bottom), compressed size in MB."""
-    sizes = [descriptor.size for descriptor, _ in image.layers]
-    labels = [f"{i}: {descriptor.digest.split(':')[-1][:12]}"
-              for i, (descriptor, _) in enumerate(image.layers)]
-    figure = Figure(figsize=(7, 0.5 + 0.45 * max(1, len(sizes))), layout="constrained")
-    axes = figure.subplots()
-    bars = axes.barh(labels, [s / 1e6 for s in sizes], color="tab:blue")
-    axes.bar_label(bars, labels=[_megabytes(s) for s in sizes], padding=3)
-    axes.set_xlabel("compressed size (MB)")
-    axes.set_title(f"{image.name}: {len(sizes)} layer(s), {_megabytes(sum(sizes))}")
-    axes.margins(x=0.2)
-    return figure
+def image_layers_figure(image) -> Figure:
+    """A stored image's layers (``%container inspect``): their compressed sizes."""
+    rows = [(descriptor.digest.split(":")[-1][:12], descriptor.size, None)
+            for descriptor, _ in image.layers]
+    total = _size_label(sum(size for _, size, _ in rows))
+    return layer_sizes_figure(rows, f"{image.name}: {len(rows)} layer(s), {total}")
 
 
 def pids_figure(samples: list, limit: int | None, title: str = "Processes in the group"
@@ -112,28 +105,39 @@ def cpu_figure(samples: list, limit: float | None, title: str = "CPU used by the
     return figure
 
 
-def layer_bytes_figure(sizes: list[tuple[str, int, int]], title: str = "Layer sizes"
+def layer_sizes_figure(layers: list[tuple[str, int, int | None]], title: str = "Layer sizes"
                        ) -> Figure:
-    """Each layer's compressed and uncompressed size in KiB, from (digest, compressed,
-    uncompressed) rows (notebook 04's hand-built image, `workbook.layer_sizes`)."""
-    names = [f"{i}: {digest}" for i, (digest, _, _) in enumerate(sizes)]
-    figure = Figure(figsize=(7, 3), layout="constrained")
+    """One row per layer, bottom layer on top, from (digest, compressed, uncompressed) rows:
+    the compressed size (the blob), and beside it the uncompressed one (the tar) where known
+    (notebook 04 builds its own layers and knows both; a stored image has its blobs only)."""
+    both = any(uncompressed is not None for _, _, uncompressed in layers)
+    largest = max([size or 0 for row in layers for size in row[1:]] + [1])
+    unit, scale = ("MB", 1e6) if largest >= 1e6 else ("KiB", 1024)
+    figure = Figure(figsize=(7, 0.8 + (0.6 if both else 0.45) * max(1, len(layers))),
+                    layout="constrained")
     axes = figure.subplots()
-    positions = range(len(sizes))
-    axes.barh([p + 0.2 for p in positions], [s[2] / 1024 for s in sizes], height=0.4,
-              label="uncompressed (tar)")
-    axes.barh([p - 0.2 for p in positions], [s[1] / 1024 for s in sizes], height=0.4,
-              label="compressed (blob)")
-    axes.set_yticks(list(positions), names)
+    positions = range(len(layers))
+    offset, height = (0.2, 0.4) if both else (0.0, 0.8)
+    compressed = [size for _, size, _ in layers]
+    bars = axes.barh([p - offset for p in positions], [size / scale for size in compressed],
+                     height=height, color="tab:blue", label="compressed (blob)")
+    axes.bar_label(bars, labels=[_size_label(size) for size in compressed], padding=3)
+    if both:
+        axes.barh([p + offset for p in positions],
+                  [(size or 0) / scale for _, _, size in layers], height=height,
+                  color="tab:orange", label="uncompressed (tar)")
+        axes.legend(loc="lower right")
+    axes.set_yticks(list(positions), [f"{i}: {digest}" for i, (digest, _, _) in
+                                      enumerate(layers)])
     axes.invert_yaxis()
-    axes.set_xlabel("KiB")
+    axes.set_xlabel(unit)
     axes.set_title(title)
-    axes.legend(loc="lower right")
+    axes.margins(x=0.2)
     return figure
 
 
-def _megabytes(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
+def _size_label(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1024:.1f} KiB"
 
 
 def to_png(figure: Figure) -> bytes:

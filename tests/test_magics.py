@@ -188,11 +188,18 @@ def test_layer_sizes_chart(busybox_store):
     from contained import plots
 
     image = busybox_store.image("busybox")
-    axes = plots.layer_sizes_figure(image).axes[0]
+    axes = plots.image_layers_figure(image).axes[0]
     bars = axes.patches
-    assert len(bars) == len(image.layers) >= 1
-    assert bars[0].get_width() == pytest.approx(image.layers[0][0].size / 1e6)
-    assert "busybox" in axes.get_title()
+    assert len(bars) == len(image.layers) >= 1  # compressed sizes only: no second series
+    size = image.layers[0][0].size
+    unit = 1e6 if size >= 1e6 else 1024
+    assert bars[0].get_width() == pytest.approx(size / unit)
+    assert "busybox" in axes.get_title() and axes.get_legend() is None
+
+    both = plots.layer_sizes_figure([("aaa", 2048, 10240), ("bbb", 1024, None)]).axes[0]
+    widths = [bar.get_width() for bar in both.patches]
+    assert widths == [2.0, 1.0, 10.0, 0.0] and both.get_xlabel() == "KiB"
+    assert both.get_legend() is not None
 
 
 def test_images_and_inspect_subcommands(shell, busybox_store, capsys):
