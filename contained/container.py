@@ -815,7 +815,9 @@ def _abandoned(directory: Path) -> bool:
     """A directory without state is being set up (its runner records it in a moment) or was
     left by a crash; only one that has not changed for a while is taken for a crash."""
     try:
-        return time.time() - directory.stat().st_mtime > SETUP_GRACE
+        # ctime, not mtime: a spare's directory, made ahead, is renamed into place (which
+        # changes only its ctime) a moment before it is recorded.
+        return time.time() - directory.stat().st_ctime > SETUP_GRACE
     except FileNotFoundError:
         return False
 
@@ -837,8 +839,11 @@ def gc() -> list[str]:
         directory = state.containers_dir()
         if directory.exists():
             for entry in directory.iterdir():
-                # Dot entries are the runners' own (.lock, .staging, where spares build).
-                if entry.is_dir() and not entry.name.startswith(".") \
+                # Dot entries are the runners' own: .lock, .staging where spares build,
+                # .spare-PID-START a spare's directory made ahead (see runner.Prepared).
+                if entry.name.startswith(".spare-") and not runner.is_live_spare(entry.name[1:]):
+                    layers.remove_tree(entry)
+                elif entry.is_dir() and not entry.name.startswith(".") \
                         and state.read(entry.name) is None and _abandoned(entry):
                     layers.remove_tree(entry)  # half-created, no state
         running = [c for c in listed if c.running]

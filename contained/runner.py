@@ -187,8 +187,9 @@ class Prepared:
     should PID 1 die without a word (SIGKILLed), reports its end instead.
     """
 
-    def __init__(self, group, init_pid: int, link: socket.socket):
+    def __init__(self, group, init_pid: int, link: socket.socket, skeleton: Path):
         self.group, self.init_pid, self.link = group, init_pid, link
+        self.skeleton = skeleton
 
     @classmethod
     def make(cls, requests: socket.socket) -> "Prepared":
@@ -197,22 +198,25 @@ class Prepared:
             run_steps(steps)
         else:
             group = NoCgroup()
+        skeleton = staging_directory().parent / ("." + spare_cgroup_name())
         try:
             link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             staging = staging_directory()
+            _make_skeleton(skeleton)
             if os.geteuid() != 0:
                 _enter_user_namespace(os.geteuid(), os.getegid())
 
             def spare_pid_one():
                 link.close()
-                _wait_as_pid_one(staging, requests, link_init, group)
+                _wait_as_pid_one(staging, skeleton, requests, link_init, group)
 
             pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
         except BaseException:
             group.remove()
+            layers.remove_tree(skeleton)
             raise
         link_init.close()
-        prepared = cls(group, pid, link)
+        prepared = cls(group, pid, link, skeleton)
         try:
             group.join(pid)
             link.sendall(b"j")  # PID 1 starts no command before it is in the cgroup
@@ -244,6 +248,7 @@ class Prepared:
                 result = _result(init.exit_code(status), self.group.oom_kills(), spec.memory)
                 wire.send_message(reply, event="exit", **result)
             _tear_down(spec, self.group, None)
+            layers.remove_tree(self.skeleton)  # still there if the container had its own
             wire.send_message(reply, event="cleaned")
             return 0
         except BaseException as error:  # noqa: BLE001 — reported, never a silent death
@@ -257,10 +262,29 @@ class Prepared:
         _kill(self.init_pid)
         _reap(self.init_pid)
         self.group.remove()
+        layers.remove_tree(self.skeleton)
 
 
-def _wait_as_pid_one(staging: Path, requests: socket.socket, link: socket.socket,
-                     group) -> None:
+def _make_skeleton(path: Path) -> None:
+    """A container directory made ahead of time (upper, work, root), named after the spare:
+    creating files is slow on a busy ext4 (it searches for inodes not freed recently), so
+    none is created while a caller waits. gc removes it if the spare dies."""
+    for sub in ("", "upper", "work", "root"):
+        (path / sub).mkdir()
+
+
+def _adopt_skeleton(skeleton: Path, directory: Path) -> None:
+    """The spare's skeleton becomes the container's directory, by a rename. A named container
+    has its directory already (its caller claimed the name there): then it keeps it, and the
+    spare's runner removes the skeleton afterwards."""
+    try:
+        os.rename(skeleton, directory)
+    except OSError:
+        pass
+
+
+def _wait_as_pid_one(staging: Path, skeleton: Path, requests: socket.socket,
+                     link: socket.socket, group) -> None:
     """A spare's PID 1: build what does not depend on the container, then wait for a request
     (its spec, the caller's stdio and reply socket) and become that container's PID 1."""
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -278,13 +302,14 @@ def _wait_as_pid_one(staging: Path, requests: socket.socket, link: socket.socket
     _normal_priority()  # the command inherits it
     requests.close()
     request, (stdin, stdout, stderr, explain_fd, reply_fd) = received
+    spec = ContainerSpec.from_json(request["spec"])
+    _adopt_skeleton(skeleton, Path(spec.directory))  # before the runner records anything there
     wire.send_request(link, request, [reply_fd])  # for the spare's runner (`supervise`)
     # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target, inheritable=True)
         os.close(fd)
     os.close(explain_fd)
-    spec = ContainerSpec.from_json(request["spec"])
     report = CallerReport(socket.socket(fileno=reply_fd), link, host_pid, spec.memory)
     try:
         limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)

@@ -329,18 +329,26 @@ def test_gc_cleans_what_a_killed_runner_left(busybox_home):
     assert container.gc() == []
 
 
-def test_gc_leaves_a_directory_being_set_up_but_not_an_abandoned_one(busybox_home):
+def test_gc_leaves_a_directory_being_set_up_but_not_an_abandoned_one(busybox_home,
+                                                                      monkeypatch):
     """A throwaway container's runner records it a moment after its PID 1 makes the
-    directory: gc must not take that moment for a crash — but one a minute old is one."""
-    fresh = container.state.containers_dir() / ("a" * 64)
+    directory: gc must not take that moment for a crash — but one left for a while is one."""
+    monkeypatch.setattr(container, "SETUP_GRACE", 0.5)
     abandoned = container.state.containers_dir() / ("b" * 64)
-    for directory in (fresh, abandoned):
-        (directory / "upper").mkdir(parents=True)
-    old = time.time() - container.SETUP_GRACE - 5
-    os.utime(abandoned, (old, old))
+    (abandoned / "upper").mkdir(parents=True)
+    time.sleep(0.6)
+    fresh = container.state.containers_dir() / ("a" * 64)
+    (fresh / "upper").mkdir(parents=True)
     container.gc()
     assert fresh.is_dir() and not abandoned.exists()
     shutil.rmtree(fresh)
+
+
+def test_gc_removes_the_directory_a_dead_spare_made_ahead(busybox_home):
+    dead = container.state.containers_dir() / ".spare-999999999-1"
+    (dead / "upper").mkdir(parents=True)
+    container.gc()
+    assert not dead.exists()
 
 
 def test_a_container_is_on_record_once_it_has_started(busybox_home, runner_process):

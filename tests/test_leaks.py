@@ -42,7 +42,8 @@ def census(home: Path, spares: bool = False) -> dict:
         "mounts": len(Path("/proc/self/mountinfo").read_text().splitlines()),
         "cgroups": sorted(groups),
         "processes": sorted(inits),
-        "containers": sorted(p.name for p in containers_dir.iterdir() if p.is_dir())
+        "containers": sorted(p.name for p in containers_dir.iterdir() if p.is_dir()
+                             and (spares or not p.name.startswith(".spare-")))
         if containers_dir.exists() else [],
     }
 
