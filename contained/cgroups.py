@@ -397,16 +397,32 @@ def _mkdir_parent(path: Path) -> None:
         raise CgroupError(f"cannot create {path}: {error.strerror} — {_hint(error)}") from error
 
 
-def _make_group(path: Path, name: str) -> None:
-    """mkdir the group; a crash leftover with the same name is replaced, not reused."""
-    _mkdir_parent(path.parent)
-    try:
-        path.mkdir()
-        return
-    except FileExistsError:
-        pass
-    except OSError as error:
-        raise CgroupError(f"cannot create {path}: {error.strerror} — {_hint(error)}") from error
+def _make_v2_parent(parent: Path, enable: str | None) -> None:
+    _mkdir_parent(parent)
+    if enable:
+        _write(parent / "cgroup.subtree_control", enable)
+
+
+def _make_group(path: Path, name: str, make_parent=_mkdir_parent) -> None:
+    """mkdir the group; a crash leftover with the same name is replaced, not reused.
+
+    The parent is made first — and again, should `gc` have removed it meanwhile (it removes
+    a parent left empty); in v2, `make_parent` also passes the controllers on to it.
+    """
+    for attempt in (1, 2):
+        make_parent(path.parent)
+        try:
+            path.mkdir()
+            return
+        except FileExistsError:
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise CgroupError(f"cannot create {path}: its parent keeps vanishing — is "
+                                  "`contained gc` running in a loop?") from None
+        except OSError as error:
+            raise CgroupError(
+                f"cannot create {path}: {error.strerror} — {_hint(error)}") from error
     pids = _procs(path / "cgroup.procs")
     if pids:
         raise CgroupInUse(
@@ -518,7 +534,8 @@ class Cgroup:
                 Step(
                     f"mkdir {v2}",
                     "the container's group" + ("" if wanted else ": one place to find and kill it"),
-                    partial(_make_group, v2, self.name),
+                    partial(_make_group, v2, self.name,
+                            partial(_make_v2_parent, enable=enable if wanted else None)),
                 )
             )
         for path in self.paths:
@@ -867,4 +884,11 @@ def gc(keep: set[str], host: CgroupHost | None = None) -> list[str]:
         if group is not None:
             group.remove()
             removed.append(name)
+    for parent in parent_paths(host):
+        # Left empty, the parent goes too: nothing of ours stays in the tree. (A container
+        # being created meanwhile makes it again: see _make_group.)
+        try:
+            parent.rmdir()
+        except OSError:
+            pass  # absent, or still holding groups
     return removed

@@ -23,10 +23,10 @@ Speed: the server keeps one *spare* R forked ahead of time, with what does not d
 container already done — its cgroup made and PID 1 moved into it (a cgroup move waits for an
 RCU grace period: 5-20 ms), its directory made (renamed into place later), PID 1's namespaces
 unshared, /proc, /sys and /dev built in a staging tmpfs (moved into the root later), and a
-rehearsal that warms up the forked Python. The caller sends a plain throwaway run straight to that PID 1, which answers it
-directly ("started", "exit"); R stays beside it, records the container, and tears it down
-after the caller has its answer. An explained run never takes a spare, so ``--explain``
-shows, and runs, every step in place.
+rehearsal that warms up the forked Python. The caller sends a plain throwaway run straight
+to that PID 1, which answers it directly ("started", "exit"); R stays beside it, records the
+container, and tears it down after the caller has its answer. An explained run never takes a
+spare, so ``--explain`` shows, and runs, every step in place.
 """
 
 import fcntl

@@ -74,6 +74,9 @@ show unshare --net --mount --propagation private -- sh -c \
     sh "$out/workbook"
 [ "$made_run_netns" = no ] || rmdir /run/netns 2>/dev/null || true
 
+heading "11. nothing left behind: what a crash could leave, and the empty cgroup parent"
+show "$contained" gc
+
 heading "done"
 cat <<EOF
 Open the workbook in JupyterLab:

@@ -129,15 +129,31 @@ def contained_cgroups() -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def no_cgroup_left_behind():
-    """The whole run must leave no cgroup (a test's parent, a container's, a spare's)."""
+    """The whole run must leave no cgroup (a test's parent, a container's, a spare's).
+
+    Tests never use the machine's own parent (``contained``): this session's containers go
+    under one of its own, ``contained-session-PID`` unless a test picks another, removed at
+    the end once it is empty.
+    """
     before = contained_cgroups()
+    session_parent = f"contained-session-{os.getpid()}"
+    saved = os.environ.get(cgroups.PARENT_ENV)
+    os.environ[cgroups.PARENT_ENV] = session_parent
     yield
     # What this process still runs goes when it exits: close the shared runner now instead,
     # and its spare must go with it (it goes when the runner's socket closes).
     from contained.container import Runner
 
     Runner.close_shared()
+    parents = {str(path) for path in cgroups.parent_paths()}
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and contained_cgroups() - before:
+    while time.monotonic() < deadline and contained_cgroups() - before - parents:
         time.sleep(0.1)
-    assert not contained_cgroups() - before, "cgroups left behind by the tests"
+    left = contained_cgroups() - before - parents
+    if saved is None:
+        del os.environ[cgroups.PARENT_ENV]
+    else:
+        os.environ[cgroups.PARENT_ENV] = saved
+    remove_cgroup_parent(session_parent)
+    assert not left, "cgroups left behind by the tests"
+    assert not contained_cgroups() - before, "the session's cgroup parent is left"

@@ -511,6 +511,20 @@ def test_gc_removes_leftovers_only_in_its_own_parent(make_group, spawn, monkeypa
 
 
 @needs_root
+def test_gc_removes_the_parent_once_empty_and_a_new_group_makes_it_again(make_group):
+    make_group("first")
+    assert cgroups.gc(set()) == ["first"]
+    assert not any(path.exists() for path in cgroups.parent_paths())
+    # A group being made while gc runs may find its parent gone (gc removed it after the
+    # "mkdir -p PARENT" step ran): the group's own step makes it again.
+    group, steps = Cgroup.plan("second", Limits())
+    parent_steps = {f"mkdir -p {path}" for path in cgroups.parent_paths()}
+    run_steps([step for step in steps if step.shell not in parent_steps])
+    assert all(path.is_dir() for path in group.paths)
+    group.remove()
+
+
+@needs_root
 def test_joining_a_missing_process_is_one_clear_line(make_group):
     group = make_group("nobody")
     with pytest.raises(CgroupError) as caught:
