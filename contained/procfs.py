@@ -4,7 +4,10 @@ Taught in notebook 06 (who runs a container, and how `contained gc` tells a cras
 alone does not name a process: once it exits, the kernel hands the number to the next one.
 A pid with its start time (field 22 of ``/proc/PID/stat``, clock ticks since boot) does. The
 runners, each container's PID 1 and every network lease are recorded that way, so nothing is
-ever mistaken for one of ours — or killed for being one.
+ever mistaken for one of ours — or killed for being one. In the shell::
+
+    awk '{print $22}' /proc/PID/stat     # the start time (when the name has no spaces)
+    ps -o lstart= -p PID                 # the same, as a date
 """
 
 

@@ -9,7 +9,9 @@ anything starts; the runner records a throwaway one (off the caller's critical p
 itself. Each write replaces the file atomically (a temporary file renamed over).
 
 `contained.container` reads it for ps, stop, rm and gc; pids come with their start times
-(`contained.procfs`), so a crash is told from a container that still runs.
+(`contained.procfs`), so a crash is told from a container that still runs. In the shell::
+
+    cat "$CONTAINED_HOME"/containers/ID/state.json    # what `contained ps -a` lists
 """
 
 import json
