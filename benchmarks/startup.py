@@ -112,9 +112,9 @@ def main() -> int:
         container.remove("bench", force=True)
 
         in_a_row = {"throwaway": back_to_back(contenders["throwaway"], args.runs)}
-        if "crun" in contenders:
-            in_a_row["crun"] = back_to_back(contenders["crun"], args.runs)
-        in_a_row["crun, no cgroup"] = back_to_back(contenders["crun, no cgroup"], args.runs)
+        for what in ("crun", "crun, no cgroup"):
+            if what in contenders:
+                in_a_row[what] = back_to_back(contenders[what], args.runs)
     finally:
         runner.close()
         if holder:
