@@ -406,20 +406,21 @@ def _make_v2_parent(parent: Path, enable: str | None) -> None:
 def _make_group(path: Path, name: str, make_parent=_mkdir_parent) -> None:
     """mkdir the group; a crash leftover with the same name is replaced, not reused.
 
-    The parent is made first — and again, should `gc` have removed it meanwhile (it removes
-    a parent left empty); in v2, `make_parent` also passes the controllers on to it.
+    A missing parent is made — not yet made (v1 trees have no step of their own for it), or
+    removed meanwhile by `gc` (it removes a parent left empty); in v2, `make_parent` also
+    passes the controllers on to it.
     """
-    for attempt in (1, 2):
-        make_parent(path.parent)
+    for attempt in (1, 2, 3):
         try:
             path.mkdir()
             return
         except FileExistsError:
             break
         except FileNotFoundError:
-            if attempt == 2:
+            if attempt == 3:
                 raise CgroupError(f"cannot create {path}: its parent keeps vanishing — is "
                                   "`contained gc` running in a loop?") from None
+            make_parent(path.parent)
         except OSError as error:
             raise CgroupError(
                 f"cannot create {path}: {error.strerror} — {_hint(error)}") from error
