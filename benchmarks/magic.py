@@ -43,7 +43,7 @@ def load_cost() -> tuple[float, float, str]:
     """Milliseconds and MB (peak RSS growth) of `%load_ext contained`, in a fresh process."""
     results = []
     for _ in range(5):
-        output = subprocess.run([sys.executable, "-c", LOAD_COST], capture_output=True,
+        output = subprocess.run([sys.executable, "-I", "-c", LOAD_COST], capture_output=True,
                                 text=True, check=True, cwd=Path(__file__).parent.parent)
         milliseconds, megabytes, heavy = output.stdout.split()
         results.append((float(milliseconds), float(megabytes), heavy))

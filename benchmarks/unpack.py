@@ -144,7 +144,7 @@ PEAKS: list[int] = []  # ru_maxrss (KiB) of each of our unpacking children
 
 def run_ours(specs, mode: str, target: Path) -> float:
     code = CHILD.format(repo=str(REPO), specs=json.dumps(specs), mode=mode, target=str(target))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(result.stderr)
     seconds, peak_kib = result.stdout.strip().splitlines()[-1].split()

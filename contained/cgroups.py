@@ -25,7 +25,24 @@ cgroup v1 (one tree per controller) has the same ideas under other names:
 v1, plus a v2 tree at ``/sys/fs/cgroup/unified`` with no controllers but with ``cgroup.kill``;
 there a container joins a group in every tree.
 
-Groups live under a parent, ``contained`` by default, or ``$CONTAINED_CGROUP_PARENT``.
+Devices: where the v1 devices controller exists, every group is made with runc's rules, so
+container root (which keeps CAP_MKNOD) can make a node for the host's disk but not open it::
+
+    echo a > /sys/fs/cgroup/devices/contained/web/devices.deny
+    echo "c 1:3 rwm" > /sys/fs/cgroup/devices/contained/web/devices.allow   # null, and so on
+
+cgroup v2 has no such files: runc and crun attach a BPF program (BPF_CGROUP_DEVICE) instead.
+We do not assemble BPF by hand, so on v2 the rule is ``nodev`` on every mount the container
+can write (`contained.rootfs`), which holds on v1, v2 and rootless alike.
+
+Groups live under a parent: ``contained-TAG`` by default, one per home (TAG is the home's tag,
+a hash of its real path: `contained.home.home_tag`), or ``$CONTAINED_CGROUP_PARENT``. Why a
+parent per home: `gc` removes the groups under its parent that no container of its own still
+uses (what a crash left), so with one parent for the whole machine one student's `contained gc`
+killed every other student's containers. With a parent of its own, everything under it is the
+home's, including groups nothing recorded (a runner killed before writing anything). Where
+``$CONTAINED_CGROUP_PARENT`` makes several homes share a parent, `gc` is told which names its
+home can prove its own (`gc`'s `ours`) and leaves the rest alone.
 """
 
 import errno
@@ -39,13 +56,22 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from contained import home
 from contained.errors import ContainedError
 from contained.plan import Step
 
 #: the controllers a container's limits use, in the order their steps are shown
 CONTROLLERS = ("memory", "cpu", "pids")
-#: v1 hierarchies a group may have a directory in (cpuacct measures CPU time, freezer stops)
-V1_CONTROLLERS = ("memory", "cpu", "pids", "cpuacct", "freezer")
+#: v1 hierarchies a group may have a directory in (cpuacct measures CPU time, freezer stops,
+#: devices says which device nodes its processes may open)
+V1_CONTROLLERS = ("memory", "cpu", "pids", "cpuacct", "freezer", "devices")
+
+#: runc's default device rules: make any node (mknod is harmless where nothing opens it), open
+#: only null, zero, full, random, urandom, tty, console, ptmx and the pseudo-terminals
+DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm",
+                "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm")
+#: /dev/fuse, for a group whose root is served by fuse-overlayfs (it runs inside the group)
+FUSE_DEVICE = "c 10:229 rwm"
 
 PARENT_ENV = "CONTAINED_CGROUP_PARENT"
 DEFAULT_PARENT = "contained"
@@ -56,6 +82,12 @@ MIN_MEMORY = 6 * 1024 * 1024
 CPU_PERIOD_US = 100_000
 #: the smallest quota the kernel accepts (1 ms per period, so 0.01 CPUs)
 MIN_CPUS = 0.01
+#: a memory limit above this many times the machine's memory is a typo, not a limit
+MAX_MEMORY_FACTOR = 1024
+#: podman's default process limit, for every container that has a cgroup (docker's is none)
+DEFAULT_PIDS = 2048
+#: the kernel's most processes (PID_MAX_LIMIT on 64-bit): pids.max refuses more
+MAX_PIDS = 4 * 1024 * 1024
 
 #: v1 reports "no memory limit" as a huge page-aligned number (PAGE_COUNTER_MAX pages)
 _V1_UNLIMITED = 1 << 62
@@ -168,7 +200,21 @@ def parse_memory(text: str) -> int:
     value = int(float(number) * _UNITS[unit.lower()])
     if value < MIN_MEMORY:
         raise BadLimit(f"memory limit {text!r} is too small: the minimum is 6M, e.g. use 32M")
+    most = _machine_memory() * MAX_MEMORY_FACTOR
+    if value > most:
+        raise BadLimit(
+            f"memory limit {text!r} is more than {MAX_MEMORY_FACTOR} times what this machine "
+            f"has ({_machine_memory() >> 20}M): check the number, e.g. use 512M"
+        )
     return value
+
+
+def _machine_memory() -> int:
+    """Bytes of RAM (MemTotal); the limit check falls back to the kernel's largest value."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return (1 << 63) // MAX_MEMORY_FACTOR
 
 
 def parse_cpus(text: str) -> float:
@@ -179,11 +225,14 @@ def parse_cpus(text: str) -> float:
     except ValueError:
         value = math.nan
     if not (MIN_CPUS <= value <= available):
-        raise BadLimit(
-            f"invalid cpus {text!r}: use a number from {MIN_CPUS} to {available} "
-            "(this machine's CPUs), e.g. 0.5"
-        )
+        raise BadLimit(f"invalid cpus {text!r}: {_cpus_range(available)}; e.g. use 0.5")
     return value
+
+
+def _cpus_range(available: int) -> str:
+    # Docker's words ("Range of CPUs is from 0.01 to 2.00, as there are only 2 CPUs available")
+    return (f"the range of CPUs is from {MIN_CPUS} to {available:.2f}, as there are only "
+            f"{available} CPUs available")
 
 
 def parse_pids(text: str) -> int:
@@ -314,10 +363,16 @@ def _roots(host: CgroupHost) -> list[Path]:
 
 
 def parent_name() -> str:
-    """The directory every container's group lives under: $CONTAINED_CGROUP_PARENT or contained."""
-    parent = os.environ.get(PARENT_ENV) or DEFAULT_PARENT
+    """The directory every container's group lives under: $CONTAINED_CGROUP_PARENT, or
+    contained-TAG for this home (see the module's docstring)."""
+    parent = os.environ.get(PARENT_ENV) or f"{DEFAULT_PARENT}-{home.home_tag()}"
     _check_name(parent, "cgroup parent")
     return parent
+
+
+def parent_is_shared() -> bool:
+    """Whether $CONTAINED_CGROUP_PARENT chose the parent, which other homes may use too."""
+    return bool(os.environ.get(PARENT_ENV))
 
 
 def parent_paths(host: CgroupHost | None = None) -> list[Path]:
@@ -325,6 +380,19 @@ def parent_paths(host: CgroupHost | None = None) -> list[Path]:
     host = host or detect()
     parent = parent_name()
     return [root / parent for root in _roots(host)]
+
+
+def can_limit(controller: str, host: CgroupHost | None = None) -> bool:
+    """Whether this process can make a group that limits `controller`: the host has it, and
+    its tree's parent (the tree's root while there is no parent yet) is writable — always for
+    root, for anyone else only where the tree was delegated to them."""
+    host = host or detect()
+    where = host.where(controller)
+    if where is None:
+        return False
+    root = host.unified if where == "v2" else host.v1_mounts[controller]
+    parent = root / parent_name()
+    return os.access(parent if parent.exists() else root, os.W_OK)
 
 
 def _check_name(name: str, what: str = "cgroup name") -> None:
@@ -488,20 +556,22 @@ class Cgroup:
 
     @classmethod
     def plan(
-        cls, name: str, limits: Limits, host: CgroupHost | None = None
+        cls, name: str, limits: Limits, host: CgroupHost | None = None,
+        extra_devices: tuple[str, ...] = (),
     ) -> tuple["Cgroup", list[Step]]:
         """The group for container `name` and the steps that create it with `limits`.
 
-        Nothing is touched until the steps run.
+        `extra_devices` are device rules allowed beyond `DEVICE_RULES` (v1 only), e.g.
+        `FUSE_DEVICE`. Nothing is touched until the steps run.
         """
         _check_name(name)
         host = host or detect()
         _check_limits(limits, host)
         group = cls(name, host, _layout(name, host))
-        steps = group._create_steps() + group._limit_steps(limits)
+        steps = group._create_steps(extra_devices) + group._limit_steps(limits)
         return group, steps
 
-    def _create_steps(self) -> list[Step]:
+    def _create_steps(self, extra_devices: tuple[str, ...] = ()) -> list[Step]:
         steps = []
         v2 = self.dirs.get("v2")
         if v2 is not None:
@@ -549,6 +619,8 @@ class Cgroup:
                     partial(_make_group, path, self.name),
                 )
             )
+        if "devices" in self.dirs:
+            steps += _device_steps(self.dirs["devices"], DEVICE_RULES + tuple(extra_devices))
         return steps
 
     def limit_steps(self, limits: Limits) -> list[Step]:
@@ -801,7 +873,20 @@ def _layout(name: str, host: CgroupHost) -> dict[str, Path]:
     v2_stops = "v2" in dirs and (host.can_kill or host.can_freeze)
     if not v2_stops and "freezer" in host.v1_mounts:
         dirs["freezer"] = host.v1_mounts["freezer"] / parent / name
+    if "devices" in host.v1_mounts:
+        dirs["devices"] = host.v1_mounts["devices"] / parent / name
     return dirs
+
+
+def _device_steps(path: Path, rules: tuple[str, ...]) -> list[Step]:
+    """Deny every device, then allow `rules` (before any process joins the group)."""
+    steps = [Step(f"echo a > {path / 'devices.deny'}",
+                  "no device opens unless allowed below: not the host's disks, not its consoles",
+                  partial(_write, path / "devices.deny", "a"))]
+    for rule in rules:
+        steps.append(Step(f'echo "{rule}" > {path / "devices.allow"}', "",
+                          partial(_write, path / "devices.allow", rule)))
+    return steps
 
 
 def _every_dir(name: str, host: CgroupHost) -> dict[str, Path]:
@@ -818,10 +903,7 @@ def _check_limits(limits: Limits, host: CgroupHost) -> None:
     if limits.memory is not None and limits.memory < MIN_MEMORY:
         raise BadLimit(f"memory limit {limits.memory} bytes is too small: the minimum is 6M")
     if limits.cpus is not None and not (MIN_CPUS <= limits.cpus <= (os.cpu_count() or 1)):
-        raise BadLimit(
-            f"invalid cpus {limits.cpus}: use a number from {MIN_CPUS} to "
-            f"{os.cpu_count()} (this machine's CPUs)"
-        )
+        raise BadLimit(f"invalid cpus {limits.cpus}: {_cpus_range(os.cpu_count() or 1)}")
     if limits.pids is not None and limits.pids < 1:
         raise BadLimit(f"invalid pids limit {limits.pids}: use a whole number of at least 1")
     for controller, value in (
@@ -868,8 +950,12 @@ def _v1_frozen(state: Path) -> bool:
 # --- cleaning up after crashes ---------------------------------------------------------------
 
 
-def gc(keep: set[str], host: CgroupHost | None = None) -> list[str]:
-    """Remove every group under our parent whose name is not in `keep`; return their names."""
+def gc(keep: set[str], host: CgroupHost | None = None,
+       ours: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove every group under our parent whose name is not in `keep`; return their names.
+
+    With `ours`, only groups it says are ours: the parent is shared with other homes.
+    """
     host = host or detect()
     names: set[str] = set()
     for parent in parent_paths(host):
@@ -879,8 +965,8 @@ def gc(keep: set[str], host: CgroupHost | None = None) -> list[str]:
             continue
     removed = []
     for name in sorted(names - keep):
-        if not _NAME.fullmatch(name):
-            continue  # not ours: nothing we create has such a name
+        if not _NAME.fullmatch(name) or (ours is not None and not ours(name)):
+            continue  # not ours: nothing we create has such a name, or another home made it
         group = Cgroup.open(name, host)
         if group is not None:
             group.remove()

@@ -22,6 +22,7 @@ function to that list. Errors a user can act on are `ContainedError`s: printed a
 """
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Callable
@@ -69,19 +70,38 @@ def add_images(commands) -> None:
 
 
 def run_images(args) -> int:
-    images = Store().images()
+    images, broken = Store().survey()
+    # (store name, repository, tag, digest, size): whole and broken images sorted together
+    listed = [(image.name, *_repository_and_tag(image.name),
+               image.digest if args.no_trunc else image.digest[:19], human_size(image.size))
+              for image in images]
+    listed += [(name, *_repository_and_tag(name), "broken", "-") for name in broken]
+    listed.sort()
+    for name, why in broken.items():
+        print(f"contained: warning: {why} (or remove it: `contained rmi "
+              f"{_familiar(name)}`)", file=sys.stderr)
     if args.quiet:
-        for image in images:
-            print(image.reference.familiar)
+        for name, *_ in listed:
+            print(_familiar(name))
         return 0
-    rows = [("REPOSITORY", "TAG", "DIGEST", "SIZE")]
-    for image in images:
-        reference = image.reference
-        digest = image.digest if args.no_trunc else image.digest[:19]
-        rows.append((reference.familiar_repository, reference.tag or "<none>", digest,
-                     human_size(image.size)))
+    rows = [("REPOSITORY", "TAG", "DIGEST", "SIZE")] + [row[1:] for row in listed]
     print(format_table(rows))
     return 0
+
+
+def _repository_and_tag(name: str) -> tuple[str, str]:
+    try:
+        reference = parse_reference(name)
+    except ContainedError:  # a hand-edited index: show the name as it is
+        return name, "<none>"
+    return reference.familiar_repository, reference.tag or "<none>"
+
+
+def _familiar(name: str) -> str:
+    try:
+        return parse_reference(name).familiar
+    except ContainedError:
+        return name
 
 
 def add_inspect(commands) -> None:
@@ -203,10 +223,7 @@ def add_run(commands) -> None:
     parser.add_argument("--name", help="name the container (and keep it)")
     _add_creation_options(parser)
     _add_process_options(parser)
-    parser.add_argument("-i", "--interactive", action="store_true",
-                        help="accepted for Docker's habits: stdin is always passed through")
-    parser.add_argument("-t", "--tty", action="store_true",
-                        help="accepted for Docker's habits: the terminal is passed through")
+    _add_attach_options(parser)
     parser.add_argument("--explain", action="store_true",
                         help="print each step as the shell command it equals, as it runs")
     parser.add_argument("--dry-run", action="store_true",
@@ -220,7 +237,9 @@ def add_run(commands) -> None:
 def _add_creation_options(parser) -> None:
     parser.add_argument("-m", "--memory", help="memory limit, e.g. 32M (cgroup memory.max)")
     parser.add_argument("--cpus", help="CPU limit, e.g. 0.5 (cgroup cpu.max)")
-    parser.add_argument("--pids-limit", type=int, help="process limit (cgroup pids.max)")
+    parser.add_argument("--pids-limit", type=int,
+                        help="process limit (cgroup pids.max; default 2048 where the container "
+                             "has a cgroup, -1 for none)")
     parser.add_argument("--hostname", help="the container's hostname (default: its short id)")
     parser.add_argument("-v", "--volume", action="append", default=[],
                         metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
@@ -232,6 +251,16 @@ def _add_creation_options(parser) -> None:
                         metavar="[HOSTIP:]HOSTPORT:PORT", help="publish a port (--net bridge)")
     parser.add_argument("--chroot", action="store_true",
                         help="chroot like the tutorial instead of pivot_root (escapable)")
+    parser.add_argument("--security-opt", action="append", default=[],
+                        metavar="seccomp=unconfined|seccomp=FILE.json",
+                        help="the seccomp profile (default: Docker's; FILE in Docker's format)")
+
+
+def _add_attach_options(parser) -> None:
+    parser.add_argument("-i", "--interactive", action="store_true",
+                        help="feed this stdin to the command (without -i it reads /dev/null)")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="give the command a terminal of the container's own (relayed)")
 
 
 def _add_process_options(parser) -> None:
@@ -246,8 +275,11 @@ def run_run(args) -> int:
 
     options = dict(memory=args.memory, cpus=args.cpus, pids_limit=args.pids_limit,
                    hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
-                   volumes=args.volume, net=args.net, publish=args.publish, chroot=args.chroot)
+                   volumes=args.volume, net=args.net, publish=args.publish, chroot=args.chroot,
+                   security_opt=args.security_opt)
     command = args.command or None
+    if args.chroot:
+        print(f"contained: warning: {container.CHROOT_WARNING}", file=sys.stderr)
     if args.dry_run:
         spec = container.build_spec(args.image, command, name=args.name,
                                     persistent=bool(args.name) and not args.rm, **options)
@@ -269,19 +301,24 @@ def run_run(args) -> int:
                                  runner_=runner).wait_started()
         print(created.id)
         return 0
-    execution = container.start(args.image, command, name=args.name, remove=args.rm or None,
-                                explain=explain, runner_=runner, **options)
-    return _finish(execution)
+    return _attached(args, lambda stdin, stdout, stderr: container.start(
+        args.image, command, name=args.name, remove=args.rm or None, explain=explain,
+        runner_=runner, stdin=stdin, stdout=stdout, stderr=stderr, **_terminal(args),
+        **options))
 
 
-def _finish(execution) -> int:
-    """Wait like a shell: Ctrl-C from a terminal goes to the container, which decides."""
-    import signal
+def _terminal(args) -> dict:
+    from contained import relay
 
-    if sys.stdin.isatty():
-        # The command is in this terminal's foreground process group: it gets Ctrl-C itself.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    result = execution.wait()
+    return {"tty": args.tty, "tty_size": relay.window_size(0) if args.tty else None}
+
+
+def _attached(args, start) -> int:
+    """Run the command with pipes (or a pty) this process relays: the container never gets
+    this process's own stdin, stdout, stderr or terminal (`contained.relay`)."""
+    from contained import relay
+
+    result = relay.attach(start, interactive=args.interactive, terminal=args.tty)
     if result.message:
         print(f"contained: {result.message}", file=sys.stderr)
     return result.status
@@ -298,9 +335,9 @@ def add_exec(commands) -> None:
                                  description="Run a command in a running named container: "
                                              "its namespaces, cgroup and root (like nsenter).")
     _add_process_options(parser)
-    parser.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    parser.add_argument("-i", "--interactive", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("-t", "--tty", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-d", "--detach", action="store_true",
+                        help="run in the background, output to the container's log")
+    _add_attach_options(parser)
     parser.add_argument("--explain", action="store_true",
                         help="print the equivalent nsenter command")
     parser.add_argument("container", help="name or id")
@@ -313,11 +350,17 @@ def run_exec(args) -> int:
 
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
-    runner = container.Runner(in_process=True)
-    execution = container.start_exec(
-        args.container, args.command, env=args.env, workdir=args.workdir, user=args.user,
-        explain=sys.stderr if args.explain else None, detach=args.detach, runner_=runner)
-    return _finish(execution)
+    options = dict(env=args.env, workdir=args.workdir, user=args.user,
+                   explain=sys.stderr if args.explain else None)
+    if args.detach:
+        # Nothing attached: /dev/null and the container's log, and back at once.
+        log = open(Path(container.get(args.container).spec.directory) / "log", "ab")
+        container.start_exec(args.container, args.command, stdin=_null(), stdout=log,
+                             stderr=log, detach=True, **options).wait_started()
+        return 0
+    return _attached(args, lambda stdin, stdout, stderr: container.start_exec(
+        args.container, args.command, stdin=stdin, stdout=stdout, stderr=stderr,
+        **_terminal(args), **options))
 
 
 def add_ps(commands) -> None:
@@ -325,6 +368,8 @@ def add_ps(commands) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="stopped ones too")
     parser.add_argument("-q", "--quiet", action="store_true", help="only ids")
     parser.add_argument("--no-trunc", action="store_true", help="full ids and commands")
+    parser.add_argument("-s", "--size", action="store_true",
+                        help="each container's writable layer on disk (du -s upper/)")
     parser.set_defaults(func=run_ps)
 
 
@@ -339,14 +384,17 @@ def run_ps(args) -> int:
         for item in listed:
             print(item.id if args.no_trunc else item.id[:12])
         return 0
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    size = getattr(args, "size", False)  # the magic's `%container ps` has no --size
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+            + (("SIZE",) if size else ())]
     for item in listed:
-        command = shlex.join(item.command)
+        command = printable(shlex.join(item.command))  # escaped before it is cut short
         if not args.no_trunc and len(command) > 30:
             command = command[:29] + "…"
         rows.append((item.id if args.no_trunc else item.id[:12], _short_image(item.image),
                      command, _ago(time.time() - item.created),
-                     "Up" if item.running else "Exited", item.name))
+                     "Up" if item.running else "Exited", item.name)
+                    + ((human_size(container.writable_size(item)),) if size else ()))
     print(format_table(rows))
     return 0
 
@@ -494,6 +542,18 @@ def main(argv: list[str] | None = None) -> int:
         # `contained images | head`: the reader left; not an error worth a traceback.
         sys.stderr.close()
         return 1
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        # Wherever it happened (an image, a layer, a container's record): the fix is the same.
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"contained: error: {err.strerror}{where}: free space (`contained gc`, "
+              "`contained rmi`) or set CONTAINED_HOME to another filesystem", file=sys.stderr)
+        return ContainedError.exit_status
+
+
+#: a full disk or quota: told in one line, never a traceback
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def human_size(size: int) -> str:
@@ -507,10 +567,18 @@ def human_size(size: int) -> str:
 
 
 def format_table(rows: list[tuple[str, ...]]) -> str:
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths,
                                                                           strict=True)).rstrip()
                      for row in rows)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters written as escapes (``\\x1b``), as `docker ps` quotes
+    them: an image's command or name must not set the terminal's title or erase its lines."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def _parse_bool(text: str) -> bool:

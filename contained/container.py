@@ -39,6 +39,7 @@ from contained import (
     network,
     process,
     procfs,
+    rootfs,
     runner,
     state,
     wire,
@@ -50,6 +51,10 @@ from contained.spec import ContainerSpec
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 DEFAULT_STOP_TIMEOUT = 10.0
 SETUP_GRACE = 60.0  # seconds a container directory may exist before it is recorded
+#: said on every --chroot run (CLI and magic): notebook 07 climbs out of such a container
+CHROOT_WARNING = ("--chroot makes an escapable container: chroot, unlike pivot_root, only moves "
+                  "where / starts and leaves the host's root in reach, so root inside can "
+                  "chroot back out (notebook 07); use it to learn, never to isolate")
 
 
 class ContainerNotFound(ContainedError):
@@ -116,12 +121,29 @@ def parse_volume(text: str) -> list:
         raise BadOption(f"invalid volume mode {mode!r} in {text!r}: use ro or rw")
     if not os.path.isabs(host_path) or not os.path.isabs(container_path):
         raise BadOption(f"invalid volume {text!r}: both paths must be absolute")
+    _check_volume_destination(text, container_path)
     if not os.path.exists(host_path):
         raise BadOption(f"volume source {host_path} does not exist: create it first")
     return [os.path.realpath(host_path), container_path, mode == "ro"]
 
 
+def _check_volume_destination(text: str, container_path: str) -> None:
+    """Docker's refusals: over the container's / it would hide the image, over /proc, /sys or
+    /dev the kernel's views and the device rules. The image's symlinks are checked when the
+    volume is mounted (`rootfs`); here, the path as written (``..`` taken lexically)."""
+    lexical = "/" + "/".join(part for part in os.path.normpath(container_path).split("/") if part)
+    if lexical == "/":
+        raise BadOption(f"invalid volume {text!r}: the destination can't be '/'")
+    for top in rootfs.FORBIDDEN_VOLUME_PARENTS:
+        if lexical == top or lexical.startswith(top + "/"):
+            raise BadOption(f"invalid volume {text!r}: the destination can't be {top} or "
+                            f"under it (the kernel's {top}); choose another path, e.g. /mnt")
+
+
 def check_name(name: str) -> str:
+    if name == "":
+        raise BadOption("empty container name: give one, e.g. --name web, or leave --name out "
+                        "for a generated one")
     if not NAME_PATTERN.fullmatch(name):
         raise BadOption(f"invalid container name {name!r}: use letters, digits, '_', '.', '-'")
     return name
@@ -140,14 +162,21 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
                cpus: str | float | None = None, pids_limit: int | None = None,
                hostname: str | None = None, env: list[str] = (), workdir: str | None = None,
                user: str | None = None, volumes: list[str] = (), net: str = "none",
-               publish: list[str] = (), chroot: bool = False, store=None) -> ContainerSpec:
-    """Resolve an image and options into a spec (pulling nothing; the image must be local)."""
+               publish: list[str] = (), chroot: bool = False, security_opt: list[str] = (),
+               store=None) -> ContainerSpec:
+    """Resolve an image and options into a spec (pulling nothing; the image must be local).
+
+    `security_opt` takes Docker's ``seccomp=unconfined`` and ``seccomp=FILE.json``; a FILE
+    is read here, and its text goes in the spec (`contained.seccomp.from_security_options`).
+    """
+    from contained import seccomp
     from contained.store import Store  # the store imports the layer unpacker: load on use
 
     if net not in ("none", "host", "bridge"):
         raise BadOption(f"invalid --net {net!r}: use none, host or bridge")
     if publish and net != "bridge":
         raise BadOption("-p/--publish needs --net bridge")
+    seccomp_profile = seccomp.from_security_options(security_opt)
     store = store or Store()
     resolved = store.image(image)
     config = resolved.config
@@ -157,7 +186,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         raise BadOption(f"working directory {working_dir!r} must be an absolute path")
     return ContainerSpec(
         id=container_id,
-        name=check_name(name) if name else _generated_name(),
+        name=check_name(name) if name is not None else _generated_name(),
         image=resolved.name,
         directory=str(state.containers_dir() / container_id),
         lowers=[str(p) for p in store.layer_dirs(resolved)],
@@ -168,7 +197,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         hostname=hostname or container_id[:12],
         memory=_memory(memory),
         cpus=_cpus(cpus),
-        pids_limit=_pids(pids_limit),
+        pids_limit=_pids_limit(pids_limit),
         volumes=[parse_volume(v) for v in volumes],
         net=net,
         publish=list(publish),
@@ -176,31 +205,49 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         persistent=persistent,
         remove=not persistent,
         rootless=os.geteuid() != 0,
+        seccomp=seccomp_profile,
     )
 
 
 def _memory(value) -> int | None:
     if value is None or value == "":
         return None
-    return value if isinstance(value, int) else cgroups.parse_memory(str(value))
+    return cgroups.parse_memory(str(value))  # bytes as a number are checked the same way
 
 
 def _cpus(value) -> float | None:
     if value is None or value == "":
         return None
-    return float(value) if isinstance(value, (int, float)) else cgroups.parse_cpus(str(value))
+    return cgroups.parse_cpus(str(value))
+
+
+#: ``--pids-limit -1``: no process limit (Docker's and podman's spelling)
+UNLIMITED_PIDS = -1
 
 
 def _pids(value) -> int | None:
+    """The --pids-limit asked for: a count, `UNLIMITED_PIDS`, or None when none was given."""
     if value is None or value == "":
         return None
     try:
         count = int(value)
     except (TypeError, ValueError):
         count = 0
-    if count < 1:
-        raise BadOption(f"invalid --pids-limit {value!r}: use a whole number of processes ≥ 1")
+    if count != UNLIMITED_PIDS and not 1 <= count <= cgroups.MAX_PIDS:
+        raise BadOption(f"invalid --pids-limit {value!r}: use a whole number of processes from "
+                        f"1 to {cgroups.MAX_PIDS}, or -1 for no limit")
     return count
+
+
+def _pids_limit(value) -> int | None:
+    """The spec's process limit (None: unlimited). Without --pids-limit, podman's default
+    (`cgroups.DEFAULT_PIDS`) wherever this process can give the container a pids cgroup:
+    always as root, rootless only where the tree was delegated (elsewhere a rootless container
+    has no cgroup at all, and must keep running without one)."""
+    count = _pids(value)
+    if count is None:
+        return cgroups.DEFAULT_PIDS if cgroups.can_limit("pids") else None
+    return None if count == UNLIMITED_PIDS else count
 
 
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "quiet", "swift",
@@ -268,6 +315,35 @@ def containers() -> list[Container]:
     return sorted(found, key=lambda c: c.created, reverse=True)
 
 
+def writable_size(item: Container) -> int:
+    """Bytes on disk of what a container wrote: its upper directory (``du -s --one-file-system
+    upper/``). Symlinks count as themselves, never followed (an image may point one at /); a
+    hard-linked file counts once; nothing mounted there is entered."""
+    top = Path(item.spec.directory) / "upper"
+    try:
+        device = top.lstat().st_dev
+    except OSError:
+        return 0
+    seen, total, pending = set(), 0, [top]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except OSError:
+            continue  # removed meanwhile (the container is writing): count what is left
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_dev != device or (info.st_ino in seen):
+                continue
+            seen.add(info.st_ino)
+            total += info.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+    return total
+
+
 def get(name_or_id: str) -> Container:
     """A container by name, full id or unique id prefix."""
     listed = containers()
@@ -292,11 +368,46 @@ def _reserve(spec: ContainerSpec) -> None:
                 raise NameInUse(f"the name {spec.name!r} is already in use by container "
                                 f"{other.id[:12]}: remove it (`contained rm -f {spec.name}`) "
                                 "or choose another name")
-        state.write_state(spec, **state.owner())
+        try:
+            state.write_state(spec, **state.owner())
+        except state.StateNotWritten:
+            _remove_files(spec)  # the directory it made, so nothing half-made is left
+            raise
 
 
 # ---------------------------------------------------------------------------------------------
 # Talking to the runner
+
+# The runner helper's `python -I -c`: isolated, so neither the caller's working directory nor
+# PYTHON* variables reach sys.path (issue 18: a `shlex.py` there would run as root). Where
+# contained is not installed (PYTHONPATH, a checkout), its own directory is appended: after
+# the standard library and site-packages, so it shadows nothing.
+RUNNER_MAIN = (
+    "import importlib.util, sys\n"
+    f"if importlib.util.find_spec('contained') is None: sys.path.append("
+    f"{str(Path(__file__).resolve().parent.parent)!r})\n"
+    "from contained.runner import main\n"
+    "sys.exit(main(sys.argv[1:]))")
+RUNNER_ENVIRONMENT = ("PATH", "LANG")
+
+
+def runner_environment() -> dict[str, str]:
+    """All the runner (and so every PID 1) gets of the caller's environment: PATH, LANG and
+    contained's own settings, with the home resolved here (it may depend on HOME)."""
+    kept = {key: value for key, value in os.environ.items()
+            if key in RUNNER_ENVIRONMENT or key.startswith("CONTAINED_")}
+    return kept | {"CONTAINED_HOME": str(home.home_path())}
+
+
+def _forget_the_caller(fds: list[int]) -> None:
+    """In the CLI's forked worker, before any PID 1 exists: only the request's descriptors
+    (the relay's pipe ends, never the caller's own: `contained.relay`) and the runner's
+    environment stay. PID 1 is non-dumpable too, so /proc/1/environ shows nothing anyway."""
+    environment = runner_environment()
+    os.environ.clear()
+    os.environ.update(environment)
+    init.close_fds_except(fds)
+
 
 class Runner:
     """The way to the runner: a helper process (kernels, long-lived programs) or a fork (CLI).
@@ -352,8 +463,11 @@ class Runner:
         if self._control is None or not self.alive():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "contained.runner", "--serve", str(theirs.fileno())],
+                [sys.executable, "-I", "-c", RUNNER_MAIN, "--serve", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
+                # Nothing of the caller's but what it must have: a root helper must not run
+                # a module planted in the caller's directory, nor read its secrets.
+                env=runner_environment(), cwd="/",
                 # Its own session: the kernel's interrupt (SIGINT) must not reach it.
                 start_new_session=True)
             theirs.close()
@@ -393,6 +507,7 @@ class Runner:
                 worker = os.fork()
                 if worker == 0:
                     ours.close()
+                    _forget_the_caller(fds)
                     os._exit(runner.handle(request, fds))
             else:
                 with self._lock:
@@ -437,6 +552,7 @@ class Request:
         self._buffer = b""
         self.started: dict | None = None
         self.result: dict | None = None
+        self.terminal: int | None = None  # -t: the pty's master, passed before "started"
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -514,7 +630,13 @@ class Request:
         return self.result
 
     def _read(self) -> None:
-        chunk = self._sock.recv(65536)
+        chunk, fds = wire.receive_messages(self._sock)
+        for fd in fds:
+            os.set_inheritable(fd, False)
+            if self.terminal is None:
+                self.terminal = fd
+            else:
+                os.close(fd)
         if not chunk:
             self.result = {"event": "error", "type": "RunnerDied",
                            "message": "the runner stopped without a result; run `contained gc`"}
@@ -525,6 +647,8 @@ class Request:
             message = json.loads(line)
             if message["event"] == "started":
                 self.started = message
+            elif message["event"] == "tty":
+                pass  # its master came as a descriptor (above)
             else:
                 self.result = message
 
@@ -575,14 +699,20 @@ def run(image: str, command: list[str] | None = None, *, settle: bool = False,
 
 def start(image: str, command: list[str] | None = None, *, name: str | None = None,
           remove: bool | None = None, stdin=None, stdout=None, stderr=None, explain=None,
-          runner_: Runner | None = None, store=None, **options) -> "Execution":
-    """Like `run`, but return at once: the `Execution` can be polled, selected on, killed."""
+          runner_: Runner | None = None, store=None, tty: bool = False,
+          tty_size: list[int] | None = None, **options) -> "Execution":
+    """Like `run`, but return at once: the `Execution` can be polled, selected on, killed.
+
+    With `tty` the command gets a new pty of the container's own (`tty_size`: [rows,
+    columns]); its master is ``execution.request.terminal`` once started (the caller closes it).
+    """
     persistent = name is not None and not remove
     spec = build_spec(image, command, name=name, persistent=persistent, store=store, **options)
     if persistent:
         create_from_spec(spec, explain=explain, runner_=runner_)
         return start_exec(spec.name, spec.args, stdin=stdin, stdout=stdout, stderr=stderr,
-                          explain=explain, runner_=runner_)
+                          explain=explain, runner_=runner_, tty=tty, tty_size=tty_size)
+    spec.tty, spec.tty_size = tty, list(tty_size) if tty and tty_size else None
     return start_spec(spec, stdin=stdin, stdout=stdout, stderr=stderr, explain=explain,
                       runner_=runner_, named=name is not None)
 
@@ -636,12 +766,24 @@ class Execution:
         """The result; ``settle=True`` also waits until the container is torn down."""
         try:
             self.request.wait(settle=settle)
+        except ContainedError:
+            if not self._pid_one_went():
+                raise
         finally:
             self._clean_up()
         return self._result()
 
+    def _pid_one_went(self) -> bool:
+        """An exec talks to the container's PID 1: its going away means the container was
+        stopped or removed (rm -f, stop), and the command was SIGKILLed with it. Nothing is
+        left for gc to do."""
+        return self.spec.persistent and (self.request.result or {}).get("type") == "RunnerDied"
+
     def _result(self) -> RunResult:
         self._clean_up()
+        if self._pid_one_went():
+            return RunResult(137, message=f"killed: container {self.spec.name} stopped while "
+                             "the command ran", container=self.spec.name, id=self.spec.id)
         message = self.request.outcome()
         result = RunResult(message["status"], message.get("oom", False),
                            message.get("message"), self.spec.name, self.spec.id)
@@ -685,8 +827,14 @@ def create_from_spec(spec: ContainerSpec, *, explain=None, runner_: Runner | Non
     except BaseException:
         _remove_files(spec)
         raise
-    state.write_state(spec, init_pid=message["init_pid"],
-                      init_start_time=message["init_start_time"])
+    try:
+        state.write_state(spec, init_pid=message["init_pid"],
+                          init_start_time=message["init_start_time"])
+    except state.StateNotWritten:
+        # Unrecorded, nothing could stop it later: stop it now.
+        _terminate(message["init_pid"], 0)
+        _remove_files(spec)
+        raise
     return get(spec.id)
 
 
@@ -710,8 +858,9 @@ def exec_(name: str, command: list[str], **options) -> RunResult:
 def start_exec(name: str, command: list[str], *, env: list[str] = (),
                workdir: str | None = None, user: str | None = None, stdin=None, stdout=None,
                stderr=None, explain=None, detach: bool = False,
-               runner_: Runner | None = None) -> Execution:
-    """Like `exec_`, but return at once with an `Execution`.
+               runner_: Runner | None = None, tty: bool = False,
+               tty_size: list[int] | None = None) -> Execution:
+    """Like `exec_`, but return at once with an `Execution` (`tty` as in `start`).
 
     The request goes straight to the container's PID 1 (its control socket), which forks the
     command inside every namespace and the cgroup; no runner is involved, and nothing forks
@@ -733,7 +882,8 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
             os.write(_explain_fd(explain), f"+ {step.explain()}\n".encode())
     request = {"op": "exec", "detached": detach, "spec": {
         "args": list(command), "env": process.merge_environment(spec.env, list(env)),
-        "working_dir": working_dir, "user": spec.user if user is None else user}}
+        "working_dir": working_dir, "user": spec.user if user is None else user,
+        "tty": tty, "tty_size": list(tty_size) if tty and tty_size else None}}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         with init.short_path(Path(spec.directory) / "control.sock") as address:
@@ -822,6 +972,18 @@ def _abandoned(directory: Path) -> bool:
         return False
 
 
+def _own_cgroup_names(listed: list[Container]) -> set[str]:
+    """The cgroup names this home can prove its own, for a parent other homes share: its
+    containers' (recorded, or named after a directory of its own) and its spares' (named
+    after the directory each spare makes ahead, ``.spare-PID-START``)."""
+    names = {_cgroup_name(c.id) for c in listed}
+    directory = state.containers_dir()
+    if directory.exists():
+        for entry in directory.iterdir():
+            names.add(entry.name[1:] if entry.name.startswith(".spare-") else entry.name)
+    return names
+
+
 def gc() -> list[str]:
     """Clean what crashed runners left: dead throwaway containers and orphan cgroups.
 
@@ -832,6 +994,7 @@ def gc() -> list[str]:
     removed = []
     with _locked():
         listed = containers()
+        ours = _own_cgroup_names(listed) if cgroups.parent_is_shared() else None
         for container in listed:
             if not (container.running or container.persistent):
                 _remove_files(container.spec)
@@ -848,7 +1011,8 @@ def gc() -> list[str]:
                     layers.remove_tree(entry)  # half-created, no state
         running = [c for c in listed if c.running]
         keep = {_cgroup_name(c.id) for c in running} | _live_spares()
-        removed += [f"cgroup {name}" for name in cgroups.gc(keep)]
-        if network.state_path(network.NetworkConfig()).exists():
+        removed += [f"cgroup {name}" for name in cgroups.gc(
+            keep, ours=None if ours is None else ours.__contains__)]
+        if network.lease_files():
             removed += [f"network {name}" for name in network.gc({c.name for c in running})]
     return removed

@@ -7,10 +7,12 @@ Taught in notebook 00. Each check is what you would look at by hand::
     grep overlay /proc/filesystems          # overlayfs?
     cat /proc/self/mountinfo | grep cgroup  # cgroup v2, v1 or both?
     command -v skopeo docker-registry       # the tools the workbook uses
+    df -h /var/lib/contained                # where the store lives, and how full it is
 
 A check never changes anything. Its `fix` says what to run when it fails.
 """
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -114,12 +116,34 @@ def _network() -> list[Check]:
     return [Check("bridge networking", False, problem, required=False) for problem in problems]
 
 
+#: above this share of its filesystem used, the store's check warns
+STORE_FULL_PERCENT = 90
+
+
 def _store() -> Check:
+    """Where images and containers live, and how full that filesystem is (`df -h HOME`): a
+    container writes into its upper directory there, and on the default home that is the
+    host's root filesystem."""
     path = home.home_path()
     existing = path if path.exists() else next(p for p in path.parents if p.exists())
-    writable = os.access(existing, os.W_OK)
-    return Check("image store", writable, f"{path}",
-                 "set CONTAINED_HOME to a directory you can write")
+    if not os.access(existing, os.W_OK):
+        return Check("image store", False, f"{path}: not writable",
+                     "set CONTAINED_HOME to a directory you can write")
+    disk = os.statvfs(existing)
+    used_blocks = disk.f_blocks - disk.f_bfree
+    # df's Use%: of what a user may fill (root's reserve left out), rounded up
+    usable = used_blocks + disk.f_bavail
+    used = math.ceil(100 * used_blocks / usable) if usable else 0
+    free = disk.f_bavail * disk.f_frsize
+    detail = f"{path}, its filesystem {used}% used ({_gigabytes(free)} free)"
+    return Check("image store", used <= STORE_FULL_PERCENT, detail,
+                 "containers there may fill it: `contained ps -a --size` shows their writable "
+                 "layers; free space (`contained gc`, `contained rm`, `contained rmi`) or set "
+                 "CONTAINED_HOME to a bigger filesystem", required=False)
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
 
 
 def _read_int(path: str) -> int | None:

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import cgroups, namespaces
+from contained import cgroups, isolated, namespaces
 from contained.errors import ContainedError
 
 
@@ -140,12 +140,14 @@ def check_uts_command(command: str | None, hostname: str = "lab") -> Feedback:
     if "uts" not in kinds_in(command):
         return wrong("`unshare` needs --uts (or -u): the hostname lives in the UTS namespace, "
                      "and without a new one you would rename the host")
+    missing = _uts_words_feedback(command, hostname)
     if os.geteuid() != 0:
+        if missing is not None:
+            return missing
         return right("the command has the right shape (run the workbook as root to check that "
                      "it really prints the new hostname).")
     before = os.uname().nodename
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL)
+    done = run_in_sandbox(command)
     after = os.uname().nodename
     if after != before:
         # Should not happen with --uts, but never leave the machine renamed by an exercise.
@@ -160,7 +162,113 @@ def check_uts_command(command: str | None, hostname: str = "lab") -> Feedback:
         return wrong(f"it printed {done.stdout.strip()!r}, not {hostname!r}: set the name, then "
                      "print it, in the same shell inside unshare (`sh -c 'hostname "
                      f"{hostname}; hostname'`)")
+    if missing is not None:
+        return missing  # it printed the name, but not by setting and reading it
     return right(f"it printed {hostname!r} and the host is still called {before!r}.")
+
+
+def _uts_words_feedback(command: str, hostname: str) -> Feedback | None:
+    """What is missing for `command` to set the name and read it back from the kernel (an
+    `echo lab` prints the word without any namespace), or None."""
+    words = _simple_commands(command)
+    if not any(_sets_hostname(argv, hostname) for argv in words):
+        return wrong(f"the command never sets the hostname: `echo {hostname}` prints the word "
+                     f"whatever the namespace holds. Run `hostname {hostname}` inside the new "
+                     "UTS namespace, then read it back")
+    if not any(_reads_hostname(argv) for argv in words) and not _HOSTNAME_SUBSTITUTION.search(
+            command):
+        return wrong(f"the command sets the name but never reads it back from the kernel: end "
+                     f"with `hostname` (no argument) or `uname -n`, not `echo {hostname}`")
+    return None
+
+
+# `echo $(hostname)` reads the name from the kernel too.
+_HOSTNAME_SUBSTITUTION = re.compile(r"\$\(\s*(hostname|uname\s+-n)\s*\)"
+                                    r"|`\s*(hostname|uname\s+-n)\s*`")
+_SHELLS = {"sh", "bash", "dash", "ash", "busybox"}
+
+
+def _simple_commands(text: str) -> list[list[str]]:
+    """The simple commands of a shell line (split at ; & | and parentheses), with the
+    ``sh -c '...'`` strings inside them opened up too."""
+    try:
+        lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+    except ValueError:
+        return []
+    commands, current = [], []
+    for token in tokens + [";"]:
+        if token and set(token) <= set(";&|()"):
+            if current:
+                commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    for argv in list(commands):
+        for index, word in enumerate(argv[1:-1], start=1):
+            if word == "-c" and os.path.basename(argv[index - 1]) in _SHELLS:
+                commands += _simple_commands(argv[index + 1])
+    return commands
+
+
+def _after(argv: list[str], program: str) -> list[str] | None:
+    """The arguments after `program` in `argv` (``unshare --uts hostname lab`` → [lab])."""
+    for index, word in enumerate(argv):
+        if os.path.basename(word) == program:
+            return argv[index + 1:]
+    return None
+
+
+def _sets_hostname(argv: list[str], hostname: str) -> bool:
+    arguments = _after(argv, "hostname")
+    return arguments is not None and hostname in arguments
+
+
+def _reads_hostname(argv: list[str]) -> bool:
+    hostname_args = _after(argv, "hostname")
+    if hostname_args is not None and not [a for a in hostname_args if not a.startswith("-")]:
+        return True
+    uname_args = _after(argv, "uname")
+    if uname_args is not None and any(a in ("-n", "-a", "--nodename", "--all")
+                                      for a in uname_args):
+        return True
+    cat_args = _after(argv, "cat")
+    return cat_args is not None and "/proc/sys/kernel/hostname" in cat_args
+
+
+#: The checked command's namespaces: its own mount, UTS, IPC, network and PID namespaces, as
+#: root of a user namespace that is the host's `nobody` outside, over a read-only copy of the
+#: host's mounts with fresh tmpfs where programs write. The copy is made by real root first, so
+#: in the user namespace it is locked: the answer can neither remount it writable nor unmount
+#: the tmpfs to reach the host's /tmp.
+SANDBOX_USER = 65534
+SANDBOX_TMPFS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_SANDBOX_PRELUDE = """
+cut -d' ' -f5 /proc/self/mountinfo | while read -r point; do
+    case "$point" in /proc|/proc/*) continue ;; esac  # unshare --user writes /proc/self/uid_map
+    mount -o remount,bind,ro "$point" 2>/dev/null || true
+done
+for dir in {tmpfs}; do
+    [ -d "$dir" ] && mount -t tmpfs -o mode=1777,size=16m checked "$dir"
+done
+exec setpriv --reuid={user} --regid={user} --clear-groups -- \
+    unshare --user --map-root-user --mount --uts --ipc --net --pid --fork --kill-child -- \
+    bash -c "$1"
+"""
+
+
+def run_in_sandbox(command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a learner's shell `command` with bash, as root would, where it cannot change the
+    host: ``unshare --mount`` (a private copy of the mounts, made read-only), then as `nobody`
+    ``unshare --user --map-root-user --mount --uts --ipc --net --pid --fork``."""
+    prelude = _SANDBOX_PRELUDE.format(tmpfs=" ".join(SANDBOX_TMPFS), user=SANDBOX_USER)
+    argv = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", prelude,
+            "sandbox", command]
+    environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   "LANG": "C.UTF-8", "HOME": "/"}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/",
+                          env=environment, stdin=subprocess.DEVNULL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,6 +457,10 @@ def check_kernel_release(answer: str | None) -> Feedback:
 # ---------------------------------------------------------------------------------------------
 # 06 The %%container magic
 
+#: What a checker reads of a learner's file in a container: an answer is a line of text, and a
+#: file linked to /dev/zero must not fill the host's memory or disk.
+CHECKED_FILE_LIMIT = 4 << 20
+
 
 def check_container_file(name: str, path: str, content: str) -> Feedback:
     """A running named container `name` has a file `path` containing `content`
@@ -363,18 +475,44 @@ def check_container_file(name: str, path: str, content: str) -> Feedback:
     if not found.running:
         return wrong(f"container {name} exists but is not running: remove it "
                      f"(`%container rm {name}`) and start it again")
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
-            open(os.devnull) as devnull:
-        result = container.exec_(name, ["cat", path], stdout=out, stderr=err, stdin=devnull)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    if result.status != 0:
+    status, data = _read_in_container(name, path, CHECKED_FILE_LIMIT)
+    if data is None:
+        return wrong(f"{path} in {name} is bigger than {CHECKED_FILE_LIMIT >> 10} KiB (only that "
+                     f"much was read): an answer is a line of text; is it a link to a device "
+                     f"such as /dev/zero?")
+    if status != 0:
         return wrong(f"{path} does not exist in {name}: was the file made in a throwaway "
                      f"container (a cell without --name {name})? Throwaway files vanish")
+    text = data.decode(errors="replace")
     if text.strip() != content:
         return wrong(f"{path} contains {text.strip()!r}, not {content!r}")
     return right(f"{path} in {name} says {content!r}; it will stay until `%container rm "
                  f"{name}`.")
+
+
+def _read_in_container(name: str, path: str, limit: int) -> tuple[int | None, bytes | None]:
+    """``contained exec NAME cat PATH``, keeping at most `limit` bytes on the host: (status,
+    content), content None when there was more (the command is then killed, unread)."""
+    from contained import container
+
+    read_end, write_end = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        execution = container.start_exec(name, ["cat", path], stdin=null, stdout=write_end,
+                                          stderr=null)
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)  # PID 1 holds its own copy: ours must go for end of file to come
+        os.close(null)
+    with open(read_end, "rb") as pipe:
+        data = pipe.read(limit + 1)  # up to limit + 1 bytes, or end of file
+        if len(data) > limit:
+            execution.kill()
+            execution.wait()
+            return None, None
+    return execution.wait().status, data
 
 
 def check_memory_limit(name: str, limit: str) -> Feedback:
@@ -479,8 +617,6 @@ def check_third_namespace(namespace: str = "lab08-c", peer: str = "lab08-a",
 def check_published(name: str = "api08", port: int = 8090, text: str = "hello from api08"):
     """`name` serves `text` on 127.0.0.1:`port` and, by name, to the other containers
     (``wget -q -O - http://127.0.0.1:PORT/``, ``contained exec web08 wget -q -O - http://NAME/``)."""
-    import sys
-
     from contained import container, workbook
 
     if not workbook.privileged():
@@ -500,7 +636,7 @@ def check_published(name: str = "api08", port: int = 8090, text: str = "hello fr
                                f"with -p 127.0.0.1:{port}:80, and is httpd running in {name}?")
     if page != text:
         return wrong(f"127.0.0.1:{port} says {page!r}, not {text!r}")
-    contained = f"{shlex.quote(sys.executable)} -m contained"
+    contained = isolated.shell_words("contained.cli")
     by_name = workbook.sh_output(f"{contained} exec web08 wget -q -O - http://{name}/",
                                  check=False)
     if by_name != text:

@@ -8,18 +8,42 @@ it forwards; and when it exits, the kernel kills everything else in the namespac
 
     unshare --pid --fork --kill-child sh -c 'trap "kill -TERM $child" TERM; CMD & child=$!; wait'
 
-Our init is the runner's Python process, forked and renamed ``contained-init``; it drops to
-Docker's default capabilities and no_new_privs before it starts anything. For a named
+Our init is the runner's Python process, forked and renamed ``contained-init``; before it
+starts anything it joins a new session keyring, drops to Docker's default capabilities and
+no_new_privs, and loads the seccomp filter (`contained.seccomp`), which it keeps while it
+serves, and which everything it starts inherits. For a named
 container it also serves ``exec``: a command sent on the container's control socket is forked
 by PID 1 itself, so it is born inside every namespace and the cgroup — nothing to join, which
 is the slow part of ``nsenter`` + a cgroup write.
+
+PID 1 holds host resources (its sockets to the runner and caller), so the container must not
+reach it: it is non-dumpable, as runc's init (`seal`), so /proc/1/fd, mem, environ, root and
+cwd and ptrace need CAP_SYS_PTRACE, which no container process has; and it leads a session of
+its own, so the container has no controlling terminal of the host. The descriptors it keeps
+(everything else is closed before the container's processes exist, `close_fds_except`):
+
+- 0, 1, 2: the command's stdio, until the command is started (then /dev/null): pipes the
+  client relays, or /dev/null, never the caller's own files (`contained.relay`);
+- the report channel: the pipe to the runner that forked it (``RunnerReport``), or, for a
+  spare's PID 1, the caller's reply socket and the link to the spare's runner (``CallerReport``),
+  so that the result gets out;
+- with ``-t``, the reply socket until the pty's master has been passed on (SCM_RIGHTS);
+- the cgroup's OOM counter file (a spare's PID 1 reports OOM kills itself; opened before
+  pivot_root, read-only);
+- the explain descriptor, for ``--explain`` only (it prints the last step);
+- a named container's control socket (the listener `exec` connects to), and its connections;
+- a pipe of its own that wakes it when a child exits (SIGCHLD, for select).
 """
 
+import errno
+import fcntl
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
+import termios
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,8 +100,75 @@ def confine_step() -> Step:
                 "binaries included), for PID 1 and everything it starts", confine)
 
 
+def keyring_step() -> Step:
+    """PID 1 joins a new session keyring before it starts anything (as runc's init does)."""
+
+    def join():
+        try:
+            syscalls.join_session_keyring()
+        except OSError as error:
+            if error.errno != errno.ENOSYS:  # a kernel without keyrings has nothing to share
+                raise
+
+    return Step("keyctl session - sh",
+                "a new, empty session keyring: keyrings are not namespaced, and the caller's "
+                "session keyring (its keys) would otherwise be the container's", join)
+
+
+def seal() -> None:
+    """Make this new PID 1 unreachable from its container, before any container process exists.
+
+    ``prctl(PR_SET_DUMPABLE, 0)``, as runc's init: /proc/1/{fd,mem,environ,root,cwd} and ptrace
+    now need CAP_SYS_PTRACE, which container processes lack, so they cannot reopen what PID 1
+    holds, nor read or rewrite its memory. Its children inherit this until their execve (a
+    vfork child shares PID 1's memory anyway), which makes commands dumpable again, as in runc.
+    ``setsid``: a session of its own, so no terminal of the host is the container's /dev/tty.
+    """
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    os.setsid()
+
+
+def close_fds_except(keep) -> None:
+    """Close every descriptor above 2 except those in `keep` (None entries are ignored):
+    a forked process inherits every descriptor of its parent, host ones included."""
+    low = 3
+    for fd in sorted({fd for fd in keep if fd is not None and fd > 2}):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+def null_stdio() -> None:
+    """0, 1 and 2 become /dev/null: PID 1 needs no stdio once its command has its own."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
+def open_terminal(size: list[int] | None) -> tuple[int, int]:
+    """A new pseudo-terminal (master, slave) from the container's own devpts.
+
+    Called after pivot_root, so /dev/ptmx is the container's (``pts/ptmx`` of its private
+    devpts instance); `size` is the caller's terminal (rows, columns), set before the command
+    starts so that its first ``stty size`` is right.
+    """
+    master, slave = os.openpty()
+    if size:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", size[0], size[1], 0, 0))
+    return master, slave
+
+
+def _take_terminal() -> None:
+    # In the command's child, after setsid: its stdin (the pty's slave) becomes its
+    # controlling terminal, as `setsid -c` does.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
 def spawn_command(args, env, working_dir, user, *, new_session: bool,
-                  stdio: tuple[int, int, int] | None = None) -> subprocess.Popen:
+                  stdio: tuple[int, int, int] | None = None,
+                  terminal: bool = False) -> subprocess.Popen:
     """Start the user's command as a child of this process (PID 1); returns its Popen.
 
     PID 1 has already given up every capability the command must not have (`confine_step`),
@@ -99,11 +190,14 @@ def spawn_command(args, env, working_dir, user, *, new_session: bool,
         if process.setgroups_allowed():
             identity["extra_groups"] = groups
     stdin, stdout, stderr = stdio if stdio is not None else (0, 1, 2)
+    if terminal:  # a pty as controlling terminal: this one needs a (single-threaded) hook
+        identity["preexec_fn"] = _take_terminal
     try:
         return subprocess.Popen(
             args, executable=executable, env=dict(e.split("=", 1) for e in environment),
             cwd=working_dir or "/", stdin=stdin, stdout=stdout, stderr=stderr,
-            start_new_session=new_session, close_fds=True, restore_signals=True, **identity)
+            start_new_session=new_session or terminal, close_fds=True, restore_signals=True,
+            **identity)
     except FileNotFoundError as error:
         if error.filename == (working_dir or "/"):
             raise CommandFailed(EXIT_NOT_EXECUTABLE, f"cannot enter the working directory "
@@ -198,20 +292,8 @@ def short_path(path: Path):
 
 def detach_stdio(keep: tuple[int, ...]) -> None:
     """A long-lived PID 1 must not hold the caller's pipes open (a cell would never end)."""
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-    for fd in _open_fds():
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-def _open_fds() -> list[int]:
-    return [int(name) for name in os.listdir("/proc/self/fd")]
+    null_stdio()
+    close_fds_except(keep)
 
 
 def serve_exec(listener: socket.socket) -> None:
@@ -259,8 +341,12 @@ def _accept(listener: socket.socket, children: dict) -> None:
     request, fds = received
     try:
         spec = request["spec"]
+        stdio = tuple(fds[:3])
+        if spec.get("tty"):
+            stdio = (_send_terminal(conn, spec.get("tty_size")),) * 3
+            fds.append(stdio[0])  # closed below, once the command has it
         child = spawn_command(spec["args"], spec["env"], spec["working_dir"], spec["user"],
-                              new_session=True, stdio=tuple(fds[:3]))
+                              new_session=True, stdio=stdio, terminal=bool(spec.get("tty")))
     except CommandFailed as error:
         wire.send_message(conn, event="error", type="CommandFailed", message=str(error),
               exit_status=error.exit_status)
@@ -276,6 +362,16 @@ def _accept(listener: socket.socket, children: dict) -> None:
             os.close(fd)
     wire.send_message(conn, event="started", pid=child.pid)
     children[child.pid] = (conn, bool(request.get("detached")), child)
+
+
+def _send_terminal(conn: socket.socket, size: list[int] | None) -> int:
+    """Open a pty for an ``exec -t``, pass its master to the caller; return the slave."""
+    master, slave = open_terminal(size)
+    try:
+        wire.send_message_with_fds(conn, [master], event="tty")
+    finally:
+        os.close(master)
+    return slave
 
 
 def _reap(children: dict) -> None:

@@ -5,11 +5,15 @@ ipykernel's own Python kernel, started with one more option; by hand::
 
     mkdir -p ~/.local/share/jupyter/kernels/python3-contained
     cat > ~/.local/share/jupyter/kernels/python3-contained/kernel.json <<EOF
-    {"argv": ["/path/to/python", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+    {"argv": ["/path/to/python", "-I", "-m", "ipykernel_launcher", "-f", "{connection_file}",
               "--IPKernelApp.extensions=contained"],
      "display_name": "Python 3 (contained)", "language": "python"}
     EOF
     jupyter kernelspec list
+
+``-I`` keeps the notebook's directory (and PYTHONPATH) off sys.path, from start to end (IPython
+honours it too): a container can write there, and this kernel often runs as root. To import a
+module of your own next to the notebook, ``sys.path.append(".")`` in a cell, knowingly.
 
 `install_kernel` does the same through jupyter_client, which knows where kernels go (the
 system's, the user's ``--user``, or a virtualenv's ``--prefix``).
@@ -28,7 +32,9 @@ DISPLAY_NAME = "Python 3 (contained)"
 def kernel_json(python: str | None = None) -> dict:
     """The kernel.json: this Python's ipykernel, loading the extension at start."""
     return {
-        "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f",
+        # -I: the kernel starts in the notebook's directory, which containers may write to
+        # (-v $PWD:/work); a planted ipykernel_launcher.py or json.py must not run at start.
+        "argv": [python or sys.executable, "-I", "-m", "ipykernel_launcher", "-f",
                  "{connection_file}", "--IPKernelApp.extensions=contained"],
         "display_name": DISPLAY_NAME,
         "language": "python",

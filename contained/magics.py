@@ -48,6 +48,9 @@ KILL_GRACE = 5.0
 # After the result, how long to keep draining output a background process may still write.
 DRAIN_LIMIT = 0.25
 READ_SIZE = 65536
+# What --out/--err keep, in characters: the kernel holds it all in memory, and a container
+# limited to 16M can still print gigabytes. The rest is read and dropped, and the cell says so.
+CAPTURE_LIMIT = 64 << 20
 DEFAULT_STATS_SECONDS = 3.0
 
 
@@ -61,7 +64,8 @@ def cell_parser() -> MagicArgumentParser:
                                        "cells in it (files, processes, hostname persist)")
     parser.add_argument("-m", "--memory", help="memory limit, e.g. 64M")
     parser.add_argument("--cpus", help="CPU limit, e.g. 0.5")
-    parser.add_argument("--pids-limit", help="maximum number of processes")
+    parser.add_argument("--pids-limit",
+                        help="maximum number of processes (default 2048; -1 for no limit)")
     parser.add_argument("--hostname", help="the container's hostname")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
                         help="set an environment variable (repeatable)")
@@ -74,6 +78,9 @@ def cell_parser() -> MagicArgumentParser:
                         help="publish a port (with --net bridge), HOST_PORT:CONTAINER_PORT")
     parser.add_argument("--chroot", action="store_true", default=None,
                         help="chroot instead of pivot_root (as the tutorial does)")
+    parser.add_argument("--security-opt", action="append", default=[],
+                        metavar="seccomp=unconfined|seccomp=FILE.json",
+                        help="the seccomp profile (default: Docker's; FILE in Docker's format)")
     parser.add_argument("--explain", action="store_true",
                         help="show each step's shell command as it runs")
     parser.add_argument("--dry-run", action="store_true",
@@ -169,6 +176,8 @@ class OutputStream:
         self._write = write  # where decoded text goes (sys.stdout.write, looked up late)
         self.capture = capture
         self.captured: list[str] = []
+        self.kept = 0  # characters in `captured`, at most CAPTURE_LIMIT
+        self.dropped = 0  # characters read after that, and thrown away
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def fileno(self) -> int:
@@ -208,7 +217,10 @@ class OutputStream:
         if not text:
             return
         if self.capture:
-            self.captured.append(text)
+            room = max(CAPTURE_LIMIT - self.kept, 0)
+            self.captured.append(text[:room])
+            self.kept += min(len(text), room)
+            self.dropped += max(len(text) - room, 0)
         else:
             self._write(text)
 
@@ -384,7 +396,7 @@ def creation_options(args) -> dict:
     """The options of `container.start` that only matter when a container is created."""
     options = {"memory": args.memory, "cpus": args.cpus, "pids_limit": args.pids_limit,
                "hostname": args.hostname, "volumes": args.volume, "publish": args.publish,
-               "chroot": bool(args.chroot)}
+               "chroot": bool(args.chroot), "security_opt": args.security_opt}
     if args.net is not None:
         options["net"] = args.net
     return options
@@ -392,6 +404,7 @@ def creation_options(args) -> dict:
 
 def check_reusable(existing: container.Container, args) -> None:
     """Raise if the cell asks for a creation-time option the named container lacks."""
+    from contained import seccomp
     from contained.store import Store
 
     name = existing.name
@@ -410,6 +423,11 @@ def check_reusable(existing: container.Container, args) -> None:
               "pids_limit": container._pids(args.pids_limit), "hostname": args.hostname,
               "volumes": [container.parse_volume(v) for v in args.volume] or None,
               "net": args.net, "publish": args.publish or None, "chroot": args.chroot}
+    if wanted["pids_limit"] == container.UNLIMITED_PIDS and spec.pids_limit is None:
+        wanted["pids_limit"] = None  # -1 asks for what the container has: no process limit
+    if args.security_opt and seccomp.from_security_options(args.security_opt) != spec.seccomp:
+        raise failure(f"container {name!r} was created with another seccomp profile; remove "
+                      f"it (%container rm -f {name}) to change it")
     for option, field_name in CREATION_OPTIONS:
         value = wanted[field_name]
         if value is not None and value != getattr(spec, field_name):
@@ -477,6 +495,8 @@ class ContainerMagics(Magics):
         existing = existing_container(args.name)
         if existing is not None:
             check_reusable(existing, args)
+        elif args.chroot:
+            print(f"contained: warning: {container.CHROOT_WARNING}", file=sys.stderr)
         if args.dry_run:
             self.dry_run(args, command, existing)
             return
@@ -498,6 +518,10 @@ class ContainerMagics(Magics):
             self.shell.user_ns[args.out] = streams[0].text()
         if args.err is not None:
             self.shell.user_ns[args.err] = streams[1].text()
+        for option, variable, stream in (("--out", args.out, streams[0]),
+                                         ("--err", args.err, streams[1])):
+            if stream.dropped:
+                print(cut_message(option, variable, stream.dropped), file=sys.stderr)
         if sampler is not None:
             from contained import plots
 
@@ -629,6 +653,15 @@ class ContainerMagics(Magics):
         from contained import widgets
 
         return widgets.Dashboard().widget
+
+
+def cut_message(option: str, variable: str, dropped: int) -> str:
+    """What a cell says when `option` VARIABLE captured more than CAPTURE_LIMIT."""
+    kept = f"{CAPTURE_LIMIT >> 20} MiB" if CAPTURE_LIMIT >= 1 << 20 else \
+        f"{CAPTURE_LIMIT >> 10} KiB"
+    return (f"{option} {variable} kept the first {kept} of output; {dropped} more characters "
+            "were dropped. Write big output to a file in a named container (cmd > /tmp/out) "
+            "and capture only what you need (e.g. tail /tmp/out)")
 
 
 def human_size(size: int) -> str:

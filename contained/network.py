@@ -54,14 +54,18 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from contained import procfs
 from contained.errors import ContainedError
-from contained.home import ensure_home, home_path
+from contained.home import ensure_home, home_path, home_tag
 from contained.plan import Step
 
+#: each home's bridge is contained<N>, N the lowest number free on this host when the home
+#: first needs one; without CONTAINED_SUBNET it serves 10.77.N.0/24
+BRIDGE_PREFIX = "contained"
+MAX_BRIDGES = 256
 DEFAULT_BRIDGE = "contained0"
 DEFAULT_SUBNET = "10.77.0.0/24"
 DEFAULT_HOST_IP = "127.0.0.1"
@@ -78,9 +82,11 @@ MAC_PREFIX = "02:63"
 FALLBACK_NAMESERVERS = ("9.9.9.9", "149.112.112.112")
 #: Docker-compatible container names; they also become /etc/hosts names and nft comments
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
-#: iptables fallback chains, in the nat table
-IPT_POSTROUTING = "CONTAINED-POSTROUTING"
+#: iptables fallback chains (nat, and filter for INPUT), one set per bridge: NAME-<bridge>
+IPT_POSTROUTING = "CONTAINED-POST"
 IPT_PORTS = "CONTAINED-PORTS"
+IPT_INPUT = "CONTAINED-INPUT"
+IPT_INPUT = "CONTAINED-INPUT"
 
 
 class BadPortSpec(ContainedError):
@@ -148,25 +154,30 @@ class PortSpec:
         return f"{self.host_ip}:{self.host_port}:{self.container_port}/{self.protocol}"
 
 
-def _default_subnet() -> str:
-    return os.environ.get("CONTAINED_SUBNET") or DEFAULT_SUBNET
-
-
 @dataclass(frozen=True)
 class NetworkConfig:
     """Where bridged containers live: the bridge, its subnet, and which firewall tool to use.
 
-    ``firewall`` is ``"auto"`` (nft, else iptables), ``"nft"`` or ``"iptables"``; ``table`` names
-    the nft table (``ip contained``) that holds every NAT and port rule, so that removing it
-    removes them all.
+    Left empty, `bridge` and `subnet` are this home's (`_home_bridge`, `_home_subnet`): the ones
+    its lease file records, else the lowest free ``contained<N>`` and ``10.77.N.0/24`` (or
+    ``$CONTAINED_SUBNET``). ``firewall`` is ``"auto"`` (nft, else iptables), ``"nft"`` or
+    ``"iptables"``; ``table`` names the nft table (by default the bridge's name) that holds
+    every NAT, port and loopback rule of that bridge, so that removing it removes them all.
     """
 
-    bridge: str = DEFAULT_BRIDGE
-    subnet: str = field(default_factory=_default_subnet)
+    bridge: str = ""
+    subnet: str = ""
     firewall: str = "auto"
-    table: str = "contained"
+    table: str = ""
 
     def __post_init__(self) -> None:
+        # a frozen dataclass fills its own blanks through object.__setattr__
+        if not self.bridge:
+            object.__setattr__(self, "bridge", _home_bridge())
+        if not self.subnet:
+            object.__setattr__(self, "subnet", _home_subnet(self.bridge))
+        if not self.table:
+            object.__setattr__(self, "table", self.bridge)
         if not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", self.bridge):
             raise BadNetworkConfig(f"bridge name {self.bridge!r} is not a valid interface name "
                             "(1-15 letters, digits, '_.-')")
@@ -273,6 +284,14 @@ def _run(argv: list[str], what: str | None = None) -> str:
 
 
 _PACKAGE = {"ip": "iproute2", "nft": "nftables", "iptables": "iptables", "nsenter": "util-linux"}
+#: where Debian installs nft and iptables: not on a normal user's PATH
+_SBIN = "/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def _installed(tool: str) -> str | None:
+    """The tool's path, looking in the sbin directories too: `contained doctor` run by a normal
+    user must not call installed tools missing."""
+    return shutil.which(tool) or shutil.which(tool, path=_SBIN)
 
 
 def _link_exists(name: str) -> bool:
@@ -303,6 +322,111 @@ def _routes() -> list[dict]:
 
 def _links() -> list[dict]:
     return json.loads(_run(["ip", "-j", "link", "show"]) or "[]")
+
+
+# --- one bridge per home -------------------------------------------------------------------
+#
+# Why a bridge per home, not one shared bridge with one address book: the lease file stays in
+# the home, read and cleaned by its owner only; one home's last container takes down only its
+# own bridge and table; and one student's containers are not on the same switch as another's
+# (ARP, sniffing; the nft table also drops forwarding between our bridges). No machine-wide book
+# has to survive crashed runners: the kernel arbitrates. A name is claimed by creating the link
+# (`ip link add` fails for a name another home holds) and marked with the home's tag as its
+# alias, so teardown and gc only ever touch a bridge, table and veths that are the home's own.
+
+
+class BridgeTaken(ContainedError):
+    """Another home created the bridge this home was about to claim."""
+
+
+def _home_alias() -> str:
+    return f"contained home {home_tag()}"
+
+
+def _bridge_alias(name: str) -> str | None:
+    """The alias of link `name` (as `ip link set dev NAME alias` wrote it), "" if it has
+    none, None if there is no such link in this network namespace."""
+    if not _link_exists(name):
+        return None
+    links = json.loads(_run(["ip", "-j", "link", "show", "dev", name]) or "[]")
+    return links[0].get("ifalias", "") if links else None
+
+
+def _ours_to_touch(config: NetworkConfig) -> bool:
+    """Whether the bridge (and its table and chains) is this home's, or nobody's now."""
+    return _bridge_alias(config.bridge) in (None, _home_alias())
+
+
+def _lease_path(bridge: str) -> Path:
+    return home_path() / "network" / f"{bridge}.json"
+
+
+def lease_files() -> list[Path]:
+    """This home's lease files, one per bridge it has containers on (normally one)."""
+    directory = home_path() / "network"
+    return sorted(directory.glob("*.json")) if directory.is_dir() else []
+
+
+def _number_subnet(bridge: str) -> str:
+    number = bridge.removeprefix(BRIDGE_PREFIX)
+    if bridge.startswith(BRIDGE_PREFIX) and number.isdigit() and int(number) < MAX_BRIDGES:
+        return f"10.77.{int(number)}.0/24"
+    return DEFAULT_SUBNET
+
+
+def _home_bridge() -> str:
+    """This home's bridge: the one its leases record (unless another home holds that name
+    now), else the lowest contained<N> that no other home holds and whose subnet no route
+    uses (if every subnet is used, the lowest free name: `check_subnet` then says why)."""
+    mine = _home_alias()
+    for path in lease_files():
+        if _bridge_alias(path.stem) in (None, mine):
+            return path.stem
+    first_free, routes = None, None
+    for number in range(MAX_BRIDGES):
+        name = f"{BRIDGE_PREFIX}{number}"
+        alias = _bridge_alias(name)
+        if alias == mine:
+            return name
+        if alias is not None:
+            continue  # another home's
+        if os.environ.get("CONTAINED_SUBNET") or not _installed("ip"):
+            return name
+        first_free = first_free or name
+        routes = _routes() if routes is None else routes
+        if _overlapping_route(NetworkConfig(name, _number_subnet(name)), routes) is None:
+            return name
+    return first_free or DEFAULT_BRIDGE
+
+
+def _home_subnet(bridge: str) -> str:
+    """$CONTAINED_SUBNET, else the one the bridge's leases record, else 10.77.N.0/24."""
+    if os.environ.get("CONTAINED_SUBNET"):
+        return os.environ["CONTAINED_SUBNET"]
+    try:
+        recorded = json.loads(_lease_path(bridge).read_text()).get("subnet")
+    except (OSError, ValueError):
+        recorded = None
+    return recorded or _number_subnet(bridge)
+
+
+def _claim_bridge(config: NetworkConfig) -> None:
+    """Create the bridge now, marked as this home's: creating it is what claims the name."""
+    alias = _bridge_alias(config.bridge)
+    if alias == _home_alias():
+        return
+    if alias is None:
+        try:
+            _run(["ip", "link", "add", config.bridge, "type", "bridge"])
+        except NetworkCommandFailed:
+            if not _link_exists(config.bridge):
+                raise
+            alias = ""  # another home's runner made it a moment ago
+        else:
+            _run(["ip", "link", "set", "dev", config.bridge, "alias", _home_alias()])
+            return
+    raise BridgeTaken(f"bridge {config.bridge} belongs to another home ({alias or 'just made'}); "
+                      "run again (a free one is picked) or set this home's CONTAINED_SUBNET")
 
 
 def _firewall(config: NetworkConfig) -> str:
@@ -361,15 +485,16 @@ _held = threading.local()
 
 def state_path(config: NetworkConfig) -> Path:
     """The lease file of a bridge."""
-    return home_path() / "network" / f"{config.bridge}.json"
+    return _lease_path(config.bridge)
 
 
 @contextmanager
-def _locked(config: NetworkConfig) -> Iterator[None]:
+def _locked(config: NetworkConfig | None) -> Iterator[None]:
+    """The home's network lock: one for all its bridges, so that choosing and claiming the
+    home's bridge (`_home_bridge`, `_claim_bridge`) is serialised too."""
     depth = getattr(_held, "depth", {})
     _held.depth = depth
-    path = state_path(config)
-    key = str(path)
+    key = str(home_path() / "network" / "bridges.lock")
     if depth.get(key):
         depth[key] += 1
         try:
@@ -379,7 +504,7 @@ def _locked(config: NetworkConfig) -> Iterator[None]:
         return
     directory = ensure_home() / "network"
     directory.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(directory / f"{config.bridge}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(directory / "bridges.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         depth[key] = 1
@@ -431,11 +556,12 @@ def _free_address(config: NetworkConfig, leases: dict) -> ipaddress.IPv4Address 
 
 
 def _veth_name(container: str, leases: dict) -> str:
+    # salted with the home's tag: two homes' containers named "web" get different veths
     taken = {lease["veth"] for lease in leases.values()}
     for attempt in range(100):
-        digest = hashlib.sha256(f"{container}#{attempt}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{home_tag()}#{container}#{attempt}".encode()).hexdigest()
         name = VETH_PREFIX + digest[:8]
-        if name not in taken:
+        if name not in taken and not _link_exists(name):
             return name
     raise AssertionError("unreachable: 100 hash collisions")
 
@@ -449,7 +575,45 @@ def _ports_clash(a: PortSpec, b: PortSpec) -> bool:
     return same_ip and a.host_port == b.host_port and a.protocol == b.protocol
 
 
-def _claim_port(port: PortSpec, container: str, leases: dict) -> PortSpec:
+def _published_elsewhere(config: NetworkConfig, firewall: str) -> list[PortSpec]:
+    """The ports other homes' bridges publish on this host. Their DNAT rules hold no socket,
+    so binding the port (`_claim_port`) does not find them; their tables and chains do."""
+    found = []
+    if firewall == "nft":
+        done = subprocess.run(["nft", "-j", "list", "ruleset"], capture_output=True, text=True)
+        items = json.loads(done.stdout or "{}").get("nftables", []) if done.returncode == 0 \
+            else []
+        for rule in (item["rule"] for item in items if "rule" in item):
+            if rule.get("chain") != "ports" or rule.get("table") == config.table \
+                    or not rule.get("table", "").startswith(BRIDGE_PREFIX):
+                continue
+            host_ip, host_port, protocol = "0.0.0.0", None, "tcp"
+            for expr in rule.get("expr", []):
+                match = expr.get("match", {})
+                payload = match.get("left", {}).get("payload", {})
+                if payload.get("field") == "daddr":
+                    host_ip = match.get("right")
+                elif payload.get("field") == "dport":
+                    host_port, protocol = match.get("right"), payload.get("protocol")
+            if isinstance(host_port, int) and isinstance(host_ip, str):
+                found.append(PortSpec(host_ip, host_port, 0, protocol))
+        return found
+    done = subprocess.run(["iptables", "-w", "-t", "nat", "-S"], capture_output=True, text=True)
+    mine = _ipt_chain(IPT_PORTS, config)
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        words = shlex.split(line)
+        if words[:1] != ["-A"] or not words[1].startswith(IPT_PORTS + "-") or words[1] == mine \
+                or "--dport" not in words:
+            continue
+        host_ip = words[words.index("-d") + 1].removesuffix("/32") if "-d" in words \
+            else "0.0.0.0"
+        protocol = words[words.index("-p") + 1] if "-p" in words else "tcp"
+        found.append(PortSpec(host_ip, int(words[words.index("--dport") + 1]), 0, protocol))
+    return found
+
+
+def _claim_port(port: PortSpec, container: str, leases: dict,
+                elsewhere: list[PortSpec] = ()) -> PortSpec:
     """Resolve port 0 and check the host port is free, by binding it (no packet is sent)."""
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as probe:
@@ -473,6 +637,10 @@ def _claim_port(port: PortSpec, container: str, leases: dict) -> PortSpec:
                 raise PortInUse(f"host port {resolved.host_ip}:{resolved.host_port}/"
                                 f"{resolved.protocol} is published by container {other}; "
                                 f"publish {container} on another port")
+    if any(_ports_clash(resolved, taken) for taken in elsewhere):
+        raise PortInUse(f"host port {resolved.host_ip}:{resolved.host_port}/{resolved.protocol} "
+                        f"is published by another home's container; publish {container} on "
+                        "another port")
     return resolved
 
 
@@ -496,9 +664,18 @@ def plan_attach(
     bind-mounts over the container's /etc/hosts: it is written by the last step and rewritten
     whenever a container joins or leaves the bridge (see `refresh_hosts_files`). With
     ``reserve=False`` (``--dry-run``) nothing is written and the address shown is the one a run
-    would get now.
+    would get now. Without `config`, the home's bridge, claimed now if it is new (see "one
+    bridge per home"); should another home claim that name first, the next one is tried.
     """
-    config = config or NetworkConfig()
+    if config is None:
+        for attempt in range(3):
+            try:
+                with _locked(None):  # the same home's runners choose the same bridge
+                    return plan_attach(container, pid, publish, NetworkConfig(),
+                                       hosts_file=hosts_file, reserve=reserve)
+            except BridgeTaken:
+                if attempt == 2:
+                    raise
     check_name(container)
     if reserve and procfs.start_time(pid) is None:
         raise ContainerNotRunning(f"process {pid} of container {container} has exited, so "
@@ -519,11 +696,14 @@ def plan_attach(
                                 f"containers, not {config.subnet}; stop them (or run gc) first, "
                                 "or unset CONTAINED_SUBNET")
         check_subnet(config)
+        bridge_ready = _bridge_ready(config)
         address = _free_address(config, state["leases"])
         if address is None:
             raise SubnetFull(f"no free address in {config.subnet} for {container}; stop a "
                              "bridged container, run gc, or set a larger CONTAINED_SUBNET")
-        ports = tuple(_claim_port(port, container, state["leases"]) for port in publish)
+        elsewhere = _published_elsewhere(config, firewall) if publish else []
+        ports = tuple(_claim_port(port, container, state["leases"], elsewhere)
+                      for port in publish)
         for i, port in enumerate(ports):
             if any(_ports_clash(port, other) for other in ports[:i]):
                 raise PortInUse(f"host port {port.host_ip}:{port.host_port}/{port.protocol} "
@@ -538,15 +718,22 @@ def plan_attach(
                 "hosts_file": None if hosts_file is None else os.fspath(hosts_file),
             }
             _save(config, state)
+            try:
+                # after the lease is saved: a runner killed now leaves a lease, which gc
+                # follows to the bridge; never a bridge that no lease file leads to
+                _claim_bridge(config)
+            except BridgeTaken:
+                del state["leases"][container]
+                _save(config, state)
+                raise
         firewall = state.get("firewall", firewall)
-        bridge_exists = _link_exists(config.bridge)
         firewall_exists = _firewall_exists(config, firewall)
     attachment = Attachment(container, str(address), config.gateway, config.network.prefixlen,
                             veth, ports)
     steps = [Step(f"# {attachment.ip}/{attachment.prefixlen} leased to {container} "
                   f"in {state_path(config)}",
                   "one address per container, never two at once, under flock")]
-    if not bridge_exists:
+    if not bridge_ready:
         steps += _bridge_steps(config)
     if not firewall_exists:
         steps.append(_firewall_setup_step(config, firewall))
@@ -579,6 +766,17 @@ def _command_step(config: NetworkConfig, argv: list[str], why: str,
     return _locked_step(config, shlex.join(argv), why, action)
 
 
+def _bridge_ready(config: NetworkConfig) -> bool:
+    """The bridge exists, is up and has the gateway's address (a runner killed half-way
+    through `_bridge_steps` leaves it otherwise: the next attach finishes the job)."""
+    if not _link_exists(config.bridge):
+        return False
+    out = _run(["ip", "-j", "addr", "show", "dev", config.bridge])
+    return any("UP" in link.get("flags", []) and any(
+        a.get("local") == config.gateway for a in link.get("addr_info", []))
+        for link in json.loads(out or "[]"))
+
+
 def _bridge_steps(config: NetworkConfig) -> list[Step]:
     bridge, gateway = config.bridge, f"{config.gateway}/{config.network.prefixlen}"
     # another runner may create the bridge between our plan and our run: every step checks
@@ -589,9 +787,13 @@ def _bridge_steps(config: NetworkConfig) -> list[Step]:
 
     localnet = f"net.ipv4.conf.{bridge}.route_localnet"
     return [
+        # made (claimed) already while planning, unless this is --dry-run: see _claim_bridge
         _command_step(config, ["ip", "link", "add", bridge, "type", "bridge"],
-                      "a virtual switch that every bridged container plugs into",
+                      "a virtual switch that every bridged container of this home plugs into",
                       unless=lambda: _link_exists(bridge)),
+        _command_step(config, ["ip", "link", "set", "dev", bridge, "alias", _home_alias()],
+                      "mark it as this home's: another home's clean-up leaves it alone",
+                      unless=lambda: _bridge_alias(bridge) == _home_alias()),
         _command_step(config, ["ip", "addr", "add", gateway, "dev", bridge],
                       "the host's address on the bridge: the containers' gateway",
                       unless=has_gateway),
@@ -665,22 +867,51 @@ table ip {config.table} {{
 \t\tip saddr {config.subnet} oifname != "{bridge}" masquerade
 \t\toifname "{bridge}" ip saddr 127.0.0.0/8 masquerade
 \t}}
+\tchain input {{
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname "{bridge}" ip daddr 127.0.0.0/8 ct status & dnat != dnat drop
+\t}}
+\tchain forward {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname "{BRIDGE_PREFIX}*" iifname != "{bridge}" oifname "{bridge}" \
+ct status & dnat != dnat drop
+\t}}
 }}"""
 
 
+# Why the input chain: route_localnet=1 on the bridge (so that the host's connections to
+# 127.0.0.1 can be redirected to a container) also makes the host accept packets *for*
+# 127.0.0.0/8 arriving on the bridge. A container with CAP_NET_RAW sends such frames and talks
+# to every loopback-only service of the host (CVE-2020-8558 in Kubernetes). Only replies of
+# connections we redirected (DNAT) may come in that way. The forward chain keeps other homes'
+# containers off this bridge, except through ports published on the host.
+
+
+def _ipt_chain(base: str, config: NetworkConfig) -> str:
+    """iptables chain names are at most 28 characters: BASE-<bridge> (or a hash of it)."""
+    suffix = config.bridge if len(config.bridge) <= 12 else \
+        hashlib.sha256(config.bridge.encode()).hexdigest()[:12]
+    return f"{base}-{suffix}"
+
+
 def _iptables_setup(config: NetworkConfig) -> list[list[str]]:
-    nat = ["iptables", "-w", "-t", "nat"]
+    nat, filter_ = ["iptables", "-w", "-t", "nat"], ["iptables", "-w", "-t", "filter"]
     local = ["-m", "addrtype", "--dst-type", "LOCAL"]
+    ports, post = _ipt_chain(IPT_PORTS, config), _ipt_chain(IPT_POSTROUTING, config)
+    guard = _ipt_chain(IPT_INPUT, config)
     return [
-        [*nat, "-N", IPT_PORTS],
-        [*nat, "-N", IPT_POSTROUTING],
-        [*nat, "-A", "PREROUTING", *local, "-j", IPT_PORTS],
-        [*nat, "-A", "OUTPUT", *local, "-j", IPT_PORTS],
-        [*nat, "-A", "POSTROUTING", "-j", IPT_POSTROUTING],
-        [*nat, "-A", IPT_POSTROUTING, "-s", config.subnet, "!", "-o", config.bridge,
-         "-j", "MASQUERADE"],
-        [*nat, "-A", IPT_POSTROUTING, "-s", "127.0.0.0/8", "-o", config.bridge,
-         "-j", "MASQUERADE"],
+        [*nat, "-N", ports],
+        [*nat, "-N", post],
+        [*filter_, "-N", guard],
+        [*nat, "-A", "PREROUTING", *local, "-j", ports],
+        [*nat, "-A", "OUTPUT", *local, "-j", ports],
+        [*nat, "-A", "POSTROUTING", "-j", post],
+        [*nat, "-A", post, "-s", config.subnet, "!", "-o", config.bridge, "-j", "MASQUERADE"],
+        [*nat, "-A", post, "-s", "127.0.0.0/8", "-o", config.bridge, "-j", "MASQUERADE"],
+        # see the nft input chain: loopback from the bridge only as replies of DNAT
+        [*filter_, "-A", "INPUT", "-i", config.bridge, "-j", guard],
+        [*filter_, "-A", guard, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
+         "DNAT", "-j", "DROP"],
     ]
 
 
@@ -688,8 +919,8 @@ def _firewall_exists(config: NetworkConfig, firewall: str) -> bool:
     if firewall == "nft":
         done = subprocess.run(["nft", "list", "table", "ip", config.table], capture_output=True)
     else:
-        done = subprocess.run(["iptables", "-w", "-t", "nat", "-S", IPT_PORTS],
-                              capture_output=True)
+        done = subprocess.run(["iptables", "-w", "-t", "nat", "-S",
+                               _ipt_chain(IPT_PORTS, config)], capture_output=True)
     return done.returncode == 0
 
 
@@ -727,7 +958,8 @@ def _port_step(config: NetworkConfig, firewall: str, attachment: Attachment,
                 f"{port.host_port} dnat to {target} comment \"{attachment.container}\"")
         return _command_step(config, ["nft", rule], why)
     match = [] if port.host_ip == "0.0.0.0" else ["-d", port.host_ip]
-    argv = ["iptables", "-w", "-t", "nat", "-A", IPT_PORTS, *match, "-p", port.protocol,
+    argv = ["iptables", "-w", "-t", "nat", "-A", _ipt_chain(IPT_PORTS, config), *match,
+            "-p", port.protocol,
             "--dport", str(port.host_port), "-m", "comment", "--comment", attachment.container,
             "-j", "DNAT", "--to-destination", target]
     return _command_step(config, argv, why)
@@ -744,7 +976,8 @@ def _port_rules(config: NetworkConfig, firewall: str) -> list[tuple[str, list[st
                   str(item["rule"]["handle"])])
                 for item in json.loads(out)["nftables"] if "rule" in item]
     rules = []
-    for line in _run(["iptables", "-w", "-t", "nat", "-S", IPT_PORTS]).splitlines():
+    for line in _run(["iptables", "-w", "-t", "nat", "-S",
+                      _ipt_chain(IPT_PORTS, config)]).splitlines():
         words = shlex.split(line)
         if words[:1] == ["-A"] and "--comment" in words:
             owner = words[words.index("--comment") + 1]
@@ -761,7 +994,7 @@ def _teardown_iptables(config: NetworkConfig) -> list[str]:
                 undo = [*argv[:4], flag, argv[5]]
                 if subprocess.run(undo, capture_output=True).returncode == 0:
                     done.append(shlex.join(undo))
-        elif argv[5] in ("PREROUTING", "OUTPUT", "POSTROUTING"):
+        elif argv[5] in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
             undo = [*argv[:4], "-D", *argv[5:]]
             while subprocess.run(undo, capture_output=True).returncode == 0:
                 done.append(shlex.join(undo))
@@ -804,7 +1037,8 @@ def _release(config: NetworkConfig, state: dict, container: str,
     firewall = state.get("firewall") or _firewall(config)
     _delete_veth(explain, lease["veth"],
                  f"unplug {container}: deleting one end of a veth pair deletes both")
-    for owner, delete in _port_rules(config, firewall):
+    # a stale record may name a bridge that another home has claimed since: not its table
+    for owner, delete in _port_rules(config, firewall) if _ours_to_touch(config) else ():
         if owner == container:
             _run_reported(explain, delete, f"stop publishing {container}'s port")
     del state["leases"][container]
@@ -815,9 +1049,12 @@ def _release(config: NetworkConfig, state: dict, container: str,
 def _teardown(config: NetworkConfig, state: dict, explain: Callable[[str], None] | None) -> None:
     """Remove the bridge and the NAT rules: the last bridged container is gone."""
     firewall = state.get("firewall") or _firewall(config)
-    if _link_exists(config.bridge):
+    alias = _bridge_alias(config.bridge)
+    if alias not in (None, _home_alias()):
+        return  # another home's bridge and table now (this home's record was stale)
+    if alias is not None:
         _run_reported(explain, ["ip", "link", "del", config.bridge],
-                      "the last bridged container is gone")
+                      "the last bridged container of this home is gone")
     if firewall == "nft" and _firewall_exists(config, "nft"):
         _run_reported(explain, ["nft", "delete", "table", "ip", config.table],
                       "its NAT and port rules go with it")
@@ -860,7 +1097,9 @@ def gc(alive: set[str] | None = None, config: NetworkConfig | None = None,
     owns (left by a runner killed between two steps), and the bridge and NAT table when no
     lease is left.
     """
-    config = config or NetworkConfig()
+    if config is None:  # every bridge this home has leases on (its own, normally one)
+        return [name for path in lease_files()
+                for name in gc(alive, NetworkConfig(bridge=path.stem), explain)]
     removed = []
     with _locked(config):
         state = _load(config)
@@ -868,6 +1107,8 @@ def gc(alive: set[str] | None = None, config: NetworkConfig | None = None,
             if (alive is not None and name not in alive) or not _lease_alive(lease):
                 _release(config, state, name, explain)
                 removed.append(name)
+        if not _ours_to_touch(config):
+            return removed  # the name is another home's now: its veths and rules are too
         owned = {lease["veth"] for lease in state["leases"].values()}
         for link in _links():
             name = link.get("ifname", "")
@@ -990,12 +1231,12 @@ def doctor(config: NetworkConfig | None = None) -> list[str]:
     if os.geteuid() != 0:
         problems.append("--net bridge needs root (CAP_NET_ADMIN) to create the bridge and veths")
     for tool in ("ip", "nsenter"):
-        if shutil.which(tool) is None:
+        if _installed(tool) is None:
             problems.append(f"`{tool}` is missing: apt-get install {_PACKAGE[tool]}")
-    if not (shutil.which("nft") or shutil.which("iptables")):
+    if not (_installed("nft") or _installed("iptables")):
         problems.append("neither `nft` nor `iptables` is installed: no NAT and no published "
                         "ports; apt-get install nftables")
-    if shutil.which("ip") is None:
+    if _installed("ip") is None:
         return problems
     routes = _routes()
     if not any(route.get("dst") == "default" for route in routes):

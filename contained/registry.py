@@ -16,6 +16,23 @@ The registries.conf makes 127.0.0.1:PORT a plain-HTTP mirror of docker.io and bl
 itself: with a mirror alone, a missing image falls back to the real docker.io, which offline
 means a DNS query leaving the machine and an error about registry-1.docker.io.
 
+Every local user can reach 127.0.0.1, and this registry is the only docker.io there is: whoever
+can push to it chooses what root runs as ``busybox``. So it is served **read-only** (storage
+maintenance ``readonly``, deletes disabled: pushes and deletes get 405), and it is seeded before
+it serves, by a writable registry that nobody else can reach: one started in a network namespace
+of its own, whose loopback is private (as a user who is not root, in a user namespace too)::
+
+    unshare --net sh -c 'ip link set lo up; docker-registry serve seed.yml & skopeo copy ...'
+
+Read-only rather than passwords (htpasswd): the tutorial's command stays as it is (reads need no
+credentials), there is no secret to store or leak over plain HTTP, and nothing, not even a
+stolen password, can write to it. The owner publishes new images by restarting it
+(``contained registry stop; contained registry start`` seeds it from the store again).
+
+Another user may also hold the port first and answer ``GET /v2/``; the registry counts as ours,
+and registries.conf is written, only when its process holds the listening socket itself
+(``ss -ltnp 'sport = :PORT'``).
+
 The server runs detached (its own session) and outlives the command that started it; its pid
 and port are in ``$HOME/registry/state.json``. A state file whose process is gone, or is not our
 registry any more (pid reuse), is stale and is removed.
@@ -24,14 +41,17 @@ registry any more (pid reuse), is stale and is removed.
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
+import struct
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contained import procfs, skopeo
+from contained import isolated, procfs, skopeo
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
 from contained.store import Store
@@ -42,6 +62,8 @@ DEFAULT_PORT = 5000
 READY_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 POLL_INTERVAL = 0.01
+SEED_TIMEOUT = 300
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp (include/net/tcp_states.h)
 
 
 class RegistryMissing(ContainedError):
@@ -97,19 +119,21 @@ def start(home: Path | None = None, port: int | None = None, *, seed: bool = Tru
         return running
     directory = registry_dir(ensure_home(home))
     directory.mkdir(mode=0o700, exist_ok=True)
+    directory.chmod(0o700)
+    if seed:
+        seed_privately(home, directory / "data")
     port = _choose_port(port)
     state = RegistryState(0, port, str(directory), time.time())
+    state.registries_conf.unlink(missing_ok=True)  # until our registry holds the port
     state.config.write_text(registry_config(port, directory / "data"))
-    state.registries_conf.write_text(registries_conf(port))
     state = _launch(state)
     try:
         _wait_ready(state)
-        if seed:
-            seed_from_store(state, Store(home))
     except BaseException:
         _terminate(state.pid)
         _state_file(directory).unlink(missing_ok=True)
         raise
+    state.registries_conf.write_text(registries_conf(port))
     return state
 
 
@@ -136,6 +160,47 @@ def stop(home: Path | None = None) -> RegistryState | None:
         _terminate(state.pid)
         _state_file(registry_dir(home)).unlink(missing_ok=True)
     return state
+
+
+def seed_privately(home: Path, data: Path) -> None:
+    """Fill `data` with the store's tagged images, through a writable registry in a network
+    namespace of its own (`seed_main` in an isolated Python, under unshare)."""
+    shutil.rmtree(data, ignore_errors=True)  # serve exactly the store, nothing from before
+    data.mkdir(mode=0o700)
+    # A user namespace lets a user who is not root make the network namespace; it maps that
+    # user to root, so the files written still belong to the user outside.
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    argv = ["unshare", "--net", *user, "--",
+            *isolated.python_argv("contained.registry", "seed_main"), str(home), str(data)]
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=SEED_TIMEOUT, cwd="/")
+    except FileNotFoundError:
+        raise RegistryStartFailed("cannot seed the registry: `unshare` (util-linux) is missing; "
+                                  "install util-linux") from None
+    except subprocess.TimeoutExpired:
+        raise RegistryStartFailed(f"seeding the registry took over {SEED_TIMEOUT} s; see "
+                                  f"{data.parent / 'seeding' / 'registry.log'}") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RegistryStartFailed(f"cannot seed the registry: {last}")
+
+
+def _seed_here(home: Path, data: Path) -> None:
+    """Inside the private network namespace: start a writable registry on its loopback, push
+    the store's images, stop it."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    directory = data.parent / "seeding"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    state = RegistryState(0, DEFAULT_PORT, str(directory), time.time())
+    state.config.write_text(registry_config(DEFAULT_PORT, data, writable=True))
+    state = _launch(state)
+    try:
+        _wait_ready(state)
+        seed_from_store(state, Store(home))
+    finally:
+        _terminate(state.pid)
+        _state_file(directory).unlink(missing_ok=True)
 
 
 def seed_from_store(state: RegistryState, store: Store) -> list[str]:
@@ -165,11 +230,14 @@ def usage(state: RegistryState) -> str:
         f"  skopeo --registries-conf {conf} copy docker://busybox:latest oci:busybox:latest",
         f"  contained pull busybox --registries-conf {conf}",
         f"  contained pull {state.address}/library/busybox",
+        "it is read-only (other users reach 127.0.0.1 too); to serve images added to the store "
+        "since: contained registry stop; contained registry start",
     ])
 
 
-def registry_config(port: int, storage: Path) -> str:
-    """docker-registry's config: loopback only, storage in our home, no auth."""
+def registry_config(port: int, storage: Path, *, writable: bool = False) -> str:
+    """docker-registry's config: loopback only, storage in our home, never deletes; read-only
+    unless `writable` (only the seeding registry, which nobody else can reach)."""
     return "\n".join([
         "# Written by `contained registry start`.",
         "version: 0.1",
@@ -181,7 +249,10 @@ def registry_config(port: int, storage: Path) -> str:
         "  filesystem:",
         f"    rootdirectory: {json.dumps(str(storage))}",
         "  delete:",
-        "    enabled: true",
+        "    enabled: false",
+        "  maintenance:",
+        "    readonly:",
+        f"      enabled: {json.dumps(not writable)}",
         "http:",
         f"  addr: {HOST}:{port}",
         "",
@@ -262,8 +333,11 @@ def _wait_ready(state: RegistryState) -> None:
         if not _process_alive(state.pid):
             raise RegistryStartFailed(f"the registry on {state.address} exited at start: "
                                       f"{_last_line(state.log)}; see {state.log}")
-        if _answers(state.port):
+        if _answers(state.port) and _holds_port(state.pid, state.port):
             return
+        if _listening_sockets(state.port) - _sockets_of(state.pid):
+            raise RegistryStartFailed(f"another program holds {state.address}: not our "
+                                      "registry, never use it; start again to get a free port")
         time.sleep(POLL_INTERVAL)
     raise RegistryStartFailed(f"the registry on {state.address} did not answer GET /v2/ within "
                               f"{READY_TIMEOUT:.0f} s; see {state.log}")
@@ -290,7 +364,43 @@ def _is_our_registry(state: RegistryState) -> bool:
     except OSError:
         return False
     return str(state.config).encode() in argv and any(
-        os.path.basename(arg) == REGISTRY_BINARY.encode() for arg in argv)
+        os.path.basename(arg) == REGISTRY_BINARY.encode() for arg in argv) and \
+        _holds_port(state.pid, state.port)
+
+
+def _listening_sockets(port: int) -> set[str]:
+    """Socket inodes listening on 127.0.0.1:`port` or 0.0.0.0:`port` (/proc/net/tcp)."""
+    addresses = {f"{_hex_address(address)}:{port:04X}" for address in (HOST, "0.0.0.0")}
+    try:
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        return set()
+    return {row[9] for row in rows if row[1] in addresses and row[3] == TCP_LISTEN}
+
+
+def _hex_address(address: str) -> str:
+    # /proc/net/tcp prints the address as the kernel's 32-bit word, in this machine's order.
+    return f"{struct.unpack('=I', socket.inet_aton(address))[0]:08X}"
+
+
+def _sockets_of(pid: int) -> set[str]:
+    found = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                found.add(link[len("socket:["):-1])
+    except OSError:
+        pass  # gone, or a fd closed while we looked
+    return found
+
+
+def _holds_port(pid: int, port: int) -> bool:
+    """`pid` listens on 127.0.0.1:`port`, and nothing else does."""
+    listening = _listening_sockets(port)
+    return bool(listening) and listening <= _sockets_of(pid)
+
 
 
 def _process_alive(pid: int) -> bool:
@@ -327,3 +437,13 @@ def _last_line(path: Path) -> str:
     except OSError:
         return "no log"
     return lines[-1].strip()[:200] if lines else "no output"
+
+
+def seed_main(argv: list[str]) -> int:
+    """The seeding helper's entry point: ``HOME DATA``, run by `seed_privately` only."""
+    try:
+        _seed_here(Path(argv[0]), Path(argv[1]))
+    except ContainedError as error:
+        print(f"contained: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -7,16 +7,36 @@ the new mount namespace::
 
     mount --make-rprivate /
     mount -t overlay overlay -o lowerdir=...,upperdir=upper,workdir=work root
+    mount -o remount,bind,nodev root
     mount -t proc -o nosuid,nodev,noexec proc root/proc
     mount -t sysfs -o ro,nosuid,nodev,noexec sysfs root/sys
-    mount -t tmpfs -o nosuid,mode=755,size=65536k tmpfs root/dev
+    mount -t tmpfs -o nosuid,nodev,mode=755,size=65536k tmpfs root/dev
     touch root/dev/null && mount --bind /dev/null root/dev/null     # and zero, full, ...
+    mount --rbind HOST root/DEST && mount -o remount,bind,nodev root/DEST   # a volume (*)
     cd root && pivot_root . . && umount -l .
 
 Every path inside the root is resolved with `contained.safepath`, as if the root were "/": an
-image whose /proc or /etc/hosts is a symlink to a host path cannot make us mount or write there.
+image whose /dev, /proc or /etc/hosts is a symlink to a host path cannot make us mount, link or
+write there. Volume destinations may not resolve to /, nor into /proc, /sys or /dev.
+
+Devices. Container root keeps CAP_MKNOD (Docker's default), so it can make a node for any
+device — the host's disks included. Two layers stop it from opening one: every writable mount
+in the container is ``nodev`` (the overlay root, /dev's tmpfs, /dev/shm, volumes with every
+mount below them), so a node made anywhere it can write does not open; only the standard
+device files bound from the host, and devpts (its pseudo-terminals), are not. That works on
+cgroup v1 and v2 and rootless alike. On cgroup v1 the devices controller adds runc's list on
+top (`contained.cgroups`); on pure v2 runc and crun load a BPF device program instead, which we
+do not assemble by hand: there ``nodev`` is the rule.
+
+Read-only volumes are read-only all the way down: a remount ignores MS_REC, so nested mounts
+would stay writable. (*) mount_setattr(2) with AT_RECURSIVE (Linux 5.12, runc's ``rro``) sets
+MOUNT_ATTR_RDONLY and MOUNT_ATTR_NODEV on the whole tree at once; Debian 12's mount(8) has no
+option for that ("it's impossible to change mount options recursively"), so --explain shows
+the remount and says the rest. Without mount_setattr a read-only volume holding other mounts
+is refused.
 """
 
+import errno
 import os
 import shlex
 from dataclasses import dataclass, field
@@ -90,6 +110,9 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
     root = spec.root
     steps = [] if staged else [_private_step()]
     steps.append(mount_overlay_step(spec.lowers, spec.upper, spec.work, root, fuse=spec.fuse))
+    steps.append(Step(f"mount -o remount,bind,nodev {root}",
+                      "a device node made in the container's files does not open",
+                      lambda: _remount_nodev(str(root))))
     if staged:
         steps += [_move_step(staged, root, path) for path in STAGED]
     else:
@@ -132,7 +155,31 @@ def _move_step(staging: Path, root: Path, path: str) -> Step:
 
 
 def _inside(root: Path, path: str) -> Path:
-    return safepath.mkdirs_in_root(root, path)
+    """`path` made and resolved inside `root`; only /proc and /sys themselves may resolve into
+    /proc or /sys (an image's ``dev -> /proc/x`` would have us mount over the kernel's files)."""
+    target = safepath.mkdirs_in_root(root, path)
+    if path not in ("/proc", "/sys") and _under(_in_root(root, target), ("/proc", "/sys")):
+        raise safepath.UnsafePath(f"{path} in the image leads to {_in_root(root, target)}:"
+                                  " the runtime mounts nothing there; fix the image's link")
+    return target
+
+
+def _in_root(root: Path, target: Path) -> str:
+    """`target`'s path as the container sees it (`target` is inside `root`)."""
+    return "/" + str(Path(target).relative_to(root)).removeprefix(".")
+
+
+def _under(path: str, tops: tuple[str, ...]) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in tops)
+
+
+def _remount_nodev(target: str, extra: int = 0) -> None:
+    """Add nodev (and `extra`) to the mount at `target` only. A bind remount sets exactly the
+    flags it is given, so the ones the mount has are kept (in a user namespace, dropping a
+    locked one fails); atime flags are kept by the kernel when none is given."""
+    keep = os.statvfs(target).f_flag & (os.ST_RDONLY | os.ST_NOSUID | os.ST_NODEV
+                                        | os.ST_NOEXEC)  # the same bits as MS_*
+    syscalls.mount("none", target, None, MS_BIND | MS_REMOUNT | MS_NODEV | keep | extra)
 
 
 def _mount_step(shell: str, why: str, root: Path, path: str, source: str, fstype: str | None,
@@ -184,9 +231,10 @@ def _make_readonly(root: Path, path: str) -> None:
 
 
 def _dev_steps(root: Path) -> list[Step]:
-    steps = [_mount_step(f"mount -t tmpfs -o nosuid,mode=755,size=65536k tmpfs {root}/dev",
-                         "a fresh /dev instead of the image's (empty) one or the host's",
-                         root, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_STRICTATIME,
+    steps = [_mount_step(f"mount -t tmpfs -o nosuid,nodev,mode=755,size=65536k tmpfs {root}/dev",
+                         "a fresh /dev instead of the image's (empty) one or the host's; nodev: "
+                         "only the devices bound in below open",
+                         root, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME,
                          "mode=755,size=65536k")]
     names = " ".join(DEVICES)
     steps += [
@@ -212,11 +260,12 @@ def _bind_device(root: Path, name: str) -> None:
 
 
 def _dev_links(root: Path) -> None:
-    dev = root / "dev"  # a tmpfs we just mounted: no symlinks from the image in it
+    # /dev is our tmpfs, but where it is mounted depends on the image (its /dev may be a
+    # symlink): resolved inside the root, like the mount was, never as root / "dev".
     links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
              "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
     for name, target in links.items():
-        os.symlink(target, dev / name)
+        safepath.symlink_in_root(root, f"/dev/{name}", target)
 
 
 def _etc_steps(spec: RootfsSpec) -> list[Step]:
@@ -243,6 +292,14 @@ def _printf_literal(data: bytes) -> str:
     return shlex.quote(text.replace("\n", "\\n").replace("\t", "\\t"))
 
 
+#: where a volume may not land, once the image's symlinks are followed (runc refuses /proc)
+FORBIDDEN_VOLUME_PARENTS = ("/proc", "/sys", "/dev")
+
+
+class ReadOnlyNotRecursive(safepath.UnsafePath):
+    """A read-only volume holds other mounts and this kernel cannot make them read-only."""
+
+
 def _volume_step(root: Path, volume: Volume) -> Step:
     def run():
         host = Path(volume.host)
@@ -252,14 +309,42 @@ def _volume_step(root: Path, volume: Volume) -> Step:
             target = safepath.resolve_in_root(root, volume.container)
             if not target.exists():
                 target = safepath.write_in_root(root, volume.container, b"")
+        inside = _in_root(root, target)
+        if inside == "/" or _under(inside, FORBIDDEN_VOLUME_PARENTS):
+            raise safepath.UnsafePath(f"volume destination {volume.container} leads to {inside}"
+                                      " in the image: choose another destination")
         syscalls.mount(str(host), str(target), None, MS_BIND | MS_REC)
-        if volume.readonly:
-            syscalls.mount(str(host), str(target), None,
-                           MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
+        _restrict_volume(str(target), volume)
 
-    ro = " -o ro" if volume.readonly else ""
-    return Step(f"mount --bind{ro} {volume.host} {root}{volume.container}",
-                "a host directory shared with the container", run)
+    ro = "ro," if volume.readonly else ""
+    return Step(f"mount --rbind {volume.host} {root}{volume.container} && mount -o "
+                f"remount,bind,{ro}nodev {root}{volume.container}",
+                f"a host directory shared with the container; {ro}nodev for every mount in it "
+                "too (mount_setattr with AT_RECURSIVE)", run)
+
+
+def _restrict_volume(target: str, volume: Volume) -> None:
+    """nodev, and ro if asked, on the volume and every mount below it (mount_setattr), or on
+    the volume alone where the kernel lacks it — an error if ro would then not hold."""
+    attrs = syscalls.MOUNT_ATTR_NODEV | (syscalls.MOUNT_ATTR_RDONLY if volume.readonly else 0)
+    try:
+        syscalls.mount_setattr(target, attrs, recursive=True)
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter's answer
+            raise
+    if volume.readonly and _mounts_below(target):
+        raise ReadOnlyNotRecursive(
+            f"cannot make the read-only volume {volume.host} read-only all the way down: it "
+            "holds other mounts and this kernel lacks mount_setattr (Linux 5.12); mount a "
+            "directory without mounts inside, or drop :ro")
+    _remount_nodev(target, MS_RDONLY if volume.readonly else 0)
+
+
+def _mounts_below(target: str) -> bool:
+    prefix = target.rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4].startswith(prefix) for line in mounts)
 
 
 def plan_switch_root(root: Path, chroot: bool) -> list[Step]:

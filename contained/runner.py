@@ -52,6 +52,7 @@ from contained import (
     process,
     procfs,
     rootfs,
+    seccomp,
     state,
     syscalls,
     wire,
@@ -92,6 +93,7 @@ def serve(control: socket.socket) -> None:
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
+    _prepare_seccomp()
     for _ in range(SPARES):
         _send_spare(control)
     while True:
@@ -110,6 +112,15 @@ def serve(control: socket.socket) -> None:
             os._exit(handle(request, fds))
         for fd in fds:
             os.close(fd)
+
+
+def _prepare_seccomp() -> None:
+    """Build and compile Docker's default seccomp filter once, before anything is forked:
+    every container's PID 1 inherits it and only loads it (a millisecond, not twenty)."""
+    try:
+        seccomp.default_filter()
+    except ContainedError:
+        pass  # no seccomp here: the container that needs it says so, in its own words
 
 
 def _send_spare(control: socket.socket) -> None:
@@ -163,12 +174,15 @@ def _spare(sock: socket.socket) -> int:
 
 def suits_spare(request: dict) -> bool:
     """A spare fits a plain throwaway run: not explained (its steps must show in order, in
-    place), with --net none, and rootless exactly when this runner is."""
+    place), with --net none, and rootless exactly when this runner is (and then without
+    limits: a rootless spare makes no cgroup)."""
     if request.get("op") != "run" or request.get("explain"):
         return False
     spec = json.loads(request["spec"])
+    limited = any(spec.get(key) is not None for key in ("memory", "cpus", "pids_limit"))
     # A spare's PID 1 has made its network namespace already: only --net none fits.
-    return spec.get("net") == "none" and bool(spec.get("rootless")) == (os.geteuid() != 0)
+    return spec.get("net") == "none" and bool(spec.get("rootless")) == (os.geteuid() != 0) \
+        and not (spec.get("rootless") and limited)
 
 
 def _normal_priority() -> None:
@@ -194,7 +208,8 @@ class Prepared:
     @classmethod
     def make(cls, requests: socket.socket) -> "Prepared":
         if os.geteuid() == 0:
-            group, steps = cgroups.Cgroup.plan(spare_cgroup_name(), cgroups.Limits())
+            group, steps = cgroups.Cgroup.plan(spare_cgroup_name(), cgroups.Limits(),
+                                               extra_devices=device_rules(rootless=False))
             run_steps(steps)
         else:
             group = NoCgroup()
@@ -208,6 +223,7 @@ class Prepared:
 
             def spare_pid_one():
                 link.close()
+                init.close_fds_except((requests.fileno(), link_init.fileno()))
                 _wait_as_pid_one(staging, skeleton, requests, link_init, group)
 
             pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
@@ -308,8 +324,8 @@ def _wait_as_pid_one(staging: Path, skeleton: Path, requests: socket.socket,
     # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target, inheritable=True)
-        os.close(fd)
-    os.close(explain_fd)
+    # Nothing else of the host's (see `contained.init` for what PID 1 keeps, and why).
+    init.close_fds_except((link.fileno(), reply_fd))
     report = CallerReport(socket.socket(fileno=reply_fd), link, host_pid, spec.memory)
     try:
         limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
@@ -392,6 +408,7 @@ def _explainer(fd: int):
             os.write(fd, f"+ {line}\n".encode())
         except OSError:
             pass
+    explain.fd = fd  # PID 1 keeps it (`_start_init`)
     return explain
 
 
@@ -418,8 +435,16 @@ def host_steps(spec: ContainerSpec, with_cgroup: bool = True):
         # Without root, cgroups are only usable where they were delegated to us; a container
         # without limits does not need one.
         return NoCgroup(), steps
-    group, cgroup_steps = cgroups.Cgroup.plan(spec.id, limits)
+    group, cgroup_steps = cgroups.Cgroup.plan(spec.id, limits,
+                                              extra_devices=device_rules(spec.rootless))
     return group, steps + cgroup_steps
+
+
+def device_rules(rootless: bool) -> tuple[str, ...]:
+    """Devices a container's cgroup allows beyond the standard ones: fuse-overlayfs, which
+    serves the root from inside the group, opens /dev/fuse (container root still cannot:
+    every mount it can make a node on is nodev)."""
+    return (cgroups.FUSE_DEVICE,) if overlay.use_fuse(rootless) else ()
 
 
 class NoCgroup:
@@ -517,7 +542,8 @@ def namespace_steps(spec: ContainerSpec, announce_netns=None, wait_for_cgroup=No
         "unshare --cgroup", "after joining its cgroup: the container sees that cgroup as /",
         lambda: (wait_for_cgroup and wait_for_cgroup(),
                  syscalls.unshare(syscalls.CLONE_NEWCGROUP))))
-    steps.append(init.confine_step())
+    # Last, in this order: keyctl is among the calls the filter refuses.
+    steps += [init.keyring_step(), init.confine_step(), seccomp.step(spec.seccomp)]
     return steps
 
 
@@ -595,7 +621,7 @@ def run_container(spec: ContainerSpec, reply: socket.socket, explain,
                       cgroup=getattr(group, "name", None))
     try:
         run_steps(steps, explain)
-        init_pid, status_pipe = _start_init(spec, group, explain)
+        init_pid, status_pipe = _start_init(spec, group, explain, reply=reply)
         state.write_state(spec, init_pid=init_pid, init_start_time=procfs.start_time(init_pid))
         wire.send_message(reply, event="started", init_pid=init_pid)
         status = _wait_for_status(init_pid, status_pipe, reply)
@@ -653,10 +679,12 @@ def _wait_for_status(init_pid: int, status_pipe: int, reply: socket.socket) -> i
         os.close(status_pipe)
 
 
-def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
+def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False,
+                reply: socket.socket | None = None):
     """Fork PID 1 of a new PID namespace and wait until the command is running (or failed).
 
-    Returns PID 1's pid and the pipe on which it will report the command's exit status.
+    Returns PID 1's pid and the pipe on which it will report the command's exit status. With
+    ``spec.tty``, PID 1 passes the pty's master to the caller on `reply` itself.
     """
     ready_read, ready_write = os.pipe()
     go_read, go_write = os.pipe()
@@ -664,9 +692,11 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False):
         run_steps([user_namespace_step()], explain)
 
     def pid_one():
-        os.close(ready_read)
-        os.close(go_write)
-        _init(spec, RunnerReport(ready_write), explain, persistent, go_read=go_read)
+        terminal = reply if spec.tty and not persistent else None
+        # Nothing else of the host's (see `contained.init` for what PID 1 keeps, and why).
+        init.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
+                               terminal and terminal.fileno()))
+        _init(spec, RunnerReport(ready_write, terminal), explain, persistent, go_read=go_read)
 
     pid = _fork_pid_one(spec.rootless, pid_one)
     os.close(ready_write)
@@ -701,6 +731,7 @@ def _fork_pid_one(rootless: bool, pid_one) -> int:
     pid = os.fork()
     if pid == 0:
         try:
+            init.seal()  # non-dumpable, its own session: before any container process exists
             os.close(host_pidns)
             pid_one()  # never returns, unless it fails outside its own error handling
         finally:
@@ -793,8 +824,8 @@ def _init(spec: ContainerSpec, report, explain, persistent: bool, go_read: int |
             init.serve_exec(listener)  # never returns
         if explain:
             explain(exec_step(spec.args, spec.env, spec.user).shell)
-        child = init.spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
-                                   new_session=False)
+        child = _spawn(spec, report)
+        init.null_stdio()  # the command has them: PID 1 holds none of the caller's pipes
         report.ready()
     except CommandFailed as error:
         try:
@@ -813,12 +844,34 @@ def _init(spec: ContainerSpec, report, explain, persistent: bool, go_read: int |
         os._exit(status)
 
 
+def _spawn(spec: ContainerSpec, report):
+    """The command, on PID 1's stdio; with -t on a new pty whose master goes to the caller."""
+    if not spec.tty:
+        return init.spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
+                                  new_session=False)
+    master, slave = init.open_terminal(spec.tty_size)
+    try:
+        report.terminal(master)
+    finally:
+        os.close(master)
+    try:
+        return init.spawn_command(spec.args, spec.env, spec.working_dir, spec.user,
+                                  new_session=True, stdio=(slave,) * 3, terminal=True)
+    finally:
+        os.close(slave)
+
+
 class RunnerReport:
     """PID 1 reporting to the runner that forked it: lines on a pipe (`_finish_start`,
-    `_wait_for_status` read them); the runner tells the caller."""
+    `_wait_for_status` read them); the runner tells the caller. With -t, `reply` (the
+    caller's socket) takes the pty's master straight to the caller."""
 
-    def __init__(self, fd: int):
-        self.fd = fd
+    def __init__(self, fd: int, reply: socket.socket | None = None):
+        self.fd, self.reply = fd, reply
+
+    def terminal(self, master: int) -> None:
+        wire.send_message_with_fds(self.reply, [master], event="tty")
+        self.reply.close()  # the runner's copy stays; this one was only for the master
 
     def netns(self) -> None:
         os.write(self.fd, b"netns\n")
@@ -851,6 +904,9 @@ class CallerReport:
 
     def netns(self) -> None:
         pass  # a spare runs --net none only
+
+    def terminal(self, master: int) -> None:
+        wire.send_message_with_fds(self.reply, [master], event="tty")
 
     def ready(self) -> None:
         self.link.recv(1)  # the spare's runner has recorded the container ("r")

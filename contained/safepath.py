@@ -282,6 +282,16 @@ def write_in_root(root: Path, path: str, data: bytes, mode: int = 0o644) -> Path
 
 def mkdirs_in_root(root: Path, path: str, mode: int = 0o755) -> Path:
     """``mkdir -p`` of `path` inside `root`, following symlinks inside the root only."""
+    try:
+        return _mkdirs_in_root(root, path, mode)
+    except OSError as err:
+        # e.g. the image's symlink leads into /proc, where nothing can be made
+        raise UnsafePath(f"cannot make the directory {path} in {root} ({err.strerror}):"
+                         " the image's entries on that path are unusable; fix or remove them"
+                         ) from None
+
+
+def _mkdirs_in_root(root: Path, path: str, mode: int) -> Path:
     root_fd = open_root(root)
     try:
         resolved = _walk_or_raise(root_fd, root, path, create_parents=True, dir_mode=mode)
@@ -295,6 +305,28 @@ def mkdirs_in_root(root: Path, path: str, mode: int = 0o755) -> Path:
                     if not stat.S_ISDIR(st.st_mode):
                         raise UnsafePath(f"{path} in {root} exists and is not a directory:"
                                          " choose another path") from None
+            return resolved.host_path(root)
+        finally:
+            resolved.close()
+    finally:
+        os.close(root_fd)
+
+
+def symlink_in_root(root: Path, path: str, target: str) -> Path:
+    """``ln -s TARGET PATH`` inside `root` (parents created), made relative to the resolved
+    parent's fd: a parent that is a symlink out of the root is followed inside it. An existing
+    entry of that name is an error (the caller makes links in a directory it just created)."""
+    root_fd = open_root(root)
+    try:
+        resolved = _walk_or_raise(root_fd, root, path, follow_last=False, create_parents=True)
+        try:
+            if resolved.name == ".":
+                raise UnsafePath(f"cannot make the link {path} in {root}: it names a directory")
+            try:
+                os.symlink(target, resolved.name, dir_fd=resolved.parent_fd)
+            except OSError as err:
+                raise UnsafePath(f"cannot make the link {path} in {root} ({err.strerror}):"
+                                 " remove what the image has there") from None
             return resolved.host_path(root)
         finally:
             resolved.close()

@@ -34,6 +34,9 @@ class ContainerSpec:
     persistent: bool = False         # named: an init keeps the namespaces for later exec
     rootless: bool = False           # started without root: a user namespace maps us to root
     remove: bool = True              # throwaway: everything goes when the command ends
+    seccomp: str = "default"         # "default", "unconfined", or a profile's JSON text
+    tty: bool = False                # -t: a new pty from the container's own devpts
+    tty_size: list[int] | None = None  # -t: the caller's terminal's [rows, columns]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -21,7 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from contained import home, procfs
+from contained.errors import ContainedError
 from contained.spec import ContainerSpec
+
+
+class StateNotWritten(ContainedError):
+    """A container's record could not be written (a full disk, a read-only home...)."""
 
 
 def containers_dir() -> Path:
@@ -41,8 +46,14 @@ def owner() -> dict:
 def write_state(spec: ContainerSpec, **values) -> None:
     """Record `spec` with `values` (owner, runner, init_pid, ...) on top of what was recorded."""
     path = Path(spec.directory) / "state.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _update(path, {"spec": asdict(spec)} | values)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _update(path, {"spec": asdict(spec)} | values)
+    except OSError as error:
+        raise StateNotWritten(
+            f"cannot record container {spec.name} in {path.parent.parent} ({error.strerror}): "
+            f"free space there (`df -h {path.parent.parent}`, `contained gc`, `contained rmi`) "
+            "or set CONTAINED_HOME to another filesystem") from None
 
 
 def read(container_id: str) -> dict | None:
@@ -60,5 +71,9 @@ def _update(path: Path, values: dict) -> None:
         data = {}
     data.update(values)
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(data))
-    temporary.replace(path)  # never half a file, whoever reads it meanwhile
+    try:
+        temporary.write_text(json.dumps(data))
+        temporary.replace(path)  # never half a file, whoever reads it meanwhile
+    except OSError:
+        temporary.unlink(missing_ok=True)  # half written (a full disk): never read
+        raise

@@ -186,12 +186,26 @@ class Store:
     # -- reading ---------------------------------------------------------------------------
 
     def images(self) -> list[Image]:
-        """Every tagged image, sorted by name."""
+        """Every tagged image that reads whole, sorted by name (`survey` names the others)."""
+        return self.survey()[0]
+
+    def survey(self) -> tuple[list[Image], dict[str, str]]:
+        """Every tagged image sorted by name, and the broken ones: name → why, in one line.
+
+        One damaged image (a blob deleted, an entry pointing at a missing manifest) must not
+        hide the others: `contained images` lists it as broken next to them.
+        """
+        images, broken = [], {}
         with self.lock(shared=True):
-            entries = self._entries()
-            images = [read_image(self.layout, oci.Descriptor.from_json(e), _name_of(e))
-                      for e in entries if _name_of(e)]
-        return sorted(images, key=lambda image: image.name)
+            for entry in self._entries():
+                name = _name_of(entry)
+                if not name:
+                    continue
+                try:
+                    images.append(read_image(self.layout, oci.Descriptor.from_json(entry), name))
+                except ContainedError as error:
+                    broken[name] = str(error)
+        return sorted(images, key=lambda image: image.name), dict(sorted(broken.items()))
 
     def image(self, ref: str) -> Image:
         """The image `ref` names (busybox, busybox:latest, busybox@sha256:…).
@@ -299,6 +313,11 @@ class Store:
         ``docker import``. The tarball is read into memory."""
         tarball = Path(tarball)
         parse_reference(name)
+        if tarball.is_dir():
+            layout = (f" (an OCI layout: copy it in with `contained pull oci:{tarball}`)"
+                      if (tarball / "index.json").exists() else "")
+            raise SourceNotFound(f"cannot import {tarball}: it is a directory{layout}; import "
+                                 f"takes a rootfs tarball (tar -C rootfs -cf rootfs.tar .)")
         if not tarball.is_file():
             raise SourceNotFound(f"cannot import {tarball}: no such file; give a rootfs tarball "
                                  f"(tar -C rootfs -cf rootfs.tar .)")
@@ -484,6 +503,12 @@ def read_index(layout: Path) -> dict:
         raise InvalidImage(f"{path} is not valid JSON ({err}); the layout is corrupt") from None
     if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
         raise InvalidImage(f"{path} is not an OCI image index; the layout is corrupt")
+    for entry in index.get("manifests", []):
+        annotations = (entry.get("annotations") or {}) if isinstance(entry, dict) else None
+        if not isinstance(annotations, dict) or not isinstance(annotations.get(REF_NAME, ""),
+                                                               str):
+            raise InvalidImage(f"{path} lists {json.dumps(entry)[:40]} as an image, which is not "
+                               "a descriptor; the layout is corrupt")
     index.setdefault("manifests", [])
     return index
 

@@ -38,8 +38,17 @@ MS_SLAVE = 1 << 19
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
+# <linux/mount.h>, mount_setattr(2) (Linux 5.12): change a whole mount tree's flags at once
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+
 # <sys/prctl.h>
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -53,6 +62,8 @@ _SYSCALL_NUMBERS = {
     "capset": (126, 91),
     "capget": (125, 90),
     "setns": (308, 268),
+    "mount_setattr": (442, 442),
+    "keyctl": (250, 219),
 }
 _ARCH_INDEX = 0 if platform.machine() in ("x86_64", "amd64") else 1
 
@@ -90,6 +101,36 @@ def mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
 def umount(target: str, flags: int = 0) -> None:
     """umount2(2); MNT_DETACH for a lazy unmount."""
     _check(_libc.umount2(str(target).encode(), ctypes.c_int(flags)), f"umount {target}")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(target: str, attr_set: int, recursive: bool = True) -> None:
+    """mount_setattr(2): add MOUNT_ATTR_* flags to the mount at `target` and, `recursive`,
+    to every mount below it (what a remount cannot do: it ignores MS_REC). Other flags stay.
+    Kernels before 5.12 raise OSError with ENOSYS."""
+    attr = _MountAttr(attr_set, 0, 0, 0)
+    flags = AT_RECURSIVE if recursive else 0
+    result = _libc.syscall(_SYSCALL_NUMBERS["mount_setattr"][_ARCH_INDEX],
+                           ctypes.c_int(AT_FDCWD), str(target).encode(), ctypes.c_uint(flags),
+                           ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    _check(result, f"mount_setattr {target}")
+
+
+# <linux/keyctl.h>
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring() -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session keyring, as runc
+    gives each container; returns its serial. Keys the caller's session held are out of
+    reach from now on, and keys added to this one stay with this process and its children."""
+    result = _libc.syscall(_SYSCALL_NUMBERS["keyctl"][_ARCH_INDEX],
+                           ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_char_p(None))
+    return _check(result, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

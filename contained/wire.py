@@ -47,6 +47,23 @@ def receive_request(sock: socket.socket) -> tuple[dict, list[int]] | None:
     return json.loads(data), list(fds)
 
 
+def send_message_with_fds(sock: socket.socket, fds: list[int], **message) -> None:
+    """One JSON line carrying descriptors (SCM_RIGHTS): a ``-t`` command's pty master."""
+    sock.sendmsg([json.dumps(message).encode() + b"\n"],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))])
+
+
+def receive_messages(sock: socket.socket, size: int = 65536) -> tuple[bytes, list[int]]:
+    """What the socket holds (part of a line, or several), and any descriptors that came
+    with it; the caller takes them (they would be lost to a plain recv)."""
+    fds = array("i")
+    data, ancillary, _, _ = sock.recvmsg(size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 def send_message(sock: socket.socket | None, **message) -> None:
     """One JSON line; a caller that has gone away is not an error (it is cleaned up anyway)."""
     if sock is None:

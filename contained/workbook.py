@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import cgroups, doctor, namespaces
+from contained import cgroups, doctor, isolated, namespaces
 from contained.errors import ContainedError
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -47,6 +47,10 @@ class ShellCommandFailed(ContainedError):
 
 class NotebookFailed(ContainedError):
     """A notebook stopped with an error while the workbook was executed."""
+
+
+class NotALabDirectory(ContainedError):
+    """OUT_DIR exists and was not made by the workbook: it is not ours to clean."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +110,8 @@ def sh(command: str, *, check: bool = True, echo: bool = True, cwd: str | None =
 def contained(arguments: str, *, check: bool = True) -> None:
     """Run the ``contained`` command line (this Python's), shown as ``$ contained ...``."""
     print(f"$ contained {arguments}", flush=True)
-    sh(f"{shlex.quote(sys.executable)} -m contained {arguments}", check=check, echo=False)
+    # Isolated: this kernel's directory, where containers write, must not be on its sys.path.
+    sh(f"{isolated.shell_words('contained.cli')} {arguments}", check=check, echo=False)
 
 
 def sh_output(command: str, *, check: bool = True) -> str:
@@ -205,7 +210,9 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __str__(self) -> str:
-        table = [self.headers] + [[str(c) for c in row] for row in self.rows]
+        from contained.cli import printable  # a file name from a layer may hold escapes
+
+        table = [self.headers] + [[printable(str(c)) for c in row] for row in self.rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(self.headers))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                          for row in table)
@@ -496,8 +503,7 @@ def execute_notebook(notebook: Path, out_dir: Path, *, timeout: int = DEFAULT_CE
     import nbformat
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-    out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = claim_out_dir(out_dir)
     target = out_dir / Path(notebook).name
     book = nbformat.read(notebook, as_version=4)
     client = nbclient.NotebookClient(book, timeout=timeout, kernel_name=kernel_name,
@@ -516,6 +522,37 @@ def execute_notebook(notebook: Path, out_dir: Path, *, timeout: int = DEFAULT_CE
         # A notebook stopped half-way may leave its overlay mounted: never leave it behind.
         unmount_all(out_dir, echo=False)
     return target
+
+
+#: The file the workbook leaves in each OUT_DIR it makes: its licence to unmount what is below.
+LAB_MARKER = ".contained-workbook"
+
+
+def claim_out_dir(out_dir: str | Path) -> Path:
+    """OUT_DIR, made by the workbook (``mkdir OUT_DIR; touch OUT_DIR/.contained-workbook``).
+
+    After each notebook the workbook unmounts everything below OUT_DIR (``umount -R``): a lab
+    stopped half-way may leave its overlay mounted. So OUT_DIR must be new, empty, or one the
+    workbook made before (it has the marker); any other directory, ``/`` above all, is refused.
+    """
+    path = Path(os.path.realpath(out_dir))  # what mounts_under() will compare with
+    marker = path / LAB_MARKER
+    if not path.exists():
+        path.mkdir(parents=True)
+    elif os.path.lexists(marker):
+        if not marker.is_symlink() and marker.is_file():
+            return path
+    elif path.is_dir() and not os.path.ismount(path) and not any(path.iterdir()):
+        pass  # a new, empty directory (mkdtemp): claim it
+    else:
+        raise NotALabDirectory(f"{path} was not made by the workbook (it has no {LAB_MARKER}) "
+                               "and the workbook unmounts everything under its OUT_DIR: give a "
+                               "new or empty directory")
+    if os.path.lexists(marker):
+        raise NotALabDirectory(f"{marker} is not a plain file: give a new or empty directory")
+    marker.write_text("made by `python -m contained.workbook`; everything below may be "
+                      "unmounted and replaced\n")
+    return path
 
 
 def _first_line(error: Exception) -> str:

@@ -82,6 +82,24 @@ def test_parse_cpus(text, expected):
     assert parse_cpus(text) == expected
 
 
+def test_memory_beyond_what_this_machine_could_use_is_refused_in_one_line():
+    for text in ("99999999999999999999999g", str(1 << 63), "9223372036854775807"):
+        with pytest.raises(BadLimit) as caught:
+            parse_memory(text)
+        assert "\n" not in str(caught.value)
+        assert "this machine has" in str(caught.value)
+
+
+def test_cpus_beyond_this_machines_are_refused_in_dockers_words():
+    count = os.cpu_count()
+    for text in (str(count + 1), "1000", "0", "-1"):
+        with pytest.raises(BadLimit) as caught:
+            parse_cpus(text)
+        assert str(caught.value) == (
+            f"invalid cpus {text!r}: the range of CPUs is from 0.01 to {count:.2f}, as there "
+            f"are only {count} CPUs available; e.g. use 0.5")
+
+
 def test_parse_cpus_accepts_every_cpu_of_this_machine():
     assert parse_cpus(str(os.cpu_count())) == os.cpu_count()
 
@@ -92,8 +110,9 @@ def test_parse_cpus_accepts_every_cpu_of_this_machine():
 def test_parse_cpus_rejects(text):
     with pytest.raises(BadLimit) as caught:
         parse_cpus(text)
-    assert str(caught.value).startswith(f"invalid cpus {text!r}: use a number from 0.01 to ")
-    assert "e.g. 0.5" in str(caught.value)
+    assert str(caught.value).startswith(f"invalid cpus {text!r}: the range of CPUs is from "
+                                        "0.01 to ")
+    assert "e.g. use 0.5" in str(caught.value)
 
 
 def test_parse_pids():
@@ -324,6 +343,10 @@ def test_steps_write_what_they_explain(make_group):
             assert Path(step.shell.split()[-1]).is_dir(), step.shell
             continue
         value, path = ECHO.match(step.shell).groups()
+        if path.endswith(("devices.deny", "devices.allow")):  # write-only: devices.list tells
+            rules = (Path(path).parent / "devices.list").read_text().splitlines()
+            assert (value in rules) if path.endswith("allow") else "a *:* rwm" not in rules
+            continue
         written = Path(path).read_text()
         if path.endswith("subtree_control"):
             assert set(value.split()) <= {"+" + name for name in written.split()}

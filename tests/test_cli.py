@@ -1,11 +1,14 @@
 """The `contained` command's image subcommands: output, one-line errors, exit statuses."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import needs_root
 
 from contained import cli
 
@@ -133,3 +136,167 @@ def test_human_size_uses_decimal_units_like_docker():
     assert cli.human_size(512) == "512B"
     assert cli.human_size(4_260_000) == "4.26MB"
     assert cli.human_size(1_037_006) == "1.04MB"
+
+
+TITLE_ESCAPE = "\x1b]0;pwned\x07"  # sets the terminal's window title
+
+
+def test_tables_print_control_characters_escaped():
+    table = cli.format_table([("A", "B"), (f"sh {TITLE_ESCAPE}\x1b[2K", "tab\there")])
+    assert not any(ord(c) < 32 and c != "\n" for c in table), repr(table)
+    assert "sh \\x1b]0;pwned\\x07\\x1b[2K" in table and "tab\\there" in table
+
+
+@needs_root
+def test_ps_shows_an_image_command_s_escapes_quoted(busybox_store, capsys):
+    name = "escapes"
+    status, _, err = run(capsys, "run", "-d", "--name", name, "busybox", "sh", "-c",
+                         f"sleep 30 # {TITLE_ESCAPE}")
+    assert status == 0, err
+    try:
+        status, out, _ = run(capsys, "ps", "--no-trunc")
+        assert status == 0
+        assert "\x1b" not in out and "\x07" not in out
+        assert "\\x1b]0;pwned\\x07" in out
+    finally:
+        run(capsys, "rm", "-f", name)
+
+
+# --- one line for each failure (issue 10), and what a shared machine needs to see ------------
+
+def test_import_of_a_directory_with_an_invalid_index_is_one_line(home, tmp_path, capsys):
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    for index in ("{not json", '{"schemaVersion":2,"manifests":[1]}',
+                  '{"schemaVersion":2,"manifests":[{"annotations":"x"},{}]}'):
+        (layout / "index.json").write_text(index)
+        for argv in (("import", str(layout), "x:1"), ("pull", f"oci:{layout}")):
+            status, out, err = run(capsys, *argv)
+            assert status == 125 and out == "", (argv, index)
+            assert err.startswith("contained: error: ") and err.count("\n") == 1, (argv, err)
+    status, _, err = run(capsys, "import", str(layout), "x:1")
+    assert "contained pull oci:" in err
+
+
+def _corrupt_images(home: Path) -> None:
+    """busybox stays whole; `broken:config` loses its config blob; `broken:manifest` points at
+    a manifest that is not there."""
+    import tarfile
+    from io import BytesIO
+
+    from contained import oci
+    from contained.store import Store
+
+    store = Store(home)
+    data = BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        member = tarfile.TarInfo("hello")
+        member.size = 2
+        tar.addfile(member, BytesIO(b"hi"))
+    broken = store.add_image([data.getvalue()], "broken:config")
+    oci.blob_path(store.layout, broken.config_digest).unlink()
+    index = json.loads((store.layout / "index.json").read_text())
+    index["manifests"].append({"mediaType": oci.MEDIA_TYPE_MANIFEST,
+                               "digest": "sha256:" + "0" * 64, "size": 100,
+                               "annotations": {"org.opencontainers.image.ref.name":
+                                               "docker.io/library/broken:manifest"}})
+    (store.layout / "index.json").write_text(json.dumps(index))
+
+
+def test_a_corrupt_image_is_listed_as_broken_and_the_others_normally(home, capsys):
+    run(capsys, "import", "busybox")
+    _corrupt_images(home)
+    status, out, err = run(capsys, "images")
+    assert status == 0, err
+    rows = {line.split()[0] + ":" + line.split()[1]: line for line in out.splitlines()[1:]}
+    assert set(rows) == {"busybox:latest", "broken:config", "broken:manifest"}
+    assert rows["busybox:latest"].endswith("MB")
+    assert "broken" in rows["broken:config"].split()[2:]
+    assert "broken" in rows["broken:manifest"].split()[2:]
+    assert err.count("\n") == 2 and "contained rmi" in err
+    assert run(capsys, "images", "-q")[1].split() == ["broken:config", "broken:manifest",
+                                                      "busybox:latest"]
+    assert run(capsys, "rmi", "broken:config", "broken:manifest")[0] == 0
+
+
+def test_an_empty_name_is_refused_in_one_line(home, capsys):
+    run(capsys, "import", "busybox")
+    for argv in (("run", "--dry-run", "--name", "", "busybox", "true"),
+                 ("run", "--rm", "--name", "", "busybox", "true")):
+        status, out, err = run(capsys, *argv)
+        assert status == 125 and out == ""
+        assert err.startswith("contained: error: empty container name") and err.count("\n") == 1
+
+
+def test_chroot_says_in_one_line_that_the_container_is_escapable(home, capsys):
+    run(capsys, "import", "busybox")
+    status, out, err = run(capsys, "run", "--dry-run", "--chroot", "busybox", "true")
+    assert status == 0 and "chroot" in out
+    assert err.count("\n") == 1 and err.startswith("contained: warning: --chroot")
+    assert "escap" in err and "pivot_root" in err
+    status, out, err = run(capsys, "run", "--dry-run", "busybox", "true")
+    assert err == ""
+
+
+def test_doctor_says_where_the_store_lives_and_how_full_it_is(home, capsys):
+    status, out, _ = run(capsys, "doctor")
+    (line,) = [line for line in out.splitlines() if "] image store:" in line]
+    assert str(home) in line and "% used" in line and "free" in line
+
+
+def test_ps_size_shows_each_containers_writable_layer_without_following_links(busybox_store,
+                                                                             capsys):
+    from conftest import IS_ROOT
+
+    if not IS_ROOT:
+        pytest.skip("needs root: runs a container")
+    name = "sized"
+    # 3 MB written, a symlink to the whole host and a hard link that must count once.
+    status, _, err = run(capsys, "run", "-d", "--name", name, "busybox", "sh", "-c",
+                         "head -c 3000000 /dev/urandom > /big; ln /big /big2; ln -s / /host; "
+                         "touch /done; sleep 30")
+    assert status == 0, err
+    try:
+        from contained import container
+
+        upper = Path(container.get(name).spec.directory) / "upper"
+        for _ in range(200):
+            if (upper / "done").exists():
+                break
+            time.sleep(0.05)
+        status, out, _ = run(capsys, "ps", "--size")
+        assert status == 0
+        header, row = out.splitlines()
+        assert header.split()[-1] == "SIZE" and "NAMES" in header
+        assert row.split()[-2] == name
+        assert row.split()[-1] in ("3MB", "3.01MB", "3.02MB"), row
+        status, out, _ = run(capsys, "ps")
+        assert "SIZE" not in out
+    finally:
+        run(capsys, "rm", "-f", name)
+
+
+def test_run_detached_on_a_full_home_is_one_line_and_status_125(tmp_path):
+    """A tiny tmpfs home, filled up, in a mount namespace of the test's own: the state file
+    cannot be written (ENOSPC)."""
+    from conftest import IS_ROOT
+
+    if not IS_ROOT:
+        pytest.skip("needs root: mounts a tmpfs")
+    full = tmp_path / "full"
+    full.mkdir()
+    script = (f"mount -t tmpfs -o size=12m tmpfs {full} && "
+              f"{VENV_CONTAINED} import busybox >/dev/null && "
+              # unpacks the layer, which a run would do first
+              f"{VENV_CONTAINED} run --dry-run busybox true >/dev/null && "
+              f"(head -c 100000000 /dev/zero > {full}/filler 2>/dev/null; true) && "
+              f"{VENV_CONTAINED} run -d --name X busybox sleep 30")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          env={**os.environ, "CONTAINED_HOME": str(full)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 125, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.startswith("contained: error: ") and done.stderr.count("\n") == 1, \
+        done.stderr
+    assert "No space left on device" in done.stderr or "no space" in done.stderr.lower()

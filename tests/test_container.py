@@ -5,6 +5,7 @@ CONTAINED_HOME, through the same runner helper process a notebook kernel uses.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -199,6 +200,86 @@ def test_pids_limit_makes_fork_fail(busybox_home, runner_process):
     assert "can't fork" in err or "Resource temporarily unavailable" in err
 
 
+def _host_pids_max(container_id: str) -> str:
+    """The container's pids.max as the host sees it (the container has no cgroupfs)."""
+    group = container.cgroup_of(container_id)
+    return (group._dir("pids") / "pids.max").read_text().strip()
+
+
+def _throwaway_pids_max(runner_process, **options) -> tuple[str, str]:
+    """(pids.max, the cgroup's name) of a running throwaway container."""
+    with open(os.devnull, "r+b") as null:
+        execution = container.start("busybox", ["sleep", "30"], stdin=null, stdout=null,
+                                    stderr=null, runner_=runner_process, **options)
+        try:
+            execution.wait_started()
+            deadline = time.monotonic() + 5
+            while container.cgroup_of(execution.spec.id) is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.01)  # the runner records the container just after it starts
+            recorded = container.state.read(execution.spec.id) or {}
+            return _host_pids_max(execution.spec.id), recorded.get("cgroup", "")
+        finally:
+            execution.kill()
+            execution.wait(settle=True)
+
+
+def test_a_default_container_may_run_at_most_2048_processes(busybox_home, runner_process):
+    # A spare (made before it knew its limits) and a cgroup made for the container both get it.
+    names = []
+    for _ in range(10):
+        limit, name = _throwaway_pids_max(runner_process)
+        assert limit == "2048"
+        names.append(name)
+        if name.startswith("spare-"):
+            break
+        time.sleep(0.3)  # give the runner time to hand a spare over
+    assert any(name.startswith("spare-") for name in names), names
+    created = container.create("busybox", name="pids-default", runner_=runner_process)
+    try:
+        assert _host_pids_max(created.id) == "2048"
+    finally:
+        container.remove(created.id, force=True)
+
+
+def test_pids_limit_minus_one_lifts_the_default(busybox_home, runner_process):
+    assert container.build_spec("busybox", ["true"], pids_limit=-1).pids_limit is None
+    assert _throwaway_pids_max(runner_process, pids_limit=-1)[0] == "max"
+    created = container.create("busybox", name="pids-unlimited", pids_limit="-1",
+                               runner_=runner_process)
+    try:
+        assert _host_pids_max(created.id) == "max"
+    finally:
+        container.remove(created.id, force=True)
+
+
+def test_explain_and_dry_run_show_the_default_pids_limit(busybox_home, runner_process):
+    spec = container.build_spec("busybox", ["true"])
+    assert any(step.startswith("echo 2048 > ") and step.split("  #")[0].endswith("/pids.max")
+               for step in container.dry_run(spec))
+    read, write = os.pipe()
+    try:
+        run_capture("busybox", ["true"], runner_process, explain=write)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as explained:
+        assert re.search(r"echo 2048 > \S+/pids\.max", explained.read())
+
+
+def test_rm_f_during_exec_ends_it_in_one_line_without_sending_to_gc(busybox_home,
+                                                                     runner_process):
+    created = container.create("busybox", name="removed-under-exec", runner_=runner_process)
+    with open(os.devnull, "r+b") as null:
+        execution = container.start_exec(created.name, ["sleep", "30"], stdin=null,
+                                         stdout=null, stderr=null)
+        execution.wait_started()
+        container.remove(created.name, force=True)
+        result = execution.wait()
+    assert result.status == 137
+    assert "gc" not in result.message and "\n" not in result.message
+    assert "removed-under-exec" in result.message
+
+
 def test_cpu_quota_throttles(busybox_home, runner_process):
     # A 1-second busy loop under a 0.2-CPU quota gets about 0.2 s of CPU time.
     result, out, _ = run_capture(
@@ -250,6 +331,21 @@ def test_bad_options_are_one_line_errors(busybox_home):
         with pytest.raises(container.ContainedError) as caught:
             container.build_spec("busybox", ["true"], **options)
         assert "\n" not in str(caught.value), options
+    with pytest.raises(container.ContainedError) as caught:
+        container.build_spec("no-such-image", ["true"])
+    assert "pull" in str(caught.value) or "import" in str(caught.value)
+
+
+def test_an_empty_name_and_absurd_limits_are_refused_in_one_line(busybox_home):
+    cases = [dict(name=""), dict(memory="99999999999999999999999g"),
+             dict(cpus=str(os.cpu_count() + 1)), dict(cpus="0"), dict(pids_limit=-2),
+             dict(pids_limit="-1.5"), dict(pids_limit=1 << 40)]
+    for options in cases:
+        with pytest.raises(container.ContainedError) as caught:
+            container.build_spec("busybox", ["true"], **options)
+        assert "\n" not in str(caught.value), options
+    with pytest.raises(container.BadOption, match="empty container name"):
+        container.build_spec("busybox", ["true"], name="")
     with pytest.raises(container.ContainedError) as caught:
         container.build_spec("no-such-image", ["true"])
     assert "pull" in str(caught.value) or "import" in str(caught.value)

@@ -5,6 +5,8 @@ import io
 import os
 import subprocess
 import tarfile
+import time
+from pathlib import Path
 
 from conftest import needs_root
 
@@ -47,6 +49,42 @@ def test_uts_command_shape_is_checked_before_running():
     assert "unshare" in exercises.check_uts_command("hostname lab").message
     feedback = exercises.check_uts_command("unshare --net sh -c 'hostname lab; hostname'")
     assert not feedback and "--uts" in feedback.message
+
+
+@needs_root
+def test_uts_command_right_answers():
+    for answer in ("unshare --uts sh -c 'hostname lab; hostname'",
+                   'unshare -u bash -c "hostname lab && uname -n"',
+                   "unshare --uts sh -c 'hostname lab; cat /proc/sys/kernel/hostname'"):
+        assert exercises.check_uts_command(answer), answer
+
+
+@needs_root
+def test_uts_command_that_never_sets_or_reads_the_name_is_refused():
+    echoed = exercises.check_uts_command("unshare --uts echo lab")
+    assert not echoed and "never sets" in echoed.message
+    assert not exercises.check_uts_command("unshare --uts sh -c 'hostname lab; echo lab'")
+    assert not exercises.check_uts_command("unshare --uts hostname lab")
+
+
+@needs_root
+def test_uts_command_runs_where_it_cannot_touch_host_files(tmp_path):
+    """The answer runs as root would type it, but in namespaces of its own with a read-only
+    view of the host: files it writes vanish, the host's hostname stays."""
+    before = os.uname().nodename
+    in_tmp = Path(f"/tmp/contained-sentinel-{os.getpid()}")
+    in_etc = Path(f"/etc/contained-sentinel-{os.getpid()}")
+    mine = tmp_path / "SENTINEL"
+    try:
+        exercises.check_uts_command(
+            f"unshare --uts sh -c 'hostname lab; hostname'; touch {in_tmp}; touch {mine}; "
+            f"echo x > {in_etc}; hostname pwned")
+        exercises.check_uts_command(f"unshare --uts hostname lab; touch {in_tmp}")
+        assert not in_tmp.exists() and not mine.exists() and not in_etc.exists()
+        assert os.uname().nodename == before
+    finally:
+        for path in (in_tmp, in_etc):
+            path.unlink(missing_ok=True)
 
 
 @needs_root
@@ -201,3 +239,25 @@ def test_container_checkers(busybox_store):
         container.remove(name, force=True)
     assert "no container named" in exercises.check_container_file(name, "/x", "y").message
     assert "no container named" in exercises.check_memory_limit(name, "24M").message
+
+
+@needs_root
+def test_container_file_checker_reads_at_most_the_cap(busybox_store, monkeypatch):
+    from contained import container
+
+    monkeypatch.setattr(exercises, "CHECKED_FILE_LIMIT", 64 << 10)
+    name = "exercise-big"
+    with open(os.devnull) as devnull:
+        container.run("busybox", ["sh", "-c", "head -c 300000 /dev/zero > /big; "
+                                  "ln -s /dev/zero /endless"], name=name,
+                      memory="16M", stdin=devnull, stdout=devnull, stderr=devnull)
+    try:
+        verdict = exercises.check_container_file(name, "/big", "42")
+        assert not verdict and "bigger than 64 KiB" in verdict.message
+        started = time.monotonic()
+        verdict = exercises.check_container_file(name, "/endless", "42")
+        assert not verdict and "/dev/zero" in verdict.message
+        assert time.monotonic() - started < 10
+        assert exercises.check_container_file(name, "/missing", "42").message.endswith("vanish")
+    finally:
+        container.remove(name, force=True)

@@ -432,6 +432,28 @@ def test_creation_options_must_match_the_named_container(shell, clean):
 
 
 @needs_root
+def test_chroot_cell_says_in_one_line_that_it_is_escapable(shell, clean, capsys):
+    cell(shell, "busybox --chroot --dry-run", "true")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("contained: warning: --chroot")
+    assert "escap" in err and "pivot_root" in err
+    cell(shell, "busybox --dry-run", "true")
+    assert capsys.readouterr().err == ""
+
+
+@needs_root
+def test_pids_limit_minus_one_is_the_default_limit_lifted(shell, clean, capsys):
+    cell(shell, "busybox --name b", "true")
+    with pytest.raises(UsageError, match=r"created with --pids-limit 2048;"):
+        cell(shell, "busybox --name b --pids-limit -1", "true")
+    shell.run_line_magic("container", "rm -f b")
+    cell(shell, "busybox --name b --pids-limit -1", "true")
+    cell(shell, "busybox --name b --pids-limit -1", "true")  # the same: reused
+    with pytest.raises(UsageError, match=r"created with no --pids-limit;"):
+        cell(shell, "busybox --name b --pids-limit 5", "true")
+
+
+@needs_root
 def test_dry_run_prints_steps_and_runs_nothing(shell, clean, capsys):
     cell(shell, "busybox --dry-run -m 32M", "echo hi")
     out = capsys.readouterr().out
@@ -544,3 +566,27 @@ def test_dashboard_shows_usage_and_stops_and_removes(clean, shell):
     dashboard.table.children[-1].children[-1].click()
     assert dashboard.rows == [] and no_containers_soon()
     dashboard.close()
+
+
+def test_captured_output_keeps_at_most_the_cap_and_counts_the_rest(monkeypatch):
+    monkeypatch.setattr(magics, "CAPTURE_LIMIT", 1000)
+    read_end, write_end = os.pipe()
+    stream = magics.OutputStream(read_end, None, capture=True)
+    for _ in range(3):
+        os.write(write_end, b"x" * 600)
+        stream.read()
+    os.close(write_end)
+    while stream.read():
+        pass
+    stream.close()
+    assert stream.text() == "x" * 1000
+    assert stream.dropped == 800
+
+
+@needs_root
+def test_out_beyond_the_cap_is_cut_with_a_message(shell, clean, capsys, monkeypatch):
+    monkeypatch.setattr(magics, "CAPTURE_LIMIT", 4096)
+    cell(shell, "busybox --out big", "head -c 100000 /dev/zero | tr '\\0' a; echo")
+    assert shell.user_ns["big"] == "a" * 4096
+    err = capsys.readouterr().err
+    assert "--out big kept the first 4 KiB" in err and "95905" in err

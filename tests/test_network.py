@@ -227,8 +227,8 @@ def test_containers_find_each_other_by_name_and_publish_ports(tmp_path):
         "# rewrite /etc/hosts of every container on contained0"]
     web_detach = [line.split("  # ")[0] for line in facts["web_detach"]]
     assert [line.split(" handle ")[0] for line in web_detach[1:]] == [
-        "nft delete rule ip contained ports", "nft delete rule ip contained ports",
-        "ip link del contained0", "nft delete table ip contained"]
+        "nft delete rule ip contained0 ports", "nft delete rule ip contained0 ports",
+        "ip link del contained0", "nft delete table ip contained0"]
     assert any(problem.startswith("no default route") for problem in facts["doctor"])
 
 
@@ -289,6 +289,17 @@ def test_iptables_fallback_publishes_and_cleans_up(tmp_path):
     assert any("CONTAINED-PORTS" in line for line in facts["rules_during"])
     assert facts["rules_after"] == []
     assert facts["after"]["links"] == ["lo"]
+
+
+@needs_root
+@pytest.mark.parametrize("firewall", ["nft", "iptables"])
+def test_a_bridged_container_cannot_reach_the_hosts_loopback_services(tmp_path, firewall):
+    # CVE-2020-8558: route_localnet on the bridge lets packets for 127.0.0.1 in; a container
+    # with CAP_NET_RAW sends such frames. Here root routes them from inside its namespace.
+    facts = run_scenario(f"loopback_{firewall}", tmp_path)
+    assert facts["published"] == "hello from web\n"  # 127.0.0.1:8080 -> the container still
+    assert facts["route_inside"].startswith("127.0.0.1 via 10.77.0.1 dev eth0")
+    assert facts["reached"] == "", "the container talked to a host service on 127.0.0.1"
 
 
 # --- the scenarios, run by run_scenario inside a fresh network namespace ------------------
@@ -559,7 +570,7 @@ def scenario_cycles_with_kills(tmp: Path) -> dict:
     # runner killed between a command and writing its lease)
     _ip("link", "add", "veth-0badc0de", "type", "veth", "peer", "name", "ghost-peer")
     _ip("link", "set", "veth-0badc0de", "master", "contained0")
-    subprocess.run(["nft", 'add rule ip contained ports tcp dport 1 dnat to 10.77.0.250:1 '
+    subprocess.run(["nft", 'add rule ip contained0 ports tcp dport 1 dnat to 10.77.0.250:1 '
                     'comment "ghost"'], check=True)
     gc_explain: list[str] = []
     removed = network.gc(explain=gc_explain.append)
@@ -587,6 +598,64 @@ def scenario_iptables_fallback(tmp: Path) -> dict:
         return facts
     finally:
         _stop(web)
+
+
+def _loopback_attack(container: subprocess.Popen, gateway: str, port: int) -> str:
+    """From inside `container`'s namespace, send TCP for 127.0.0.1:`port` to the bridge.
+
+    The container's own loopback route wins normally, so the local table goes after a rule of
+    our own; route_localnet lets its eth0 send such packets. What a process with CAP_NET_RAW
+    does with hand-made frames, root does here with routes.
+    """
+    script = f"""
+echo 1 > /proc/sys/net/ipv4/conf/all/route_localnet
+echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet
+ip rule add pref 100 lookup local && ip rule del pref 0
+ip rule add pref 10 to 127.0.0.1 lookup 77
+ip route add 127.0.0.1/32 via {gateway} dev eth0 table 77
+ip route get 127.0.0.1
+echo attack | timeout 3 {BUSYBOX} nc 127.0.0.1 {port} >/dev/null 2>&1 || true
+"""
+    done = subprocess.run(["nsenter", "-t", str(container.pid), "-n", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=20)
+    return done.stdout.strip().splitlines()[0] if done.stdout.strip() else done.stderr
+
+
+def _loopback_scenario(tmp: Path, firewall: str) -> dict:
+    import socket
+
+    _ip("link", "set", "lo", "up")
+    config = network.NetworkConfig(firewall=firewall)
+    web = _web(tmp)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))  # a loopback-only service of the host
+    listener.listen()
+    try:
+        attachment, _ = _attach("web", web, ["8080:80"], config)
+        facts = {"published": _wget("http://127.0.0.1:8080/")}
+        facts["route_inside"] = _loopback_attack(web, attachment.gateway,
+                                                 listener.getsockname()[1])
+        listener.settimeout(0.5)
+        try:
+            connection, _ = listener.accept()
+            with connection:
+                connection.settimeout(2)
+                facts["reached"] = connection.recv(100).decode()
+        except TimeoutError:
+            facts["reached"] = ""
+        network.detach("web", config)
+        return facts
+    finally:
+        listener.close()
+        _stop(web)
+
+
+def scenario_loopback_nft(tmp: Path) -> dict:
+    return _loopback_scenario(tmp, "nft")
+
+
+def scenario_loopback_iptables(tmp: Path) -> dict:
+    return _loopback_scenario(tmp, "iptables")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,20 @@ def test_fifty_cycles_with_killed_runners_leave_nothing_after_gc(tmp_path):
     assert facts["seconds"] < 60
 
 
+@needs_root
+def test_two_homes_bridge_at_once_and_one_homes_gc_leaves_the_other_reachable(tmp_path):
+    facts = run_scenario("two_homes", tmp_path)
+    assert facts["a_8081"] == facts["b_8082"] == "hello\n"
+    assert facts["bridges"][0] != facts["bridges"][1]
+    assert facts["ips"][0] != facts["ips"][1]  # each home's own subnet
+    assert "127.0.0.1:8081/tcp is published by another home's container" in facts["clash"]
+    assert facts["b_to_a"] != 0, "a container reached another home's bridge"
+    assert facts["b_after_a_gc"] == "hello\n", "a's clean-up cut b's container off"
+    assert facts["b_bridge_after_a_gc"]
+    assert facts["after"] == {"links": ["lo"], "tables": [], "lease_file": False,
+                              "containers": [], "cgroups": []}
+
+
 # --- the scenarios, run by run_scenario inside a fresh network namespace ------------------
 
 
@@ -297,6 +311,53 @@ def scenario_fifty_cycles(tmp: Path) -> dict:
             "statuses": statuses, "gc_removed": [line.removeprefix("removed ")
                                                  for line in gc_out.splitlines()],
             "gc_again": gc_again, "seconds": time.monotonic() - started}
+
+
+def scenario_two_homes(tmp: Path) -> dict:
+    """Two students' homes in one namespace, a bridged web server each, published."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    homes = [Path(os.environ["CONTAINED_HOME"]), tmp / "home-b"]
+    facts: dict = {}
+
+    def in_home(home: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        saved = os.environ["CONTAINED_HOME"]
+        os.environ["CONTAINED_HOME"] = str(home)
+        try:
+            return _contained(*argv, check=check)
+        finally:
+            os.environ["CONTAINED_HOME"] = saved
+
+    def bridge_of(home: Path) -> str:
+        (lease_file,) = (home / "network").glob("*.json")
+        return lease_file.stem
+
+    try:
+        for home, port in zip(homes, (8081, 8082), strict=True):
+            in_home(home, "import", "busybox")
+            in_home(home, "run", "-d", "--name", "web", "--net", "bridge", "-p",
+                    f"127.0.0.1:{port}:80", "busybox", "sh", "-c", HTTPD)
+        facts["a_8081"] = _wait_for_page("http://127.0.0.1:8081/")
+        facts["b_8082"] = _wait_for_page("http://127.0.0.1:8082/")
+        facts["bridges"] = [bridge_of(home) for home in homes]
+        facts["ips"] = [in_home(home, "exec", "web", "ip", "-o", "-4", "addr", "show", "dev",
+                                "eth0").stdout.split()[3] for home in homes]
+        facts["clash"] = in_home(homes[1], "run", "--rm", "--net", "bridge", "-p",
+                                 "127.0.0.1:8081:80", "busybox", "true", check=False).stderr
+        # even with forwarding on, b's containers do not reach a's bridge
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        a_ip = facts["ips"][0].split("/")[0]
+        facts["b_to_a"] = in_home(homes[1], "exec", "web", "timeout", "3", "wget", "-q", "-O",
+                                  "-", f"http://{a_ip}/", check=False).returncode
+        in_home(homes[0], "rm", "-f", "web")
+        in_home(homes[0], "gc")
+        facts["b_after_a_gc"] = _wait_for_page("http://127.0.0.1:8082/", timeout=3)
+        facts["b_bridge_after_a_gc"] = network._link_exists(facts["bridges"][1])
+    finally:
+        for home in homes:
+            in_home(home, "rm", "-f", "web", check=False)
+            in_home(home, "gc", check=False)
+    facts["after"] = _settled()
+    return facts
 
 
 if __name__ == "__main__":

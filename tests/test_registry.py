@@ -146,3 +146,115 @@ def test_usage_prints_the_exact_skopeo_command(registry):
     assert (f"skopeo --registries-conf {registry.registries_conf} copy docker://busybox:latest "
             f"oci:busybox:latest") in text
     assert f"contained pull busybox --registries-conf {registry.registries_conf}" in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Other local users: the registry is the only docker.io there is, so only its owner may change it.
+
+NOBODY_CLIENT = r"""
+import http.client, json, sys
+port, method, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+body = None
+if method == "PUT":  # the image's own manifest, under a tag of our choosing
+    connection.request("GET", "/v2/library/busybox/manifests/latest", headers=headers)
+    response = connection.getresponse()
+    body, headers["Content-Type"] = response.read(), response.getheader("Content-Type")
+connection.request(method, path, body=body, headers=headers)
+print(connection.getresponse().status)
+"""
+
+
+def as_nobody(port: int, method: str, path: str) -> int:
+    """`method` `path` sent by the user nobody (a system Python it can run, no privileges)."""
+    if os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"):
+        pytest.skip("needs root and setpriv to act as nobody")
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+         "/usr/bin/python3", "-I", "-c", NOBODY_CLIENT, str(port), method, path],
+        capture_output=True, text=True, timeout=30, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+@pytest.fixture
+def own_registry(busybox_store, stopped_at_end):
+    """A registry of this test's own, seeded with busybox: attacks on it spoil no other test."""
+    return local.start(busybox_store.home, free_port())
+
+
+def manifest_digest(port: int) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("HEAD", "/v2/library/busybox/manifests/latest",
+                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    return connection.getresponse().getheader("Docker-Content-Digest")
+
+
+def test_another_user_cannot_push_or_delete(own_registry):
+    port = own_registry.port
+    digest = manifest_digest(port)
+    assert as_nobody(port, "PUT", "/v2/library/busybox/manifests/pwned") in (401, 405)
+    assert as_nobody(port, "POST", "/v2/library/busybox/blobs/uploads/") in (401, 405)
+    assert as_nobody(port, "DELETE", f"/v2/library/busybox/manifests/{digest}") in (401, 405)
+    assert manifest_digest(port) == digest  # still there, unchanged
+
+
+def test_the_owner_pulls_what_it_seeded_and_publishes_by_restarting(own_registry,
+                                                                     busybox_store):
+    from contained import busybox
+
+    other = Store(busybox_store.home / "elsewhere")
+    address = own_registry.address
+    assert other.pull(f"{address}/library/busybox:latest").digest == \
+        busybox_store.image("busybox").digest
+    added = busybox.import_busybox(busybox_store, "toolbox:1")
+    local.stop(busybox_store.home)
+    state = local.start(busybox_store.home, own_registry.port)
+    assert other.pull(f"{state.address}/library/toolbox:1").digest == added.digest
+
+
+def test_deletes_are_disabled_in_the_config(registry):
+    text = registry.config.read_text()
+    assert "delete:\n    enabled: false" in text
+
+
+def test_a_registry_that_lost_its_port_is_not_used(registry, tmp_path):
+    """Its pid and config match, but the port is someone else's: not ours to point at."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        state = {"pid": registry.pid, "port": sock.getsockname()[1],
+                 "directory": registry.directory, "started": 0.0}
+        (tmp_path / "registry").mkdir()
+        (tmp_path / "registry" / "state.json").write_text(json.dumps(state))
+        assert local.status(tmp_path) is None
+    assert local.status(registry.directory.rpartition("/registry")[0]) == registry
+
+
+def test_an_impostor_on_the_port_is_not_taken_for_our_registry(home, monkeypatch):
+    """Someone answers GET /v2/ on the port first: start fails, and writes no registries.conf
+    pointing there."""
+    import http.server
+    import threading
+
+    class Impostor(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(local, "_port_free", lambda port: True)  # lost the race to it
+    try:
+        with pytest.raises(local.RegistryStartFailed):
+            local.start(home, server.server_address[1], seed=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not (home / "registry" / "registries.conf").exists()
+    assert local.status(home) is None

@@ -46,6 +46,7 @@ try:
 except container.ContainedError as error:
     out["limit"] = str(error)
 container.remove("kept", force=True)
+out["pids"] = container.build_spec("busybox", ["true"]).pids_limit  # no cgroup: no default
 out["left"] = sorted(os.listdir(os.path.join(os.environ["CONTAINED_HOME"], "containers")))
 print(json.dumps(out))
 '''
@@ -90,4 +91,5 @@ def test_nobody_runs_throwaway_and_named_containers(nobody_home):
     status, text = out["exec"]
     assert status == 0 and text.startswith("kept\n") and "contained-init" in text
     assert "\n" not in out["limit"] and "cgroup" in out["limit"].lower()
+    assert out["pids"] is None  # cgroups not delegated to nobody here: runs without a limit
     assert out["left"] == [".lock"]
