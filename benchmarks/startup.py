@@ -9,6 +9,8 @@ From one Python process, for /bin/true in busybox:
              its new cgroup waits for an RCU grace period, which an idle machine makes long
   throwaway  contained.run(): overlay, all namespaces, /proc, /dev, cgroup, pivot_root, removal
   exec       contained.exec_() in a running named container
+and, in forks of this process, what seccomp and the keyring add to each container: loading the
+prepared default filter (target ≤ 1 ms) and joining a new session keyring.
 
 Latency, the figure the targets are stated in (throwaway ≤ 1.0× crun, exec ≤ 1.5× the floor):
 the contenders take turns, round after round, so the machine's drift hits them alike, and each
@@ -36,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import back_to_back, interleaved_medians, needs_root  # noqa: E402
 
-from contained import container  # noqa: E402
+from contained import container, process, seccomp, syscalls  # noqa: E402
 from contained.busybox import import_busybox  # noqa: E402
 from contained.store import Store  # noqa: E402
 
@@ -50,6 +52,37 @@ def crun_bundle(root: Path, bundle: Path) -> None:
     config["process"]["args"] = ["/bin/true"]
     config["root"] = {"path": str(root), "readonly": True}
     (bundle / "config.json").write_text(json.dumps(config))
+
+
+def in_a_child_ms(action) -> float:
+    """Milliseconds `action` takes in a fresh fork of this process (as in a container's PID 1,
+    a fork of the runner), with no_new_privs set first as PID 1 has it."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            process.set_no_new_privileges()
+            start = time.perf_counter()
+            action()
+            os.write(write_end, str(time.perf_counter() - start).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as result:
+        seconds = float(result.read())
+    os.waitpid(pid, 0)
+    return seconds * 1000
+
+
+def confinement_costs(runs: int) -> dict[str, float]:
+    """What seccomp and the keyring add to each container: the filter is built and compiled
+    once per runner, then loaded by each PID 1; the session keyring is one keyctl."""
+    start = time.perf_counter()
+    seccomp.default_filter()
+    built = (time.perf_counter() - start) * 1000
+    loads = sorted(in_a_child_ms(lambda: seccomp.default_filter().load()) for _ in range(runs))
+    keyrings = sorted(in_a_child_ms(syscalls.join_session_keyring) for _ in range(runs))
+    return {"build": built, "load": loads[runs // 2], "keyring": keyrings[runs // 2]}
 
 
 def crun_namespace() -> subprocess.Popen | None:
@@ -111,6 +144,7 @@ def main() -> int:
         latency = interleaved_medians(contenders, args.runs, args.pause / 1000)
         container.remove("bench", force=True)
 
+        confinement = confinement_costs(args.runs)
         in_a_row = {"throwaway": back_to_back(contenders["throwaway"], args.runs)}
         for what in ("crun", "crun, no cgroup"):
             if what in contenders:
@@ -140,6 +174,10 @@ def main() -> int:
               f"{latency['throwaway'] / latency['crun, no cgroup']:.2f}")
     print(f"exec / floor          = {latency['exec'] / latency['floor']:.2f}   (target ≤ 1.5)")
     print(f"throwaway / floor     = {latency['throwaway'] / latency['floor']:.2f}")
+    print(f"seccomp load per container = {confinement['load']:.2f} ms   (target ≤ 1; "
+          f"median of {args.runs}; building and compiling Docker's profile, once per runner: "
+          f"{confinement['build']:.1f} ms)")
+    print(f"new session keyring        = {confinement['keyring']:.3f} ms")
     print()
     print(f"back to back: {args.runs} runs in a row (no target)")
     print(f"{'what':<28}{'ms/run':>8}{'busy CPU ms/run':>17}")

@@ -246,7 +246,7 @@ def _add_creation_options(parser) -> None:
     parser.add_argument("--net", "--network", dest="net", default="none",
                         choices=["none", "host", "bridge"],
                         help="none: only lo (default, as in the tutorial); host: the host's; "
-                             "bridge: an address on contained0")
+                             "bridge: an address on this home's bridge (contained0, ...)")
     parser.add_argument("-p", "--publish", action="append", default=[],
                         metavar="[HOSTIP:]HOSTPORT:PORT", help="publish a port (--net bridge)")
     parser.add_argument("--chroot", action="store_true",

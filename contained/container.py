@@ -379,13 +379,16 @@ def _reserve(spec: ContainerSpec) -> None:
 # Talking to the runner
 
 # The runner helper's `python -I -c`: isolated, so neither the caller's working directory nor
-# PYTHON* variables reach sys.path (issue 18: a `shlex.py` there would run as root). Where
-# contained is not installed (PYTHONPATH, a checkout), its own directory is appended: after
-# the standard library and site-packages, so it shadows nothing.
+# PYTHON* variables reach sys.path (issue 18: a `shlex.py` there would run as root). It loads
+# this very package (whether installed or a checkout on PYTHONPATH) by its location, and
+# nothing else from the directory around it.
+_PACKAGE = Path(__file__).resolve().parent
 RUNNER_MAIN = (
     "import importlib.util, sys\n"
-    f"if importlib.util.find_spec('contained') is None: sys.path.append("
-    f"{str(Path(__file__).resolve().parent.parent)!r})\n"
+    f"spec = importlib.util.spec_from_file_location('contained', {str(_PACKAGE / '__init__.py')!r},"
+    f" submodule_search_locations=[{str(_PACKAGE)!r}])\n"
+    "sys.modules['contained'] = package = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(package)\n"
     "from contained.runner import main\n"
     "sys.exit(main(sys.argv[1:]))")
 RUNNER_ENVIRONMENT = ("PATH", "LANG")
@@ -412,8 +415,9 @@ def _forget_the_caller(fds: list[int]) -> None:
 class Runner:
     """The way to the runner: a helper process (kernels, long-lived programs) or a fork (CLI).
 
-    ``Runner.shared()`` starts ``python -m contained.runner --serve`` once per process, with
-    plain subprocess (no Python runs between fork and exec in the caller), and reuses it.
+    ``Runner.shared()`` starts the runner (``python -I``, from ``/``, with `runner_environment`:
+    see `RUNNER_MAIN`) once per process, with plain subprocess (no Python runs between fork
+    and exec in the caller), and reuses it.
     ``Runner(in_process=True)`` forks the request's worker directly; only a single-threaded
     program such as the CLI may use it.
     """

@@ -5,6 +5,7 @@ Taught in notebook 00. Each check is what you would look at by hand::
     id -u                                   # root?
     cat /proc/sys/user/max_user_namespaces  # rootless containers possible?
     grep overlay /proc/filesystems          # overlayfs?
+    grep Seccomp /proc/self/status          # seccomp filters? (the line is there: yes)
     cat /proc/self/mountinfo | grep cgroup  # cgroup v2, v1 or both?
     command -v skopeo docker-registry       # the tools the workbook uses
     df -h /var/lib/contained                # where the store lives, and how full it is
@@ -39,7 +40,7 @@ class Check:
 
 def checks() -> list[Check]:
     """Every check, in the order notebook 00 explains them."""
-    return [_root(), _user_namespaces(), _overlay(), *_cgroups(), *_tools(), _store(),
+    return [_root(), _user_namespaces(), _overlay(), _seccomp(), *_cgroups(), *_tools(), _store(),
             *_network()]
 
 
@@ -83,6 +84,19 @@ def _overlay() -> Check:
     return Check("overlayfs", loaded or module,
                  "available" if loaded else ("as a module" if module else "not in this kernel"),
                  "modprobe overlay")
+
+
+def _seccomp() -> Check:
+    """Every container's system-call filter (`contained.seccomp`) needs the kernel's seccomp
+    filters and libseccomp."""
+    from contained import seccomp
+
+    try:
+        seccomp.check_available()
+    except seccomp.SeccompUnavailable as error:
+        return Check("seccomp", False, str(error))
+    return Check("seccomp", True, "filters work here, with libseccomp (Docker's default "
+                 "profile for every container)")
 
 
 def _cgroups() -> list[Check]:

@@ -130,7 +130,9 @@ def check_new_namespaces(command: str, answer: set | list | None) -> Feedback:
 
 def check_uts_command(command: str | None, hostname: str = "lab") -> Feedback:
     """A command that prints `hostname` from a new UTS namespace, leaving the host's alone
-    (``unshare --uts sh -c 'hostname lab; hostname'``)."""
+    (``unshare --uts sh -c 'hostname lab; hostname'``). As root it is run, but in namespaces
+    of its own over a read-only view of the host (`run_in_sandbox`); it must set the name and
+    read it back (``unshare --uts echo lab`` prints the word and proves nothing)."""
     if command is None:
         return _unanswered(f"set answer to a shell command that prints {hostname!r} from a new "
                            "UTS namespace")

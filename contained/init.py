@@ -55,9 +55,10 @@ EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
-# Signals PID 1 passes on to the command. SIGINT is not among them: from a terminal, Ctrl-C
-# already reaches the command directly (it is in the terminal's foreground process group), and
-# from a notebook an interrupt kills.
+# Signals PID 1 passes on to the command. SIGINT is not among them: the host's terminal is not
+# the container's (PID 1 has a session of its own), so Ctrl-C reaches the client, which kills
+# the command, as a notebook's interrupt does; with -t, the container's own pty turns the
+# relayed ^C into SIGINT for the command.
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 TITLE = "contained-init"

@@ -12,7 +12,7 @@ bridge gives it, built from the same kernel pieces a student types by hand first
     nsenter -t PID -n ip link set eth0 up
     nsenter -t PID -n ip route add default via 10.77.0.1
     nft '...masquerade...'                                # the subnet goes out as the host
-    nft 'add rule ip contained ports ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.77.0.2:80'
+    nft 'add rule ip contained0 ports ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.77.0.2:80'
 
 `plan_attach` returns exactly these commands as `contained.plan.Step` objects and runs the real
 ``ip``/``nft`` binaries (``iptables`` where nft is missing), so ``--explain`` prints what really
@@ -22,21 +22,36 @@ Containers find each other by name through /etc/hosts files rewritten whenever o
 leaves (`refresh_hosts_files`), and get the host's upstream resolvers (`resolv_conf`).
 
 Addresses come from a lease file, ``$CONTAINED_HOME/network/<bridge>.json``, changed only under
-an exclusive ``flock`` on ``<bridge>.lock``: concurrent ``contained run``s never hand out the same
-address, and a dead container's address is reused once `gc` (or the next attach) sees it dead.
+an exclusive ``flock`` on ``bridges.lock`` beside it: concurrent ``contained run``s never hand out
+the same address, and a dead container's address is reused once `gc` (or the next attach) sees
+it dead.
+
+Each home has a bridge of its own (see "one bridge per home" below): the first home on a machine
+gets ``contained0`` and 10.77.0.0/24, the next ``contained1`` and 10.77.1.0/24, each with its own
+nft table of the same name, and veth names salted with the home's tag. A bridge carries its
+home's tag as its alias (``ip link set dev contained0 alias "contained home TAG"``), and a home's
+teardown and `gc` touch only a bridge, table and veths that are its own.
 
 Two deliberate differences from Docker:
 
 - ``-p 8080:80`` publishes on 127.0.0.1, not on every interface (``0.0.0.0``): a classroom VM
   should not expose a student's half-finished server to the whole network by accident. Write
   ``-p 0.0.0.0:8080:80`` to mean it.
-- The default subnet is 10.77.0.0/24, away from Docker (172.17.0.0/16), podman (10.88.0.0/16),
-  k3s/kind (10.42, 10.43, 10.244) and libvirt (192.168.122.0/24); it is checked against the
-  host's routes before use. ``CONTAINED_SUBNET`` picks another.
+- The default subnets are 10.77.N.0/24, away from Docker (172.17.0.0/16), podman (10.88.0.0/16),
+  k3s/kind (10.42, 10.43, 10.244) and libvirt (192.168.122.0/24); a home takes the lowest N
+  whose bridge name is free and whose subnet no host route uses. ``CONTAINED_SUBNET`` picks
+  another (it is checked against the host's routes, other homes' bridges included).
 
 Published ports work without a userland proxy: DNAT in the ``output`` hook catches connections
 the host itself makes to 127.0.0.1, ``route_localnet`` on the bridge lets those packets leave
 the loopback world, and masquerading rewrites their 127.0.0.1 source so the container can answer.
+Since route_localnet would also let a container's hand-made packets *for* 127.0.0.1 in (to every
+loopback-only service of the host: CVE-2020-8558), the table drops packets from the bridge to
+127.0.0.0/8 that are not replies of a redirected connection::
+
+    # table ip contained0, chain input (type filter hook input):
+    iifname "contained0" ip daddr 127.0.0.0/8 ct status & dnat != dnat drop
+
 IPv4 only.
 """
 
@@ -85,7 +100,6 @@ NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 #: iptables fallback chains (nat, and filter for INPUT), one set per bridge: NAME-<bridge>
 IPT_POSTROUTING = "CONTAINED-POST"
 IPT_PORTS = "CONTAINED-PORTS"
-IPT_INPUT = "CONTAINED-INPUT"
 IPT_INPUT = "CONTAINED-INPUT"
 
 
@@ -343,13 +357,20 @@ def _home_alias() -> str:
     return f"contained home {home_tag()}"
 
 
-def _bridge_alias(name: str) -> str | None:
-    """The alias of link `name` (as `ip link set dev NAME alias` wrote it), "" if it has
-    none, None if there is no such link in this network namespace."""
+def _bridge_info(name: str) -> dict | None:
+    """Link `name` as `ip -j -d addr show` describes it (flags, addresses, alias), or None if
+    there is no such link in this network namespace."""
     if not _link_exists(name):
         return None
-    links = json.loads(_run(["ip", "-j", "link", "show", "dev", name]) or "[]")
-    return links[0].get("ifalias", "") if links else None
+    links = json.loads(_run(["ip", "-j", "-d", "addr", "show", "dev", name]) or "[]")
+    return links[0] if links else None
+
+
+def _bridge_alias(name: str, info: dict | None = None) -> str | None:
+    """The alias of link `name` (as `ip link set dev NAME alias` wrote it), "" if it has
+    none, None if there is no such link."""
+    info = info if info is not None else _bridge_info(name)
+    return None if info is None else info.get("ifalias", "")
 
 
 def _ours_to_touch(config: NetworkConfig) -> bool:
@@ -410,9 +431,9 @@ def _home_subnet(bridge: str) -> str:
     return recorded or _number_subnet(bridge)
 
 
-def _claim_bridge(config: NetworkConfig) -> None:
-    """Create the bridge now, marked as this home's: creating it is what claims the name."""
-    alias = _bridge_alias(config.bridge)
+def _claim_bridge(config: NetworkConfig, alias: str | None) -> None:
+    """Create the bridge now, marked as this home's: creating it is what claims the name.
+    `alias` is the bridge's alias as read under the home's lock (None: no such link)."""
     if alias == _home_alias():
         return
     if alias is None:
@@ -613,7 +634,7 @@ def _published_elsewhere(config: NetworkConfig, firewall: str) -> list[PortSpec]
 
 
 def _claim_port(port: PortSpec, container: str, leases: dict,
-                elsewhere: list[PortSpec] = ()) -> PortSpec:
+                elsewhere: list[PortSpec] | tuple[PortSpec, ...] = ()) -> PortSpec:
     """Resolve port 0 and check the host port is free, by binding it (no packet is sent)."""
     kind = socket.SOCK_STREAM if port.protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as probe:
@@ -696,7 +717,8 @@ def plan_attach(
                                 f"containers, not {config.subnet}; stop them (or run gc) first, "
                                 "or unset CONTAINED_SUBNET")
         check_subnet(config)
-        bridge_ready = _bridge_ready(config)
+        bridge = _bridge_info(config.bridge)
+        bridge_ready = _bridge_ready(config, bridge)
         address = _free_address(config, state["leases"])
         if address is None:
             raise SubnetFull(f"no free address in {config.subnet} for {container}; stop a "
@@ -721,7 +743,7 @@ def plan_attach(
             try:
                 # after the lease is saved: a runner killed now leaves a lease, which gc
                 # follows to the bridge; never a bridge that no lease file leads to
-                _claim_bridge(config)
+                _claim_bridge(config, _bridge_alias(config.bridge, bridge))
             except BridgeTaken:
                 del state["leases"][container]
                 _save(config, state)
@@ -766,15 +788,12 @@ def _command_step(config: NetworkConfig, argv: list[str], why: str,
     return _locked_step(config, shlex.join(argv), why, action)
 
 
-def _bridge_ready(config: NetworkConfig) -> bool:
-    """The bridge exists, is up and has the gateway's address (a runner killed half-way
-    through `_bridge_steps` leaves it otherwise: the next attach finishes the job)."""
-    if not _link_exists(config.bridge):
-        return False
-    out = _run(["ip", "-j", "addr", "show", "dev", config.bridge])
-    return any("UP" in link.get("flags", []) and any(
-        a.get("local") == config.gateway for a in link.get("addr_info", []))
-        for link in json.loads(out or "[]"))
+def _bridge_ready(config: NetworkConfig, info: dict | None) -> bool:
+    """The bridge (`info`: `_bridge_info`) exists, is up and has the gateway's address (a
+    runner killed half-way through `_bridge_steps` leaves it otherwise: the next attach
+    finishes the job)."""
+    return info is not None and "UP" in info.get("flags", []) and any(
+        a.get("local") == config.gateway for a in info.get("addr_info", []))
 
 
 def _bridge_steps(config: NetworkConfig) -> list[Step]:

@@ -117,6 +117,7 @@ def start(home: Path | None = None, port: int | None = None, *, seed: bool = Tru
             raise RegistryPortBusy(f"the registry already runs on {running.address}; "
                                    f"`contained registry stop` it first to change the port")
         return running
+    stop(home)  # ours, but another program holds its port now: start afresh
     directory = registry_dir(ensure_home(home))
     directory.mkdir(mode=0o700, exist_ok=True)
     directory.chmod(0o700)
@@ -138,7 +139,14 @@ def start(home: Path | None = None, port: int | None = None, *, seed: bool = Tru
 
 
 def status(home: Path | None = None) -> RegistryState | None:
-    """The running registry, or None (removing a stale state file)."""
+    """The running registry, or None (removing a stale state file). A registry of ours whose
+    port another program holds is None too: nothing may point at that port."""
+    state = _recorded(home)
+    return state if state is not None and _holds_port(state.pid, state.port) else None
+
+
+def _recorded(home: Path | None) -> RegistryState | None:
+    """The registry process the state file names, if it is still ours (else the file goes)."""
     path = _state_file(registry_dir(home))
     try:
         state = RegistryState(**json.loads(path.read_text()))
@@ -155,10 +163,12 @@ def status(home: Path | None = None) -> RegistryState | None:
 
 def stop(home: Path | None = None) -> RegistryState | None:
     """Stop the registry; return what was running (None if nothing was)."""
-    state = status(home)
+    state = _recorded(home)
     if state is not None:
         _terminate(state.pid)
         _state_file(registry_dir(home)).unlink(missing_ok=True)
+        # Whoever takes the port next would be docker.io for anyone still using this file.
+        state.registries_conf.unlink(missing_ok=True)
     return state
 
 
@@ -167,11 +177,30 @@ def seed_privately(home: Path, data: Path) -> None:
     namespace of its own (`seed_main` in an isolated Python, under unshare)."""
     shutil.rmtree(data, ignore_errors=True)  # serve exactly the store, nothing from before
     data.mkdir(mode=0o700)
+    _copy_privately(home, data, None)
+
+
+def publish(home: Path | None, source: str, target: str, *, all_images: bool = False) -> str:
+    """Add one image to the running read-only registry: ``skopeo copy SOURCE`` (any skopeo
+    transport, e.g. ``oci:DIR:TAG``) to ``TARGET`` (``path:tag``) through a private writable
+    registry on the same storage; the read-only one serves it at once. Returns its address."""
+    home = Path(home) if home is not None else home_path()
+    state = status(home)
+    if state is None:
+        raise RegistryStartFailed("the registry is not running: `contained registry start` first")
+    _copy_privately(home, Path(state.directory) / "data", [[source, target, all_images]])
+    return f"{state.address}/{target}"
+
+
+def _copy_privately(home: Path, data: Path, copies: list | None) -> None:
+    """Run `seed_main` in a network namespace of its own: the store's images (`copies` None)
+    or the given ``[source, target, all_images]`` copies go into `data`."""
     # A user namespace lets a user who is not root make the network namespace; it maps that
     # user to root, so the files written still belong to the user outside.
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     argv = ["unshare", "--net", *user, "--",
-            *isolated.python_argv("contained.registry", "seed_main"), str(home), str(data)]
+            *isolated.python_argv("contained.registry", "seed_main"), str(home), str(data),
+            json.dumps(copies)]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=SEED_TIMEOUT, cwd="/")
@@ -186,9 +215,9 @@ def seed_privately(home: Path, data: Path) -> None:
         raise RegistryStartFailed(f"cannot seed the registry: {last}")
 
 
-def _seed_here(home: Path, data: Path) -> None:
+def _seed_here(home: Path, data: Path, copies: list | None) -> None:
     """Inside the private network namespace: start a writable registry on its loopback, push
-    the store's images, stop it."""
+    the store's images (or `copies`), stop it."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     directory = data.parent / "seeding"
     directory.mkdir(mode=0o700, exist_ok=True)
@@ -197,7 +226,11 @@ def _seed_here(home: Path, data: Path) -> None:
     state = _launch(state)
     try:
         _wait_ready(state)
-        seed_from_store(state, Store(home))
+        if copies is None:
+            seed_from_store(state, Store(home))
+        for source, target, all_images in copies or []:
+            skopeo.copy(source, f"docker://{state.address}/{target}", dest_tls_verify=False,
+                        action=f"cannot publish {source}", all_images=all_images)
     finally:
         _terminate(state.pid)
         _state_file(directory).unlink(missing_ok=True)
@@ -364,8 +397,7 @@ def _is_our_registry(state: RegistryState) -> bool:
     except OSError:
         return False
     return str(state.config).encode() in argv and any(
-        os.path.basename(arg) == REGISTRY_BINARY.encode() for arg in argv) and \
-        _holds_port(state.pid, state.port)
+        os.path.basename(arg) == REGISTRY_BINARY.encode() for arg in argv)
 
 
 def _listening_sockets(port: int) -> set[str]:
@@ -440,9 +472,9 @@ def _last_line(path: Path) -> str:
 
 
 def seed_main(argv: list[str]) -> int:
-    """The seeding helper's entry point: ``HOME DATA``, run by `seed_privately` only."""
+    """The seeding helper's entry point: ``HOME DATA COPIES`` (JSON), run by `_copy_privately`."""
     try:
-        _seed_here(Path(argv[0]), Path(argv[1]))
+        _seed_here(Path(argv[0]), Path(argv[1]), json.loads(argv[2]))
     except ContainedError as error:
         print(f"contained: error: {error}", file=sys.stderr)
         return 1

@@ -5,9 +5,11 @@ does underneath). A Jupyter kernel is multi-threaded, and after fork() only the 
 survives: a lock held by another thread (the allocator's, logging's, a queue's) stays locked
 forever in the child, and unshare(CLONE_NEWNS) fails outright in a multi-threaded process. So
 the kernel never forks: it starts this module once with plain `subprocess`
-(``python -m contained.runner --serve FD``) and sends it requests over a Unix socket, passing
-the cell's stdin/stdout/stderr pipes along (`contained.wire`). The runner forks one child per
-request (cheap: everything is imported already), and that child does the container's work:
+(``python -I``, from ``/`` with a minimal environment: `container.RUNNER_MAIN`; in shell
+terms ``cd / && env -i PATH=$PATH python -I -m contained.runner --serve FD``) and sends it
+requests over a Unix socket, passing the cell's stdin/stdout/stderr pipes along
+(`contained.wire`). The runner forks one child per request (cheap: everything is imported
+already), and that child does the container's work:
 
     runner ─fork→ R: directories, cgroup; unshare --pid; fork
                       └→ I (PID 1, `contained.init`): unshare mount/uts/ipc/net; rootfs;
@@ -68,6 +70,9 @@ from contained.spec import ContainerSpec
 SPARES = 1
 SPARE_NICENESS = 10
 CONTAINER_NAMESPACES = ["mount", "uts", "ipc", "net"]  # + pid (by R) and cgroup (late)
+# Whether this runner runs without root, decided once, on the host: a rootless spare enters a
+# user namespace where os.geteuid() is 0, and must still know it is rootless there.
+ROOTLESS = os.geteuid() != 0
 
 
 class ContainerSetupFailed(ContainedError):
@@ -155,21 +160,33 @@ def _fork_spare(control: socket.socket) -> socket.socket:
 
 def _spare(sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # this one waits for its children
-    if os.geteuid() == 0:
+    if not ROOTLESS:
         # Getting ready must not slow down the container that runs meanwhile (its PID 1 and
         # runner, on a machine with few CPUs): nice until a request comes. Only root may go
         # back to normal, so a rootless spare keeps the normal priority throughout.
         os.setpriority(os.PRIO_PROCESS, 0, SPARE_NICENESS)
     try:
         prepared = Prepared.make(sock)
-    except Exception:  # noqa: BLE001 — a spare that can't prepare does it all after the request
-        prepared = None
+    except Exception as error:  # noqa: BLE001 — then the request is done here, or refused
+        prepared, failure = None, error
     if prepared is not None:
         sock.close()  # PID 1 has it: the request goes there
         return prepared.supervise()
     received = wire.receive_request(sock)
     sock.close()
-    return 0 if received is None else handle(*received)
+    if received is None:
+        return 0
+    if ROOTLESS and os.geteuid() == 0:
+        # This process entered its user namespace (and maybe unshared a PID namespace) before
+        # it failed: a request done here would start from that half-changed state. Say why,
+        # and leave; the next request gets a fresh spare.
+        reply = socket.socket(fileno=received[1][-1])
+        wire.send_message(reply, event="error", type=ContainerSetupFailed.__name__,
+                          message=f"the container could not be prepared "
+                          f"({init.describe(failure)}): run it again",
+                          exit_status=ContainerSetupFailed.exit_status)
+        return 1
+    return handle(*received)
 
 
 def suits_spare(request: dict) -> bool:
@@ -181,12 +198,12 @@ def suits_spare(request: dict) -> bool:
     spec = json.loads(request["spec"])
     limited = any(spec.get(key) is not None for key in ("memory", "cpus", "pids_limit"))
     # A spare's PID 1 has made its network namespace already: only --net none fits.
-    return spec.get("net") == "none" and bool(spec.get("rootless")) == (os.geteuid() != 0) \
+    return spec.get("net") == "none" and bool(spec.get("rootless")) == ROOTLESS \
         and not (spec.get("rootless") and limited)
 
 
 def _normal_priority() -> None:
-    if os.geteuid() == 0:
+    if not ROOTLESS:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
@@ -207,7 +224,7 @@ class Prepared:
 
     @classmethod
     def make(cls, requests: socket.socket) -> "Prepared":
-        if os.geteuid() == 0:
+        if not ROOTLESS:
             group, steps = cgroups.Cgroup.plan(spare_cgroup_name(), cgroups.Limits(),
                                                extra_devices=device_rules(rootless=False))
             run_steps(steps)
@@ -218,7 +235,7 @@ class Prepared:
         try:
             link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             _make_skeleton(skeleton)
-            if os.geteuid() != 0:
+            if ROOTLESS:
                 _enter_user_namespace(os.geteuid(), os.getegid())
 
             def spare_pid_one():
@@ -226,7 +243,7 @@ class Prepared:
                 init.close_fds_except((requests.fileno(), link_init.fileno()))
                 _wait_as_pid_one(staging, skeleton, requests, link_init, group)
 
-            pid = _fork_pid_one(os.geteuid() != 0, spare_pid_one)
+            pid = _fork_pid_one(ROOTLESS, spare_pid_one)
         except BaseException:
             group.remove()
             layers.remove_tree(skeleton)
@@ -373,7 +390,8 @@ def _rehearse(staging: Path) -> None:
 def handle(request: dict, fds: list[int]) -> int:
     """Do one request in this (disposable, single-threaded) process; return an exit code."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    # Interrupts arrive as "kill" on the request socket; a terminal's Ctrl-C goes to the command.
+    # Interrupts arrive as "kill" on the request socket (a terminal's Ctrl-C, which reaches this
+    # CLI-forked process too, is the client's to act on).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout, stderr, explain_fd, reply_fd = fds
     reply = socket.socket(fileno=reply_fd)
@@ -601,7 +619,8 @@ def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir:
     return [Step(f"nsenter --target {init_pid} {flags} --root --wd={working_dir} "
                  f"{shlex.join(args)}",
                  "a process inside every namespace of the container, its cgroup and its root "
-                 "(contained's PID 1 forks it there)")]
+                 "(contained's PID 1 forks it there, so it inherits PID 1's capabilities, "
+                 "session keyring and seccomp filter)")]
 
 
 # ---------------------------------------------------------------------------------------------

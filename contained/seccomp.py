@@ -24,6 +24,11 @@ conditions holds, ``arches`` and ``minKernel`` are compared with this machine, a
 architecture does not have is skipped. ``archMap`` picks the compatibility architectures (on
 x86_64: 32-bit x86 and x32), whose calls are filtered by the same rules; a profile naming no
 architecture gets them too, rather than having 32-bit programs killed on their first call.
+
+The filter is loaded by PID 1 (`contained.init`), last, after no_new_privs and just before it
+starts anything: every process of the container, `exec`'d ones included, is its child and
+inherits it. PID 1 goes on working under it, so a profile of one's own must allow what PID 1
+uses (wait4, select, kill, recvmsg and sendmsg, vfork or clone, execve; Docker's does).
 """
 
 import ctypes
@@ -416,7 +421,8 @@ class Filter:
         self.ctx = self.lib.seccomp_init(profile.default_action)
         if not self.ctx:
             raise BadProfile(f"{profile.source}: libseccomp refused its default action")
-        self.allowed: set[str] = set()
+        self.allowed: set[str] = set()   # names of this architecture's calls, for --explain
+        self.refused: set[str] = set()
         # A binary tree of call numbers instead of a list: each call is checked in a few
         # jumps instead of a few hundred, and the kernel, which works out at load time which
         # calls are always allowed by running the program for each, loads it twice as fast.
@@ -462,8 +468,8 @@ class Filter:
                 if result < 0:
                     raise BadProfile(f"{self.profile.source}: the rule for {name} is refused "
                                      f"by libseccomp: {os.strerror(-result)}")
-            if rule.action == SCMP_ACT_ALLOW and number >= 0:  # not a pseudo number
-                self.allowed.add(name)
+            if number >= 0:  # a pseudo number stands for another architecture's call
+                (self.allowed if rule.action == SCMP_ACT_ALLOW else self.refused).add(name)
 
     @functools.cached_property
     def program(self) -> bytes:
@@ -510,6 +516,8 @@ class Filter:
     def summary(self) -> str:
         """E.g. "Docker's default profile, 301 system calls allowed, as in FILE"."""
         where = f", as in {self.profile.shipped_as}" if self.profile.shipped_as else ""
+        if self.profile.default_action == SCMP_ACT_ALLOW:  # a denylist
+            return f"{self.profile.source}, every system call but {len(self.refused)}{where}"
         return f"{self.profile.source}, {len(self.allowed)} system calls allowed{where}"
 
     def release(self) -> None:
@@ -539,17 +547,29 @@ def step(setting: str, capabilities=DOCKER_DEFAULT_CAPABILITIES) -> Step:
         return Step("# seccomp: unconfined (--security-opt seccomp=unconfined), no filter",
                     "every system call reaches the kernel; only capabilities limit root")
     try:
-        built = default_filter() if (setting == DEFAULT and tuple(capabilities)
-                                     == DOCKER_DEFAULT_CAPABILITIES) \
-            else Filter(profile_for(setting), capabilities)
+        built = _filter_for(setting, tuple(capabilities))
     except ContainedError as error:
-        def fail(error=error):
-            raise error
-        return Step(f"# seccomp: cannot be set up here: {error}", "", fail)
-    return Step(f"# seccomp: {built.summary()}",
-                "an allowlist loaded into PID 1 and inherited by everything it starts: other "
-                "calls (keyctl, bpf, mount, unshare, ...) fail with EPERM; see the filter "
-                "with `python -m contained.seccomp`", built.load)
+        # --dry-run still shows the plan; a run stops at this step, with this one line.
+        return Step(f"# seccomp: cannot be set up here: {error}", "",
+                    functools.partial(_fail, error))
+    if setting == DEFAULT:
+        why = ("an allowlist loaded into PID 1 and inherited by everything it starts: other "
+               "calls (keyctl, bpf, mount, unshare, ...) fail with EPERM; see the filter with "
+               "`python -m contained.seccomp`")
+    else:
+        why = ("loaded into PID 1 and inherited by everything it starts; see the filter with "
+               "`python -m contained.seccomp FILE.json`")
+    return Step(f"# seccomp: {built.summary()}", why, built.load)
+
+
+def _filter_for(setting: str, capabilities: tuple[str, ...]) -> Filter:
+    if setting == DEFAULT and capabilities == DOCKER_DEFAULT_CAPABILITIES:
+        return default_filter()  # built ahead of time, by the runner
+    return Filter(profile_for(setting), capabilities)
+
+
+def _fail(error: ContainedError):
+    raise error
 
 
 def main(argv: list[str]) -> int:

@@ -625,8 +625,12 @@ def fetch(url: str, wait: float = 10.0) -> str:
             time.sleep(0.1)
 
 
-def bridge_state(bridge: str = "contained0") -> dict:
-    """The bridge, its gateway, and each plugged-in veth with its container's lease."""
+def bridge_state(bridge: str | None = None) -> dict:
+    """The bridge (this home's, by default), its gateway, and each plugged-in veth with its
+    container's lease."""
+    from contained import network
+
+    bridge = bridge or network.NetworkConfig().bridge
     links = json.loads(sh_output("ip -j addr show"))
     found = [link for link in links if link["ifname"] == bridge]
     if not found:

@@ -16,6 +16,7 @@ APT_PACKAGES=(
     skopeo docker-registry busybox-static umoci
     util-linux iproute2 nftables iptables procps
     fuse-overlayfs uidmap crun hyperfine debootstrap
+    libseccomp2 gcc libc6-dev  # seccomp filters; the static helpers tests build (gcc -static)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -131,9 +131,10 @@ def contained_cgroups() -> set[str]:
 def no_cgroup_left_behind():
     """The whole run must leave no cgroup (a test's parent, a container's, a spare's).
 
-    Tests never use the machine's own parent (``contained``): this session's containers go
-    under one of its own, ``contained-session-PID`` unless a test picks another, removed at
-    the end once it is empty.
+    Tests never use a home's default parent (``contained-TAG``, see contained.cgroups): this
+    session's containers go under one of its own, ``contained-session-PID`` unless a test picks
+    another, removed at the end once it is empty. A test that drops $CONTAINED_CGROUP_PARENT
+    (tests/test_home.py) removes its homes' default parents itself: ``contained*`` covers them.
     """
     before = contained_cgroups()
     session_parent = f"contained-session-{os.getpid()}"

@@ -278,6 +278,41 @@ def test_exec_t_gives_the_command_a_pty_of_the_containers_own(named, busybox_hom
     assert "/dev/pts/" in output and "20 70" in output, output
 
 
+def read_until(master: int, text: bytes, timeout: float = 20) -> bytes:
+    output = b""
+    deadline = time.monotonic() + timeout
+    while text not in output and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            output += os.read(master, 4096)
+    return output
+
+
+def test_run_it_relays_keys_and_the_window_size_and_restores_the_terminal(busybox_home):
+    master, terminal = os.openpty()
+    before = termios.tcgetattr(terminal)
+    os.close(terminal)
+    os.close(master)
+    process, master = start_on_terminal(
+        busybox_home, "run", "-i", "-t", "--rm", "busybox", "sh", "-c",
+        'trap "stty size; exit 0" WINCH; read line; echo "got $line"; '
+        'while :; do sleep 0.1; done', rows=24, columns=80)
+    try:
+        os.write(master, b"hello\r")
+        assert b"got hello" in read_until(master, b"got hello")
+        # A resized terminal: its foreground group (the client) gets SIGWINCH, and passes
+        # the new size on to the container's pty, whose command gets SIGWINCH in turn.
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        assert b"40 120" in read_until(master, b"40 120")
+        process.wait(timeout=20)
+        assert process.returncode == 0
+        assert termios.tcgetattr(master)[:3] == before[:3]  # raw mode undone (flags)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+
+
 def test_run_i_feeds_stdin_and_without_i_stdin_is_dev_null(busybox_home):
     done = cli(busybox_home, "run", "-i", "--rm", "busybox", "wc", "-c",
                stdin=None, input=b"x" * 300000)

@@ -54,6 +54,7 @@ def test_start_status_stop(stopped_at_end):
 
     assert local.stop(home) == state
     assert not alive(state.pid)
+    assert not state.registries_conf.exists()  # it would point at a port anyone may take
     assert local.status(home) is None
     assert not (home / "registry" / "state.json").exists()
     assert local.stop(home) is None
@@ -256,5 +257,6 @@ def test_an_impostor_on_the_port_is_not_taken_for_our_registry(home, monkeypatch
     finally:
         server.shutdown()
         server.server_close()
+        local.stop(home)
     assert not (home / "registry" / "registries.conf").exists()
     assert local.status(home) is None

@@ -93,3 +93,50 @@ def test_nobody_runs_throwaway_and_named_containers(nobody_home):
     assert "\n" not in out["limit"] and "cgroup" in out["limit"].lower()
     assert out["pids"] is None  # cgroups not delegated to nobody here: runs without a limit
     assert out["left"] == [".lock"]
+
+
+SPARES_SCENARIO = r'''
+import json, os
+from contained import container
+from contained.store import Store
+from contained.busybox import import_busybox
+
+import_busybox(Store())
+runner = container.Runner()  # a helper process with spares, as a Jupyter kernel uses it
+out = []
+for options in ({}, {"memory": "32M"}, {}, {}):
+    read, write = os.pipe()
+    try:
+        result = container.run("busybox", ["sh", "-c", "echo ok"], stdout=write, runner_=runner,
+                               **options)
+        out.append([result.status, os.read(read, 4096).decode()])
+    except container.ContainedError as error:
+        out.append(["error", str(error)])
+    finally:
+        os.close(write)
+        os.close(read)
+runner.close()
+print(json.dumps(out))
+'''
+
+
+@needs_root
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3")
+def test_a_failed_rootless_cell_leaves_the_next_ones_working(nobody_home):
+    """Issue 16: a rootless spare decided "rootless" after entering its user namespace (where
+    it is uid 0), so every spare failed, and the cell after a failing one found a broken one."""
+    if not user_namespaces_allowed():
+        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
+    home = nobody_home
+    site_packages = site.getsitepackages()[0] if sys.prefix != sys.base_prefix else ""
+    env = {"HOME": str(home), "CONTAINED_HOME": str(home / "contained"),
+           "PYTHONPATH": f"{ROOT}:{site_packages}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
+         *[f"{k}={v}" for k, v in env.items()], str(SYSTEM_PYTHON), "-c", SPARES_SCENARIO],
+        capture_output=True, text=True, timeout=120, cwd=home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain, limited, *after = json.loads(done.stdout.splitlines()[-1])
+    assert plain == [0, "ok\n"]
+    assert limited[0] == "error" and "cgroup" in limited[1].lower()
+    assert after == [[0, "ok\n"], [0, "ok\n"]]

@@ -1,8 +1,9 @@
 """Seccomp and keyrings: Docker's default profile, --security-opt, a new session keyring.
 
-The unit tests read profiles and build filters without loading them (no root needed). The root
-tests run busybox containers and, inside them, a tiny static helper (compiled here with
-``gcc -static``, bind-mounted read-only) that makes the system calls an attacker would.
+The unit tests read profiles, build filters, and load them in forked children (no_new_privs is
+all a process needs to filter itself: no root). The root tests run busybox containers and,
+inside them, a tiny static helper (compiled here with ``gcc -static``, bind-mounted read-only)
+that makes the system calls an attacker would.
 """
 
 import ctypes
@@ -26,14 +27,24 @@ PROBE_SOURCE = r"""
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* Each call has arguments the kernel refuses with an error other than EPERM (or accepts):
    only a seccomp filter answers EPERM (ENOSYS for clone3) to all of them. */
 static void show(const char *name, long rc) { printf("%s %d\n", name, rc < 0 ? errno : 0); }
+
+/* clone(2) as fork does (the child runs on a copy of this stack, and leaves at once) */
+static long clone_with(unsigned long flags) {
+    long pid = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+    if (pid == 0) _exit(0);
+    if (pid > 0) waitpid(pid, NULL, 0);
+    return pid;
+}
 
 int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "probe")) {
@@ -43,6 +54,9 @@ int main(int argc, char **argv) {
         show("bpf", syscall(SYS_bpf, 9999, NULL, 0));
         show("perf_event_open", syscall(SYS_perf_event_open, NULL, 0, -1, -1, 0));
         show("personality", syscall(SYS_personality, 0x0040000 /* ADDR_NO_RANDOMIZE */));
+        show("personality_query", syscall(SYS_personality, 0xffffffff));
+        show("clone_newuser", clone_with(CLONE_NEWUSER));
+        show("clone_plain", clone_with(0));
         show("clone3", syscall(SYS_clone3, NULL, 0));
         show("unshare", syscall(SYS_unshare, CLONE_NEWUSER));
         return 0;
@@ -197,7 +211,7 @@ def test_arguments_on_the_same_index_become_rules_of_their_own():
         built.release()
 
 
-def test_explain_shows_the_seccomp_and_keyring_steps():
+def test_the_steps_say_what_they_equal_for_default_custom_and_unconfined():
     shown = seccomp.step("default").shell
     assert shown.startswith("# seccomp: Docker's default profile, ")
     assert shown.endswith("system calls allowed, as in contained/seccomp-default.json")
@@ -206,8 +220,19 @@ def test_explain_shows_the_seccomp_and_keyring_steps():
     custom = seccomp.step('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": '
                           '[{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}')
     assert custom.shell == ("# seccomp: a profile given with --security-opt "
-                            "seccomp=FILE.json, 0 system calls allowed")
+                            "seccomp=FILE.json, every system call but 1")
     assert init.keyring_step().shell == "keyctl session - sh"
+
+
+def test_without_seccomp_the_step_fails_in_one_line_and_dry_run_still_shows_it(monkeypatch):
+    def unavailable():
+        raise seccomp.SeccompUnavailable("this kernel has no seccomp (Invalid argument): ...")
+
+    monkeypatch.setattr(seccomp, "check_available", unavailable)
+    shown = seccomp.step('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    assert shown.shell.startswith("# seccomp: cannot be set up here: this kernel has no")
+    with pytest.raises(seccomp.SeccompUnavailable):
+        shown.run()
 
 
 def in_a_filtered_child(setting: str, call) -> int:
@@ -356,13 +381,28 @@ def probed(out: str) -> dict[str, int]:
 
 
 @needs_root
-@pytest.mark.parametrize("explain", [False, True], ids=["from-a-spare", "built-in-place"])
-def test_every_container_runs_under_a_seccomp_filter(busybox_home, runner_process, explain):
-    result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process,
-                                 explain=open(os.devnull, "w") if explain else None)
+def test_every_container_runs_under_a_seccomp_filter(busybox_home, runner_process):
+    result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process)  # a spare's
     assert result.status == 0
     assert status_field(out, "Seccomp") == "2"
     assert status_field(out, "NoNewPrivs") == "1"
+
+
+@needs_root
+def test_explain_shows_the_keyring_and_seccomp_steps_as_they_run(busybox_home, runner_process):
+    read, write = os.pipe()
+    try:  # an explained run is built in place, step by step (no spare)
+        result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process,
+                                     explain=write)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as explained:
+        text = explained.read()
+    assert status_field(out, "Seccomp") == "2"
+    keyring = text.index("+ keyctl session - sh")
+    no_new_privs = text.index("--no-new-privs")
+    filtered = text.index("+ # seccomp: Docker's default profile, ")
+    assert keyring < no_new_privs < filtered < text.index("+ exec ")
 
 
 @needs_root
@@ -378,8 +418,10 @@ def test_keyring_bpf_perf_and_namespace_calls_get_eperm(busybox_home, runner_pro
     assert result.status == 0
     calls = probed(out)
     for name in ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "personality",
-                 "unshare"):
+                 "unshare", "clone_newuser"):
         assert calls[name] == errno.EPERM, f"{name} answered {calls[name]}, not EPERM"
+    # What Docker's profile allows of the same calls: fork-like clone, reading the persona.
+    assert calls["clone_plain"] == calls["personality_query"] == 0
     # As in Docker: clone3 says "not implemented", so libc falls back to clone, whose flags
     # the filter can inspect (clone3 passes them in memory, out of a filter's reach).
     assert calls["clone3"] == errno.ENOSYS
@@ -440,6 +482,8 @@ def test_keys_do_not_cross_between_host_and_container(busybox_home, probe):
     adds a key, and runs two containers with the CLI: the first looks for the host's key,
     the second adds one, which the host then looks for.
     """
+    if os.uname().machine != "x86_64":
+        pytest.skip("the host side uses x86_64 system call numbers")
     host_key, inside_key = f"contained-test-{secrets.token_hex(4)}", "contained-test-inside"
     script = f"""
 import ctypes, json, subprocess, sys
@@ -457,8 +501,6 @@ found = libc.syscall(SYS_keyctl, 10, -3, b"user", {inside_key.encode()!r}, 0)
 print(json.dumps({{"seen": seen.stdout + seen.stderr, "added": added.stdout + added.stderr,
                   "found_on_host": found > 0}}))
 """
-    if os.uname().machine != "x86_64":
-        pytest.skip("the host side uses x86_64 system call numbers")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
@@ -470,3 +512,14 @@ print(json.dumps({{"seen": seen.stdout + seen.stderr, "added": added.stdout + ad
 
 def default_profile_path() -> str:
     return str(Path(container.__file__).parent / "seccomp-default.json")
+
+
+@needs_root
+def test_a_cell_runs_filtered_by_default_and_unconfined_when_asked(busybox_home, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "contained")
+    for line, expected in (("busybox", "2"), ("busybox --security-opt seccomp=unconfined", "0")):
+        shell.run_cell_magic("container", line, "grep Seccomp: /proc/self/status")
+        assert status_field(capsys.readouterr().out, "Seccomp") == expected

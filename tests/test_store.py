@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from contained import build, oci, skopeo
+from contained import registry as local_registry
 from contained.store import (
     ArchitectureMismatch,
     BlobMissing,
@@ -74,8 +75,9 @@ def names(store: Store) -> list[str]:
 
 
 def push(layout_ref: str, registry, target: str, *, all_images=False) -> None:
-    skopeo.copy(layout_ref, f"docker://{registry.address}/{target}", action="test push",
-                dest_tls_verify=False, all_images=all_images)
+    """Publish into the session's read-only registry, the way its owner does."""
+    local_registry.publish(Path(registry.directory).parent, layout_ref, target,
+                           all_images=all_images)
 
 
 # -- reading --------------------------------------------------------------------------------
