@@ -24,7 +24,6 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from contained import (
     cgroups,
     home,
     init,
+    isolated,
     layers,
     network,
     process,
@@ -378,19 +378,6 @@ def _reserve(spec: ContainerSpec) -> None:
 # ---------------------------------------------------------------------------------------------
 # Talking to the runner
 
-# The runner helper's `python -I -c`: isolated, so neither the caller's working directory nor
-# PYTHON* variables reach sys.path (issue 18: a `shlex.py` there would run as root). It loads
-# this very package (whether installed or a checkout on PYTHONPATH) by its location, and
-# nothing else from the directory around it.
-_PACKAGE = Path(__file__).resolve().parent
-RUNNER_MAIN = (
-    "import importlib.util, sys\n"
-    f"spec = importlib.util.spec_from_file_location('contained', {str(_PACKAGE / '__init__.py')!r},"
-    f" submodule_search_locations=[{str(_PACKAGE)!r}])\n"
-    "sys.modules['contained'] = package = importlib.util.module_from_spec(spec)\n"
-    "spec.loader.exec_module(package)\n"
-    "from contained.runner import main\n"
-    "sys.exit(main(sys.argv[1:]))")
 RUNNER_ENVIRONMENT = ("PATH", "LANG")
 
 
@@ -416,7 +403,7 @@ class Runner:
     """The way to the runner: a helper process (kernels, long-lived programs) or a fork (CLI).
 
     ``Runner.shared()`` starts the runner (``python -I``, from ``/``, with `runner_environment`:
-    see `RUNNER_MAIN`) once per process, with plain subprocess (no Python runs between fork
+    see `contained.isolated`) once per process, with plain subprocess (no Python runs between fork
     and exec in the caller), and reuses it.
     ``Runner(in_process=True)`` forks the request's worker directly; only a single-threaded
     program such as the CLI may use it.
@@ -467,7 +454,7 @@ class Runner:
         if self._control is None or not self.alive():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._process = subprocess.Popen(
-                [sys.executable, "-I", "-c", RUNNER_MAIN, "--serve", str(theirs.fileno())],
+                [*isolated.python_argv("contained.runner"), "--serve", str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
                 # Nothing of the caller's but what it must have: a root helper must not run
                 # a module planted in the caller's directory, nor read its secrets.

@@ -4,22 +4,29 @@ Used by the workbook's helpers (every notebook) and the local registry (04). ``p
 ``python -c`` put the working directory first on sys.path, and PYTHONPATH adds more: a
 ``shlex.py`` that a container wrote into the notebook's directory (``-v $PWD:/work``) would be
 imported by a helper running as root. ``python -I`` (isolated) leaves out both, and the user's
-site-packages. Where contained itself was found only through PYTHONPATH or a checkout, its own
-directory is appended, after the standard library and site-packages, so it shadows nothing::
+site-packages. The helper then loads the caller's own `contained` package by its location
+(installed, or a checkout found through PYTHONPATH), which adds nothing to sys.path::
 
-    python -I -c 'import sys; sys.path.append("/src"); from contained.cli import main; ...' ARGS
+    python -I -c 'import importlib.util; ...spec_from_file_location("contained", ...)...' ARGS
+
+Used for the runner (`contained.container.Runner`) too.
 """
 
 import shlex
 import sys
 from pathlib import Path
 
-#: The directory that holds this `contained` package (the one the caller imported).
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+#: This very package: the one the caller imported, installed or a checkout on PYTHONPATH.
+PACKAGE = Path(__file__).resolve().parent
 
+# Loads `contained` by its location and nothing else from the directory around it: no
+# sys.path entry is added, so no other module there can be imported by accident.
 _BOOTSTRAP = (
     "import importlib.util, sys\n"
-    "if importlib.util.find_spec('contained') is None: sys.path.append({parent!r})\n"
+    "spec = importlib.util.spec_from_file_location('contained', {init!r}, "
+    "submodule_search_locations=[{package!r}])\n"
+    "sys.modules['contained'] = package = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(package)\n"
     "from {module} import {function}\n"
     "sys.exit({function}(sys.argv[1:]))")
 
@@ -27,7 +34,8 @@ _BOOTSTRAP = (
 def python_argv(module: str, function: str = "main") -> list[str]:
     """The command that runs ``module.function(argv)`` in an isolated Python; append the
     arguments. `function` returns the exit status."""
-    code = _BOOTSTRAP.format(parent=PACKAGE_PARENT, module=module, function=function)
+    code = _BOOTSTRAP.format(init=str(PACKAGE / "__init__.py"), package=str(PACKAGE),
+                             module=module, function=function)
     return [sys.executable, "-I", "-c", code]
 
 

@@ -5,7 +5,7 @@ does underneath). A Jupyter kernel is multi-threaded, and after fork() only the 
 survives: a lock held by another thread (the allocator's, logging's, a queue's) stays locked
 forever in the child, and unshare(CLONE_NEWNS) fails outright in a multi-threaded process. So
 the kernel never forks: it starts this module once with plain `subprocess`
-(``python -I``, from ``/`` with a minimal environment: `container.RUNNER_MAIN`; in shell
+(``python -I``, from ``/`` with a minimal environment: `contained.isolated`; in shell
 terms ``cd / && env -i PATH=$PATH python -I -m contained.runner --serve FD``) and sends it
 requests over a Unix socket, passing the cell's stdin/stdout/stderr pipes along
 (`contained.wire`). The runner forks one child per request (cheap: everything is imported
