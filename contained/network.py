@@ -101,6 +101,7 @@ NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 IPT_POSTROUTING = "CONTAINED-POST"
 IPT_PORTS = "CONTAINED-PORTS"
 IPT_INPUT = "CONTAINED-INPUT"
+IPT_FORWARD = "CONTAINED-FWD"
 
 
 class BadPortSpec(ContainedError):
@@ -917,11 +918,12 @@ def _iptables_setup(config: NetworkConfig) -> list[list[str]]:
     nat, filter_ = ["iptables", "-w", "-t", "nat"], ["iptables", "-w", "-t", "filter"]
     local = ["-m", "addrtype", "--dst-type", "LOCAL"]
     ports, post = _ipt_chain(IPT_PORTS, config), _ipt_chain(IPT_POSTROUTING, config)
-    guard = _ipt_chain(IPT_INPUT, config)
+    guard, isolate = _ipt_chain(IPT_INPUT, config), _ipt_chain(IPT_FORWARD, config)
     return [
         [*nat, "-N", ports],
         [*nat, "-N", post],
         [*filter_, "-N", guard],
+        [*filter_, "-N", isolate],
         [*nat, "-A", "PREROUTING", *local, "-j", ports],
         [*nat, "-A", "OUTPUT", *local, "-j", ports],
         [*nat, "-A", "POSTROUTING", "-j", post],
@@ -931,6 +933,11 @@ def _iptables_setup(config: NetworkConfig) -> list[list[str]]:
         [*filter_, "-A", "INPUT", "-i", config.bridge, "-j", guard],
         [*filter_, "-A", guard, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate",
          "DNAT", "-j", "DROP"],
+        # see the nft forward chain: other homes' bridges reach this one only through ports
+        [*filter_, "-I", "FORWARD", "-o", config.bridge, "-j", isolate],
+        [*filter_, "-A", isolate, "-i", config.bridge, "-j", "RETURN"],
+        [*filter_, "-A", isolate, "-i", f"{BRIDGE_PREFIX}+", "-m", "conntrack", "!",
+         "--ctstate", "DNAT", "-j", "DROP"],
     ]
 
 
@@ -1013,7 +1020,7 @@ def _teardown_iptables(config: NetworkConfig) -> list[str]:
                 undo = [*argv[:4], flag, argv[5]]
                 if subprocess.run(undo, capture_output=True).returncode == 0:
                     done.append(shlex.join(undo))
-        elif argv[5] in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
+        elif argv[5] in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT", "FORWARD"):
             undo = [*argv[:4], "-D", *argv[5:]]
             while subprocess.run(undo, capture_output=True).returncode == 0:
                 done.append(shlex.join(undo))

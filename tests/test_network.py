@@ -302,6 +302,21 @@ def test_a_bridged_container_cannot_reach_the_hosts_loopback_services(tmp_path, 
     assert facts["reached"] == "", "the container talked to a host service on 127.0.0.1"
 
 
+@needs_root
+@pytest.mark.parametrize("firewall", ["nft", "iptables"])
+def test_homes_get_their_own_bridges_and_a_stale_record_never_touches_another_homes(
+        tmp_path, firewall):
+    facts = run_scenario(f"two_homes_{firewall}", tmp_path)
+    assert facts["bridges"] == ["contained0", "contained1"]
+    assert facts["subnets"] == ["10.77.0.0/24", "10.77.1.0/24"]
+    assert facts["veths_differ"]
+    assert facts["alias"].startswith("contained home ")
+    assert facts["a_after_b_gc"] == "hello from web\n"  # b's stale record named contained0
+    assert facts["b_gc"] == ["web"]
+    assert facts["a_bridge_kept"] and facts["a_rules_kept"]
+    assert facts["after"]["links"] == ["lo"] and facts["left_rules"] == []
+
+
 # --- the scenarios, run by run_scenario inside a fresh network namespace ------------------
 
 
@@ -648,6 +663,63 @@ def _loopback_scenario(tmp: Path, firewall: str) -> dict:
     finally:
         listener.close()
         _stop(web)
+
+
+def _two_homes_scenario(tmp: Path, firewall: str) -> dict:
+    """Home a (this scenario's CONTAINED_HOME) and home b attach a container named web each;
+    then b, whose web has died, keeps a stale record naming a's bridge, and runs gc."""
+    _ip("link", "set", "lo", "up")
+    homes = {"a": os.environ["CONTAINED_HOME"], "b": str(tmp / "home-b")}
+
+    def as_home(name: str):
+        os.environ["CONTAINED_HOME"] = homes[name]
+        return network.NetworkConfig(firewall=firewall)
+
+    web_a, web_b = _web(tmp), _container("sleep", "30")
+    try:
+        config_a = as_home("a")
+        attached_a, _ = _attach("web", web_a, ["8080:80"], config_a)
+        config_b = as_home("b")
+        attached_b, _ = _attach("web", web_b, ["8081:80"], config_b)
+        facts = {"bridges": [config_a.bridge, config_b.bridge],
+                 "subnets": [config_a.subnet, config_b.subnet],
+                 "veths_differ": attached_a.host_veth != attached_b.host_veth,
+                 "alias": network._bridge_alias(config_a.bridge)}
+        # b's web dies, and b's record is made to name a's bridge, as after a reboot in which
+        # a got contained0 first
+        _stop(web_b)
+        network.detach("web", config_b)
+        stale = network.state_path(network.NetworkConfig("contained0", config_b.subnet))
+        stale.write_text(json.dumps({"subnet": config_b.subnet, "firewall": firewall,
+                                     "leases": {"web": {"ip": attached_b.ip,
+                                                        "veth": attached_b.host_veth,
+                                                        "pid": web_b.pid, "start": 1,
+                                                        "publish": [["127.0.0.1", 8080, 80,
+                                                                     "tcp"]]}}}))
+        facts["b_gc"] = network.gc()
+        as_home("a")
+        facts["a_bridge_kept"] = network._link_exists(config_a.bridge)
+        facts["a_rules_kept"] = [owner for owner, _ in network._port_rules(config_a, firewall)
+                                 ] == ["web"]
+        facts["a_after_b_gc"] = _wget("http://127.0.0.1:8080/")
+        network.detach("web", config_a)
+        facts["after"] = _state(config_a)
+        ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True,
+                                 check=True).stdout
+        facts["left_rules"] = [line for line in ruleset.splitlines()
+                               if "contained" in line.lower()]
+        return facts
+    finally:
+        os.environ["CONTAINED_HOME"] = homes["a"]
+        _stop(web_a, web_b)
+
+
+def scenario_two_homes_nft(tmp: Path) -> dict:
+    return _two_homes_scenario(tmp, "nft")
+
+
+def scenario_two_homes_iptables(tmp: Path) -> dict:
+    return _two_homes_scenario(tmp, "iptables")
 
 
 def scenario_loopback_nft(tmp: Path) -> dict:
