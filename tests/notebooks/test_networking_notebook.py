@@ -6,7 +6,7 @@ lab VM, never on the machine running the tests. So, as root, the test runs
 ``unshare --net --mount --propagation private``, with a private tmpfs on /run/netns (where
 `ip netns add` keeps its namespace files), a temporary CONTAINED_HOME and its own cgroup
 parent. Traffic goes only to 127.0.0.1 and the namespaces' own subnets. The unprivileged run
-of every notebook, 08 included, is tests/notebooks/test_workbook.py's.
+of every notebook, 08 included, is tests/notebooks/test_every_notebook.py's.
 """
 
 import os
