@@ -158,3 +158,34 @@ def no_cgroup_left_behind():
     remove_cgroup_parent(session_parent)
     assert not left, "cgroups left behind by the tests"
     assert not contained_cgroups() - before, "the session's cgroup parent is left"
+
+
+@pytest.fixture(scope="module")
+def busybox_home(tmp_path_factory):
+    """A store holding busybox:latest, used through CONTAINED_HOME by every test of a module;
+    its containers are removed and collected at the end."""
+    from contained import busybox, container
+    from contained.store import Store
+
+    path = tmp_path_factory.mktemp("home")
+    previous = os.environ.get("CONTAINED_HOME")
+    os.environ["CONTAINED_HOME"] = str(path)
+    busybox.import_busybox(Store(path))
+    yield path
+    for leftover in container.containers():
+        container.remove(leftover.id, force=True)
+    container.gc()
+    if previous is None:
+        del os.environ["CONTAINED_HOME"]
+    else:
+        os.environ["CONTAINED_HOME"] = previous
+
+
+@pytest.fixture(scope="module")
+def runner_process(busybox_home):
+    """One runner helper for a module, as one kernel would have."""
+    from contained.container import Runner
+
+    helper = Runner()
+    yield helper
+    helper.close()

@@ -18,37 +18,11 @@ import pytest
 from conftest import needs_root
 
 from contained import container, namespaces, procfs
-from contained.container import Runner
 
 pytestmark = needs_root
 
 
-@pytest.fixture(scope="module")
-def busybox_home(tmp_path_factory):
-    """A store holding busybox:latest, used through CONTAINED_HOME by every test here."""
-    from contained.busybox import import_busybox
-    from contained.store import Store
 
-    path = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("CONTAINED_HOME")
-    os.environ["CONTAINED_HOME"] = str(path)
-    import_busybox(Store(path))
-    yield path
-    for leftover in container.containers():
-        container.remove(leftover.id, force=True)
-    container.gc()
-    if previous is None:
-        del os.environ["CONTAINED_HOME"]
-    else:
-        os.environ["CONTAINED_HOME"] = previous
-
-
-@pytest.fixture(scope="module")
-def runner_process(busybox_home):
-    """One runner helper for the module, as one kernel would have."""
-    helper = Runner()
-    yield helper
-    helper.close()
 
 
 def run_capture(image, command, runner_process, **options):

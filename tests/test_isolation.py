@@ -48,23 +48,6 @@ PID_ONE_SUCCESSES = ("tampered", "reopened-fd", "opened-mem", "read-environ", HO
 FILE_ATTACK = "echo tampered > /proc/1/fd/1; echo rewritten > /proc/self/fd/1; true"
 
 
-@pytest.fixture(scope="module")
-def busybox_home(tmp_path_factory):
-    from contained.busybox import import_busybox
-    from contained.store import Store
-
-    path = tmp_path_factory.mktemp("isolation-home")
-    previous = os.environ.get("CONTAINED_HOME")
-    os.environ["CONTAINED_HOME"] = str(path)
-    import_busybox(Store(path))
-    yield path
-    for leftover in container.containers():
-        container.remove(leftover.id, force=True)
-    container.gc()
-    if previous is None:
-        del os.environ["CONTAINED_HOME"]
-    else:
-        os.environ["CONTAINED_HOME"] = previous
 
 
 def cli_env(home: Path) -> dict:

@@ -315,31 +315,7 @@ def test_the_magic_takes_security_opt_and_refuses_a_bad_one_in_one_line(home):
 # ---------------------------------------------------------------------------------------------
 # Containers (root)
 
-@pytest.fixture(scope="module")
-def busybox_home(tmp_path_factory):
-    """A store holding busybox:latest, used through CONTAINED_HOME by the tests here."""
-    from contained.busybox import import_busybox
-    from contained.store import Store
 
-    path = tmp_path_factory.mktemp("home")
-    previous = os.environ.get("CONTAINED_HOME")
-    os.environ["CONTAINED_HOME"] = str(path)
-    import_busybox(Store(path))
-    yield path
-    for leftover in container.containers():
-        container.remove(leftover.id, force=True)
-    container.gc()
-    if previous is None:
-        del os.environ["CONTAINED_HOME"]
-    else:
-        os.environ["CONTAINED_HOME"] = previous
-
-
-@pytest.fixture(scope="module")
-def runner_process(busybox_home):
-    helper = container.Runner()
-    yield helper
-    helper.close()
 
 
 @pytest.fixture(scope="module")
