@@ -68,9 +68,9 @@ def main() -> int:
         from IPython.core.interactiveshell import InteractiveShell
 
         import contained
-        from contained import cgroups, container
-        from contained.busybox import import_busybox
-        from contained.store import Store
+        from contained.images.busybox import import_busybox
+        from contained.images.store import Store
+        from contained.runtime import cgroups, container
 
         store = Store(home)
         import_busybox(store)

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from contained import build, oci  # noqa: E402
+from contained.images import build, oci  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contained-bench"
 LAYER_SPLIT = [  # what each layer holds, bottom first; the last takes whatever is left
@@ -125,7 +125,7 @@ CHILD = """
 import sys, time, json
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from contained import layers, oci
+from contained.images import layers, oci
 specs = json.loads({specs!r})
 args = [(Path(b), oci.Descriptor(oci.MEDIA_TYPE_LAYER_GZIP, d, s), diff) for b, d, s, diff in specs]
 start = time.perf_counter()

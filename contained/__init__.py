@@ -15,7 +15,7 @@ import atexit
 
 def load_ipython_extension(ipython) -> None:
     """Register the magics, and remove this kernel's throwaway containers when it exits."""
-    from contained.magics import ContainerMagics
+    from contained.jupyter.magics import ContainerMagics
 
     ipython.register_magics(ContainerMagics)
     atexit.register(close_runner)
@@ -23,7 +23,7 @@ def load_ipython_extension(ipython) -> None:
 
 def unload_ipython_extension(ipython) -> None:
     """Remove the magics and stop this kernel's runner (which kills its throwaway containers)."""
-    from contained.magics import ContainerMagics
+    from contained.jupyter.magics import ContainerMagics
 
     manager = ipython.magics_manager
     for kind in ("line", "cell"):
@@ -36,6 +36,6 @@ def unload_ipython_extension(ipython) -> None:
 
 def close_runner() -> None:
     """Stop the runner helper if this process started one; named containers keep running."""
-    from contained.container import Runner
+    from contained.runtime.container import Runner
 
     Runner.close_shared()

@@ -12,7 +12,7 @@ commands from notebook 04. They correspond to::
     contained images              jq '.manifests[].annotations' $HOME/oci/index.json
     contained inspect busybox     skopeo inspect --config oci:$HOME/oci:docker.io/library/busybox
     contained unpack busybox DIR  tar -xf $HOME/oci/blobs/sha256/<layer> -C DIR (each layer)
-    contained import busybox      (see contained.busybox: the host's busybox as an image)
+    contained import busybox      (see contained.images.busybox: the host's busybox as an image)
     contained registry start      docker-registry serve config.yml
 
 Each subcommand is one `add_*` function that registers its parser and sets ``func`` to the
@@ -28,10 +28,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from contained import registry
 from contained.errors import ContainedError
-from contained.reference import parse_reference
-from contained.store import Store
+from contained.images import registry
+from contained.images.reference import parse_reference
+from contained.images.store import Store
 
 EXIT_INTERRUPTED = 130
 
@@ -159,7 +159,7 @@ def add_import(commands) -> None:
 def run_import(args) -> int:
     store = Store()
     if args.source == "busybox":
-        from contained.busybox import DEFAULT_NAME, import_busybox
+        from contained.images.busybox import DEFAULT_NAME, import_busybox
 
         image = import_busybox(store, args.name or DEFAULT_NAME)
     else:
@@ -271,7 +271,7 @@ def _add_process_options(parser) -> None:
 
 
 def run_run(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     options = dict(memory=args.memory, cpus=args.cpus, pids_limit=args.pids_limit,
                    hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
@@ -308,15 +308,15 @@ def run_run(args) -> int:
 
 
 def _terminal(args) -> dict:
-    from contained import relay
+    from contained.runtime import relay
 
     return {"tty": args.tty, "tty_size": relay.window_size(0) if args.tty else None}
 
 
 def _attached(args, start) -> int:
     """Run the command with pipes (or a pty) this process relays: the container never gets
-    this process's own stdin, stdout, stderr or terminal (`contained.relay`)."""
-    from contained import relay
+    this process's own stdin, stdout, stderr or terminal (`contained.runtime.relay`)."""
+    from contained.runtime import relay
 
     result = relay.attach(start, interactive=args.interactive, terminal=args.tty)
     if result.message:
@@ -346,7 +346,7 @@ def add_exec(commands) -> None:
 
 
 def run_exec(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
@@ -377,7 +377,7 @@ def run_ps(args) -> int:
     import shlex
     import time
 
-    from contained import container
+    from contained.runtime import container
 
     listed = [c for c in container.containers() if args.all or c.running]
     if args.quiet:
@@ -419,7 +419,7 @@ def add_stop(commands) -> None:
 
 
 def run_stop(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     return _for_each(args.containers, lambda name: container.stop(name, timeout=args.time))
 
@@ -440,7 +440,7 @@ def add_rm(commands) -> None:
 
 
 def run_rm(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     return _for_each(args.containers, lambda name: container.remove(name, force=args.force))
 
@@ -452,7 +452,7 @@ def add_logs(commands) -> None:
 
 
 def run_logs(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     log = Path(container.get(args.container).spec.directory) / "log"
     if log.exists():
@@ -469,7 +469,7 @@ def add_gc(commands) -> None:
 
 
 def run_gc(args) -> int:
-    from contained import container
+    from contained.runtime import container
 
     for item in container.gc():
         print(f"removed {item}")
@@ -504,7 +504,7 @@ def add_install_kernel(commands) -> None:
 
 
 def run_install_kernel(args) -> int:
-    from contained import kernelspec
+    from contained.jupyter import kernelspec
 
     path = kernelspec.install_kernel(user=args.user, prefix=args.prefix)
     print(f"installed kernel {kernelspec.DISPLAY_NAME!r} in {path}")

@@ -19,7 +19,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import cgroups, home, network
+from contained import home, network
+from contained.runtime import cgroups
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def _overlay() -> Check:
 
 
 def _seccomp() -> Check:
-    """Every container's system-call filter (`contained.seccomp`) needs the kernel's seccomp
+    """Every container's system-call filter (`contained.runtime.seccomp`) needs the kernel's seccomp
     filters and libseccomp."""
-    from contained import seccomp
+    from contained.runtime import seccomp
 
     try:
         seccomp.check_available()

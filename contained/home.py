@@ -13,7 +13,7 @@ whoever controls it can swap a cached layer that root then runs. In the shell::
     realpath "$CONTAINED_HOME"                    # the same path: no symlink on the way
 
 Each home also has a short *tag* (a hash of its real path), which names what it owns outside
-itself: its cgroup parent (`contained.cgroups`) and its bridge's interfaces
+itself: its cgroup parent (`contained.runtime.cgroups`) and its bridge's interfaces
 (`contained.network`), so one home never touches another's.
 """
 

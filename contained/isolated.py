@@ -9,7 +9,7 @@ site-packages. The helper then loads the caller's own `contained` package by its
 
     python -I -c 'import importlib.util; ...spec_from_file_location("contained", ...)...' ARGS
 
-Used for the runner (`contained.container.Runner`) too.
+Used for the runner (`contained.runtime.container.Runner`) too.
 """
 
 import shlex

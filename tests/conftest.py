@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from contained import cgroups
+from contained.runtime import cgroups
 
 IS_ROOT = os.geteuid() == 0
 
@@ -46,9 +46,9 @@ def registry(tmp_path_factory):
     """
     if not (shutil.which("skopeo") and shutil.which("docker-registry")):
         pytest.skip("needs skopeo and docker-registry (apt-get install skopeo docker-registry)")
-    from contained import busybox
-    from contained import registry as local_registry
-    from contained.store import Store
+    from contained.images import busybox
+    from contained.images import registry as local_registry
+    from contained.images.store import Store
 
     home = tmp_path_factory.mktemp("registry-home")
     busybox.import_busybox(Store(home))
@@ -64,7 +64,7 @@ def _kill_for_sure(state) -> None:
     """SIGKILL the registry if stop() left it running; only if the pid is still our registry."""
     import signal
 
-    from contained import registry as local_registry
+    from contained.images import registry as local_registry
 
     if local_registry._is_our_registry(state):
         os.kill(state.pid, signal.SIGKILL)
@@ -77,8 +77,8 @@ def _kill_for_sure(state) -> None:
 @pytest.fixture
 def busybox_store(home):
     """A Store in the test's temporary home with busybox:latest imported from /bin/busybox."""
-    from contained import busybox
-    from contained.store import Store
+    from contained.images import busybox
+    from contained.images.store import Store
 
     if not os.path.exists(busybox.HOST_BUSYBOX):
         pytest.skip("needs /bin/busybox (apt-get install busybox-static)")
@@ -131,7 +131,7 @@ def contained_cgroups() -> set[str]:
 def no_cgroup_left_behind():
     """The whole run must leave no cgroup (a test's parent, a container's, a spare's).
 
-    Tests never use a home's default parent (``contained-TAG``, see contained.cgroups): this
+    Tests never use a home's default parent (``contained-TAG``, see contained.runtime.cgroups): this
     session's containers go under one of its own, ``contained-session-PID`` unless a test picks
     another, removed at the end once it is empty. A test that drops $CONTAINED_CGROUP_PARENT
     (tests/test_home.py) removes its homes' default parents itself: ``contained*`` covers them.
@@ -143,7 +143,7 @@ def no_cgroup_left_behind():
     yield
     # What this process still runs goes when it exits: close the shared runner now instead,
     # and its spare must go with it (it goes when the runner's socket closes).
-    from contained.container import Runner
+    from contained.runtime.container import Runner
 
     Runner.close_shared()
     parents = {str(path) for path in cgroups.parent_paths()}
@@ -164,8 +164,9 @@ def no_cgroup_left_behind():
 def busybox_home(tmp_path_factory):
     """A store holding busybox:latest, used through CONTAINED_HOME by every test of a module;
     its containers are removed and collected at the end."""
-    from contained import busybox, container
-    from contained.store import Store
+    from contained.images import busybox
+    from contained.images.store import Store
+    from contained.runtime import container
 
     path = tmp_path_factory.mktemp("home")
     previous = os.environ.get("CONTAINED_HOME")
@@ -184,7 +185,7 @@ def busybox_home(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runner_process(busybox_home):
     """One runner helper for a module, as one kernel would have."""
-    from contained.container import Runner
+    from contained.runtime.container import Runner
 
     helper = Runner()
     yield helper

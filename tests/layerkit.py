@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import build, oci
+from contained.images import build, oci
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def layer_blob(directory_path: Path, tar_bytes: bytes, *, compress: bool = True,
 
 
 def image_layout(layout: Path, tars: list[bytes], ref_name: str = "test") -> list[Layer]:
-    """An OCI layout (contained.build) with these layers; returns them as unpacker arguments."""
+    """An OCI layout (images.build) with these layers; returns them as unpacker arguments."""
     built = [build.write_layer(layout, tar_bytes) for tar_bytes in tars]
     build.write_image(layout, built, build.image_config(
         built, architecture=build.host_architecture()), ref_name)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import busybox, oci
-from contained.store import Store
+from contained.images import busybox, oci
+from contained.images.store import Store
 
 pytestmark = pytest.mark.skipif(not busybox.HOST_BUSYBOX.exists(),
                                 reason="needs /bin/busybox (apt-get install busybox-static)")

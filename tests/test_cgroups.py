@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import cgroups
-from contained.cgroups import (
+from contained.runtime import cgroups
+from contained.runtime.cgroups import (
     BadCgroupName,
     BadLimit,
     Cgroup,
@@ -28,7 +28,7 @@ from contained.cgroups import (
     parse_memory,
     parse_pids,
 )
-from contained.plan import run_steps
+from contained.runtime.plan import run_steps
 
 MiB = 1 << 20
 BUSYBOX = "/bin/busybox"

@@ -185,8 +185,8 @@ def _corrupt_images(home: Path) -> None:
     import tarfile
     from io import BytesIO
 
-    from contained import oci
-    from contained.store import Store
+    from contained.images import oci
+    from contained.images.store import Store
 
     store = Store(home)
     data = BytesIO()
@@ -258,7 +258,7 @@ def test_ps_size_shows_each_containers_writable_layer_without_following_links(bu
                          "touch /done; sleep 30")
     assert status == 0, err
     try:
-        from contained import container
+        from contained.runtime import container
 
         upper = Path(container.get(name).spec.directory) / "upper"
         for _ in range(200):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import container, namespaces, procfs
+from contained.runtime import container, namespaces, procfs
 
 pytestmark = needs_root
 
@@ -351,7 +351,7 @@ def test_interrupt_kills_the_container_within_a_second(busybox_home, runner_proc
     spec = container.build_spec("busybox", ["sleep", "300"])
     code = (
         "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
-        "from contained import container, spec as s\n"
+        "from contained.runtime import container, spec as s\n"
         f"sp = s.ContainerSpec.from_json({spec.to_json()!r})\n"
         "container.run_spec(sp)\n")
     client = subprocess.Popen([sys.executable, "-c", code])
@@ -473,9 +473,9 @@ def symlink_layer(links: dict[str, str]) -> bytes:
 def test_symlinks_in_an_image_cannot_reach_the_host(busybox_home, runner_process, tmp_path):
     """/etc/hosts, /etc/hostname, WorkingDir and a volume's mount point, all symlinks to host
     paths: everything the runtime writes or mounts lands inside the container's root."""
-    from contained import build
-    from contained.busybox import IMAGE_CONFIG, busybox_rootfs
-    from contained.store import Store
+    from contained.images import build
+    from contained.images.busybox import IMAGE_CONFIG, busybox_rootfs
+    from contained.images.store import Store
 
     sentinel = tmp_path / "sentinel"
     sentinel.mkdir()

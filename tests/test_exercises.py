@@ -1,4 +1,4 @@
-"""Exercise checkers (contained/exercises.py) with right and wrong answers, on real files,
+"""Exercise checkers (contained/workbook/exercises.py) with right and wrong answers, on real files,
 real overlay mounts and real containers where the checker looks at those."""
 
 import io
@@ -10,8 +10,9 @@ from pathlib import Path
 
 from conftest import needs_root
 
-from contained import build, cgroups, exercises
-from contained.workbook import tar_layer
+from contained.images import build
+from contained.runtime import cgroups
+from contained.workbook import exercises, tar_layer
 
 
 def test_unanswered_is_not_an_error():
@@ -223,7 +224,7 @@ def test_layer_refused_right_and_wrong():
 
 @needs_root
 def test_container_checkers(busybox_store):
-    from contained import container
+    from contained.runtime import container
 
     name = "exercise-check"
     with open(os.devnull) as devnull:
@@ -243,7 +244,7 @@ def test_container_checkers(busybox_store):
 
 @needs_root
 def test_container_file_checker_reads_at_most_the_cap(busybox_store, monkeypatch):
-    from contained import container
+    from contained.runtime import container
 
     monkeypatch.setattr(exercises, "CHECKED_FILE_LIMIT", 64 << 10)
     name = "exercise-big"

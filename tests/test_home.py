@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, remove_cgroup_parent
 
-from contained import cgroups, home
+from contained import home
+from contained.runtime import cgroups
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,8 +97,8 @@ def _group_dirs(parent: str, name_part: str = "") -> list[Path]:
                          ids=["default_parents", "one_parent_for_both"])
 def test_one_homes_gc_ps_rm_and_stop_never_touch_another_homes_container(tmp_path,
                                                                          shared_parent):
-    from contained import busybox
-    from contained.store import Store
+    from contained.images import busybox
+    from contained.images.store import Store
 
     if not os.path.exists(busybox.HOST_BUSYBOX):
         pytest.skip("needs /bin/busybox (apt-get install busybox-static)")

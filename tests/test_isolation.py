@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import container
+from contained.runtime import container
 
 pytestmark = needs_root
 
@@ -404,8 +404,8 @@ def test_a_module_planted_in_the_callers_directory_is_not_imported_by_the_runner
 
 ROOTLESS_SCENARIO = r'''
 import os, subprocess, sys
-from contained.store import Store
-from contained.busybox import import_busybox
+from contained.images.store import Store
+from contained.images.busybox import import_busybox
 
 import_busybox(Store())
 home = os.environ["HOME"]

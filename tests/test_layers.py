@@ -1,4 +1,4 @@
-"""contained.layers: verification, safety against malicious layers, both whiteout forms, cache.
+"""images.layers: verification, safety against malicious layers, both whiteout forms, cache.
 
 Every layer here is built by tests/layerkit.py. Safety tests put a sentinel directory next to
 the destination (what a malicious layer would aim at) and check it is unchanged afterwards.
@@ -35,7 +35,7 @@ from layerkit import (
     whiteout,
 )
 
-from contained import layers, oci
+from contained.images import layers, oci
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -344,7 +344,7 @@ def test_unprivileged_unpack_skips_chown_and_succeeds(open_tmp):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from contained import layers, oci
+        from contained.images import layers, oci
         d = oci.Descriptor({blob.descriptor.media_type!r}, {blob.descriptor.digest!r},
                            {blob.descriptor.size})
         r = layers.unpack_layer(Path({str(blob.blob)!r}), d, {blob.diff_id!r},
@@ -400,7 +400,7 @@ def test_memory_stays_bounded_on_a_huge_file(tmp_path):
     code = textwrap.dedent(f"""
         import resource, sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from contained import layers, oci
+        from contained.images import layers, oci
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         d = oci.Descriptor({descriptor.media_type!r}, {data_digest!r}, {descriptor.size})
         layers.unpack_layer(Path({str(raw)!r}), d, {data_digest!r}, Path({str(dest)!r}))
@@ -489,7 +489,7 @@ def test_diff_id_mismatch(tmp_path):
 
 
 def test_truncated_gzip(tmp_path):
-    from contained import build
+    from contained.images import build
     layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE)[:-30])
     with pytest.raises(layers.LayerTruncated, match="gzip stream ends early"):
         layers.apply_layers([layer.args()], tmp_path / "dest")
@@ -505,7 +505,7 @@ def test_truncated_tar_with_consistent_digests(tmp_path, cut):
 
 @pytest.mark.parametrize("garbage", [b"\0\0\0\0", b"garbage", b"\x1f\x8b\x08"])
 def test_bytes_after_the_gzip_stream(tmp_path, garbage):
-    from contained import build
+    from contained.images import build
     layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE) + garbage)
     with pytest.raises((layers.LayerCorrupt, layers.LayerTruncated)):
         layers.apply_layers([layer.args()], tmp_path / "dest")
@@ -583,7 +583,7 @@ def test_concurrent_cached_layer_calls_unpack_once(tmp_path):
     code = textwrap.dedent(f"""
         import sys, os; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from contained import layers, oci
+        from contained.images import layers, oci
         d = oci.Descriptor({layer.descriptor.media_type!r}, {layer.descriptor.digest!r},
                            {layer.descriptor.size})
         p = layers.cached_layer(Path({str(cache)!r}), Path({str(layer.blob)!r}), d,

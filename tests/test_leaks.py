@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, remove_cgroup_parent
 
-from contained import cgroups, container
+from contained.runtime import cgroups, container
 
 pytestmark = needs_root
 
@@ -50,8 +50,8 @@ def census(home: Path, spares: bool = False) -> dict:
 
 @pytest.fixture
 def busybox_home(tmp_path, monkeypatch):
-    from contained.busybox import import_busybox
-    from contained.store import Store
+    from contained.images.busybox import import_busybox
+    from contained.images.store import Store
 
     parent = f"contained-test-{os.getpid()}"
     monkeypatch.setenv("CONTAINED_HOME", str(tmp_path / "home"))

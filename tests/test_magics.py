@@ -20,7 +20,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import contained
-from contained import magics
+from contained.jupyter import magics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_a_failing_cell_shows_one_line_through_run_cell(shell, home, capsys):
 
 
 def test_exit_messages():
-    from contained.container import RunResult
+    from contained.runtime.container import RunResult
 
     message = magics.exit_message
     assert message(magics.Outcome(RunResult(0)), None) is None
@@ -155,14 +155,14 @@ def test_output_stream_drain_does_not_wait_for_end_of_file():
 
 
 def usage(memory, cpu_seconds, memory_limit=16 << 20, cpu_limit=0.5):
-    from contained.cgroups import Usage
+    from contained.runtime.cgroups import Usage
 
     return Usage(memory=memory, memory_peak=None, cpu_seconds=cpu_seconds, pids=1,
                  memory_limit=memory_limit, cpu_limit=cpu_limit, pids_limit=None)
 
 
 def test_stats_figure_draws_usage_and_both_limits():
-    from contained import plots
+    from contained.jupyter import plots
 
     samples = [(0.0, usage(1 << 20, 0.0)), (0.5, usage(8 << 20, 0.2)), (1.0, usage(15 << 20, 0.45))]
     assert plots.cpu_series(samples) == ([0.5, 1.0], [pytest.approx(40.0), pytest.approx(50.0)])
@@ -177,7 +177,7 @@ def test_stats_figure_draws_usage_and_both_limits():
 
 
 def test_stats_figure_without_limits_or_samples():
-    from contained import plots
+    from contained.jupyter import plots
 
     figure = plots.stats_figure([(0.0, usage(1 << 20, 0.0, None, None))])
     assert [len(axes.lines) for axes in figure.axes] == [1, 1]
@@ -185,7 +185,7 @@ def test_stats_figure_without_limits_or_samples():
 
 
 def test_layer_sizes_chart(busybox_store):
-    from contained import plots
+    from contained.jupyter import plots
 
     image = busybox_store.image("busybox")
     axes = plots.image_layers_figure(image).axes[0]
@@ -216,7 +216,7 @@ def test_images_and_inspect_subcommands(shell, busybox_store, capsys):
 def test_kernelspec_installs_into_a_prefix(tmp_path):
     import json
 
-    from contained import kernelspec
+    from contained.jupyter import kernelspec
 
     path = kernelspec.install_kernel(prefix=str(tmp_path))
     assert path == tmp_path / "share" / "jupyter" / "kernels" / kernelspec.KERNEL_NAME
@@ -228,7 +228,7 @@ def test_kernelspec_installs_into_a_prefix(tmp_path):
 
 
 def test_dashboard_lists_nothing_in_an_empty_home(home):
-    from contained import widgets
+    from contained.jupyter import widgets
 
     dashboard = widgets.Dashboard()
     assert dashboard.rows == []
@@ -238,8 +238,8 @@ def test_dashboard_lists_nothing_in_an_empty_home(home):
 
 @needs_registry_tools
 def test_pull_progress_bar_fills_and_reports_the_digest(registry, home):
-    from contained import widgets
-    from contained.store import Store
+    from contained.images.store import Store
+    from contained.jupyter import widgets
 
     ref = f"{registry.address}/library/busybox:latest"
     assert widgets.expected_bytes(ref) > 0
@@ -274,9 +274,9 @@ def busybox_home(tmp_path_factory):
     close the runner at the end (it kills anything still running)."""
     if not IS_ROOT:
         pytest.skip("needs root: mounts, namespaces and cgroups (CI runs as root)")
-    from contained import container
-    from contained.busybox import import_busybox
-    from contained.store import Store
+    from contained.images.busybox import import_busybox
+    from contained.images.store import Store
+    from contained.runtime import container
 
     path = tmp_path_factory.mktemp("magics-home")
     saved = {k: os.environ.get(k) for k in ("CONTAINED_HOME", "CONTAINED_CGROUP_PARENT")}
@@ -300,7 +300,7 @@ def busybox_home(tmp_path_factory):
 @pytest.fixture
 def clean(busybox_home):
     """Each test starts and ends with no container."""
-    from contained import container
+    from contained.runtime import container
 
     yield busybox_home
     no_containers_soon(1.0)
@@ -312,7 +312,7 @@ def clean(busybox_home):
 
 
 def containers():
-    from contained import container
+    from contained.runtime import container
 
     return container.containers()
 
@@ -546,7 +546,7 @@ def test_subcommands_on_a_named_container(shell, clean, capsys):
 
 @needs_root
 def test_dashboard_shows_usage_and_stops_and_removes(clean, shell):
-    from contained import widgets
+    from contained.jupyter import widgets
 
     cell(shell, "busybox --name d -m 32M", "sleep 300 &")
     dashboard = widgets.Dashboard()

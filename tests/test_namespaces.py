@@ -4,7 +4,7 @@ import subprocess
 
 from conftest import needs_root
 
-from contained import namespaces
+from contained.runtime import namespaces
 
 
 def test_unshare_command_matches_the_tutorial():

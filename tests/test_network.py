@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contained import network  # noqa: E402
-from contained.plan import run_steps  # noqa: E402
+from contained.runtime.plan import run_steps  # noqa: E402
 
 try:
     from conftest import needs_root

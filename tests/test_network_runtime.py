@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_network import _state, host_view, isolated_env, run_in_network_namespace  # noqa: E402
 
-from contained import cgroups, container, network  # noqa: E402
+from contained import network  # noqa: E402
+from contained.runtime import cgroups, container  # noqa: E402
 
 try:
     from conftest import needs_root, remove_cgroup_parent

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import overlay
+from contained.runtime import overlay
 
 
 def test_lowerdir_lists_the_top_layer_first(tmp_path):
@@ -47,7 +47,7 @@ def test_copy_up_and_whiteout_leave_the_lower_untouched(tmp_path):
     (lower / "gone").write_text("delete me\n")
     # A private mount namespace: nothing is mounted on the host even if the test fails.
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
-            "from contained import overlay; from pathlib import Path as P; "
+            "from contained.runtime import overlay; from pathlib import Path as P; "
             f"overlay.mount_overlay([P({str(lower)!r})], P({str(upper)!r}), "
             f"P({str(work)!r}), P({str(merged)!r}))")
     script = (f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} && "

@@ -1,4 +1,4 @@
-"""contained.process: users from the image's files, a clean environment, and the last steps
+"""contained.runtime.process: users from the image's files, a clean environment, and the last steps
 before exec checked in a real forked child through its /proc/self/status."""
 
 import os
@@ -7,8 +7,8 @@ import stat
 import pytest
 from conftest import needs_root
 
-from contained import process
-from contained.process import (
+from contained.runtime import process
+from contained.runtime.process import (
     CAPABILITY_NUMBERS,
     DEFAULT_PATH,
     DOCKER_DEFAULT_CAPABILITIES,
@@ -384,7 +384,7 @@ def test_a_missing_working_directory_is_reported(tmp_path):
 @needs_root
 def test_resolve_user_works_without_proc(tmp_path):
     """After pivot_root the runner may have no /proc of its own: the reopen falls back."""
-    from contained import syscalls
+    from contained.runtime import syscalls
 
     root = make_root(tmp_path / "root")
     os.symlink("passwd.real", root / "etc" / "passwd.link")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from contained.reference import InvalidReference, parse_reference, parse_source
+from contained.images.reference import InvalidReference, parse_reference, parse_source
 
 D = "sha256:" + "ab" * 32
 

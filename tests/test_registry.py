@@ -9,8 +9,8 @@ import subprocess
 import pytest
 from conftest import free_port, needs_registry_tools
 
-from contained import registry as local
-from contained.store import Store
+from contained.images import registry as local
+from contained.images.store import Store
 
 pytestmark = needs_registry_tools
 
@@ -203,7 +203,7 @@ def test_another_user_cannot_push_or_delete(own_registry):
 
 def test_the_owner_pulls_what_it_seeded_and_publishes_by_restarting(own_registry,
                                                                      busybox_store):
-    from contained import busybox
+    from contained.images import busybox
 
     other = Store(busybox_store.home / "elsewhere")
     address = own_registry.address

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import container, syscalls
-from contained.container import BadOption, Runner
 from contained.errors import ContainedError
+from contained.runtime import container, syscalls
+from contained.runtime.container import BadOption, Runner
 
 pytestmark = needs_root
 
@@ -136,8 +136,8 @@ def test_every_writable_mount_in_the_container_is_nodev(busybox_home, runner_pro
 
 def test_v1_device_rules_deny_all_but_the_standard_devices():
     """Part of making any group (a spare's too): deny all, then allow runc's list."""
-    from contained import cgroups
-    from contained.plan import run_steps
+    from contained.runtime import cgroups
+    from contained.runtime.plan import run_steps
 
     host = cgroups.detect()
     if "devices" not in host.v1_mounts:
@@ -156,7 +156,7 @@ def test_v1_device_rules_deny_all_but_the_standard_devices():
 
 def test_explain_shows_the_device_rules_and_the_nodev_remounts(busybox_home, runner_process,
                                                                  tmp_path):
-    from contained import cgroups
+    from contained.runtime import cgroups
 
     explained = tmp_path / "explained"
     with open(explained, "w") as sink:
@@ -175,7 +175,7 @@ def test_explain_shows_the_device_rules_and_the_nodev_remounts(busybox_home, run
 
 @pytest.fixture(scope="module")
 def base_rootfs(tmp_path_factory):
-    from contained.busybox import busybox_rootfs
+    from contained.images.busybox import busybox_rootfs
 
     return busybox_rootfs(tmp_path_factory.mktemp("base") / "rootfs")
 
@@ -183,9 +183,9 @@ def base_rootfs(tmp_path_factory):
 def _image_with_link(home: Path, base: Path, work: Path, name: str, link: str,
                      target: str) -> None:
     """busybox with `link` (a path in the image) replaced by a symlink to `target`."""
-    from contained import build
-    from contained.busybox import IMAGE_CONFIG
-    from contained.store import Store
+    from contained.images import build
+    from contained.images.busybox import IMAGE_CONFIG
+    from contained.images.store import Store
 
     rootfs = work / "rootfs"
     shutil.copytree(base, rootfs, symlinks=True)

@@ -21,9 +21,9 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 SCENARIO = r'''
 import json, os
-from contained import container
-from contained.store import Store
-from contained.busybox import import_busybox
+from contained.runtime import container
+from contained.images.store import Store
+from contained.images.busybox import import_busybox
 
 import_busybox(Store())
 runner = container.Runner(in_process=True)
@@ -97,9 +97,9 @@ def test_nobody_runs_throwaway_and_named_containers(nobody_home):
 
 SPARES_SCENARIO = r'''
 import json, os
-from contained import container
-from contained.store import Store
-from contained.busybox import import_busybox
+from contained.runtime import container
+from contained.images.store import Store
+from contained.images.busybox import import_busybox
 
 import_busybox(Store())
 runner = container.Runner()  # a helper process with spares, as a Jupyter kernel uses it

@@ -1,4 +1,4 @@
-"""contained.safepath: paths inside a container root never reach the host.
+"""contained.images.safepath: paths inside a container root never reach the host.
 
 Each root is built next to a sentinel directory (what a malicious image aims at); open_in_root
 runs both with openat2 and with the portable fd walk.
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from layerkit import make_sentinel, snapshot
 
-from contained import safepath
-from contained.safepath import UnsafePath
+from contained.images import safepath
+from contained.images.safepath import UnsafePath
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import container, init, process, seccomp
-from contained.process import DOCKER_DEFAULT_CAPABILITIES
+from contained.runtime import container, init, process, seccomp
+from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
 
 PROBE_SOURCE = r"""
 #define _GNU_SOURCE
@@ -214,7 +214,7 @@ def test_arguments_on_the_same_index_become_rules_of_their_own():
 def test_the_steps_say_what_they_equal_for_default_custom_and_unconfined():
     shown = seccomp.step("default").shell
     assert shown.startswith("# seccomp: Docker's default profile, ")
-    assert shown.endswith("system calls allowed, as in contained/seccomp-default.json")
+    assert shown.endswith("system calls allowed, as in contained/runtime/seccomp-default.json")
     assert seccomp.step("unconfined").run is None
     assert "unconfined" in seccomp.step("unconfined").shell
     custom = seccomp.step('{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": '
@@ -301,7 +301,7 @@ def test_the_magic_takes_security_opt_and_refuses_a_bad_one_in_one_line(home):
     from IPython.core.error import UsageError
     from IPython.core.interactiveshell import InteractiveShell
 
-    from contained import magics
+    from contained.jupyter import magics
 
     args = magics.parse(magics.CELL_PARSER, "busybox --security-opt seccomp=unconfined")
     assert args.security_opt == ["seccomp=unconfined"]

@@ -2,8 +2,8 @@
 
 import json
 
-from contained import state
-from contained.spec import ContainerSpec
+from contained.runtime import state
+from contained.runtime.spec import ContainerSpec
 
 
 def spec_in(home) -> ContainerSpec:

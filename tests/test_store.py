@@ -1,6 +1,6 @@
 """The store: pulls with real skopeo from a real registry, verification, images, rmi, imports.
 
-Every image is built here (contained.build) or imported from the host's busybox; every pull goes
+Every image is built here (images.build) or imported from the host's busybox; every pull goes
 to the session's registry on 127.0.0.1 or to an OCI layout on disk.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from contained import build, oci, skopeo
-from contained import registry as local_registry
-from contained.store import (
+from contained.images import build, oci, skopeo
+from contained.images import registry as local_registry
+from contained.images.store import (
     ArchitectureMismatch,
     BlobMissing,
     DestinationNotEmpty,
@@ -341,7 +341,7 @@ def test_loopback_registries_are_recognised():
 
 def test_rmi_keeps_blobs_another_image_shares(busybox_store, tmp_path):
     store = busybox_store
-    from contained.busybox import import_busybox
+    from contained.images.busybox import import_busybox
 
     import_busybox(store, "other:1")
     shared = blobs(store)
@@ -433,12 +433,12 @@ def test_unpack_refuses_a_non_empty_destination(busybox_store, tmp_path):
 
 
 def _has_unpacker() -> bool:
-    from contained import layers
+    from contained.images import layers
 
     return hasattr(layers, "apply_layers") and hasattr(layers, "cached_layer")
 
 
-needs_unpacker = pytest.mark.skipif(not _has_unpacker(), reason="contained.layers not written yet")
+needs_unpacker = pytest.mark.skipif(not _has_unpacker(), reason="images.layers not written yet")
 
 
 @needs_unpacker

@@ -23,7 +23,7 @@ from layerkit import (
     whiteout,
 )
 
-from contained import layers
+from contained.images import layers
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
 

@@ -1,4 +1,4 @@
-"""The workbook's helpers (contained/workbook.py) outside a notebook: the commands they start and
+"""The workbook's helpers (contained/workbook/) outside a notebook: the commands they start and
 the directories they agree to clean. The notebooks themselves run in tests/notebooks/."""
 
 import os
@@ -43,7 +43,8 @@ def test_contained_ignores_modules_planted_in_the_working_directory(tmp_path, mo
 
 def test_helpers_start_python_isolated():
     """Every Python the package starts ignores its caller's directory and PYTHON* variables."""
-    from contained import isolated, kernelspec
+    from contained import isolated
+    from contained.jupyter import kernelspec
 
     assert kernelspec.kernel_json()["argv"][:2] == [sys.executable, "-I"]
     assert isolated.python_argv("contained.cli")[:3] == [sys.executable, "-I", "-c"]
@@ -55,7 +56,7 @@ def test_isolated_helpers_start_where_contained_is_only_on_pythonpath(tmp_path):
     system = "/usr/bin/python3"
     if not Path(system).exists():
         pytest.skip("needs /usr/bin/python3")
-    repo = Path(workbook.__file__).resolve().parent.parent
+    repo = Path(workbook.__file__).resolve().parents[2]
     code = ("import subprocess, sys\n"
             "from contained import isolated\n"
             "argv = isolated.python_argv('contained.cli') + ['--help']\n"

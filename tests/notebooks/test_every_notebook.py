@@ -1,4 +1,4 @@
-"""The workbook, executed end to end with nbclient (contained/workbook.py's execute_all).
+"""The workbook, executed end to end with nbclient (contained/workbook/__init__.py's execute_all).
 
 As root: every notebook runs top to bottom, and the outputs that matter are checked (the
 hostname inside differs from the host's, `uname -r` matches it, the OOM kill is reported, copy-up
@@ -67,7 +67,7 @@ def executed_as_root(tmp_path_factory):
 
 def _clean_up(home: Path, out: Path) -> None:
     leaked_mounts = workbook.unmount_all(out, echo=False)
-    script = ("from contained import container, registry\n"
+    script = ("from contained.runtime import container\nfrom contained.images import registry\n"
               "for c in container.containers(): container.remove(c.id, force=True)\n"
               "registry.stop()\n")
     subprocess.run([sys.executable, "-c", script], env={**os.environ, "CONTAINED_HOME": str(home)},
@@ -207,7 +207,7 @@ def executed_unprivileged():
         yield done, {path.name[:2]: outputs(path) for path in executed}
     finally:
         subprocess.run(_as_nobody([python, "-c",
-                                   "from contained import registry; registry.stop()"]),
+                                   "from contained.images import registry; registry.stop()"]),
                        env=env, cwd=REPO, check=False)
         shutil.rmtree(base, ignore_errors=True)
 

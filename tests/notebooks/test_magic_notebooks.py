@@ -29,8 +29,8 @@ CELL_TIMEOUT = 60
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory):
     """The kernel's environment: a home with busybox, and a cgroup parent of our own."""
-    from contained.busybox import import_busybox
-    from contained.store import Store
+    from contained.images.busybox import import_busybox
+    from contained.images.store import Store
 
     home = tmp_path_factory.mktemp("notebook-home")
     import_busybox(Store(home))
@@ -58,7 +58,7 @@ def with_env(env: dict, action):
 
 
 def clean_up():
-    from contained import container
+    from contained.runtime import container
 
     for leftover in container.containers():
         container.remove(leftover.id, force=True)
@@ -66,7 +66,7 @@ def clean_up():
 
 
 def containers(env):
-    from contained import container
+    from contained.runtime import container
 
     return with_env(env, container.containers)
 
@@ -80,7 +80,8 @@ def runner_processes(env) -> list[int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            if b"contained.runner" in cmdline and marker in (entry / "environ").read_bytes():
+            if b"contained.runtime.runner" in cmdline \
+                    and marker in (entry / "environ").read_bytes():
                 found.append(int(entry.name))
         except OSError:
             pass
@@ -205,7 +206,7 @@ def test_restart_or_shutdown_leaves_no_container_or_runner(kernel, kernel_env, h
 def test_the_contained_kernelspec_loads_the_extension(kernel_env, tmp_path):
     from jupyter_client.kernelspec import KernelSpecManager
 
-    from contained import kernelspec
+    from contained.jupyter import kernelspec
 
     kernelspec.install_kernel(prefix=str(tmp_path))
     specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])

@@ -20,7 +20,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import oci
+from contained.images import oci
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 

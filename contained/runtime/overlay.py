@@ -16,9 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from contained import syscalls
 from contained.errors import ContainedError
-from contained.plan import Step
+from contained.runtime import syscalls
+from contained.runtime.plan import Step
 
 # mount(2) takes its option string in one page; a long lowerdir list (an image with many layers
 # in a deep directory) must not exceed it. Relative paths from a common parent keep it short.

@@ -18,8 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import cgroups, isolated, namespaces
+from contained import isolated
 from contained.errors import ContainedError
+from contained.runtime import cgroups, namespaces
 
 
 @dataclass(frozen=True)
@@ -371,7 +372,7 @@ def check_layer_digest(layout: str | Path, answer: str | None, tag: str | None =
     import hashlib
     import json
 
-    from contained import oci
+    from contained.images import oci
 
     if answer is None:
         return _unanswered('set answer to the layer blob\'s digest, "sha256:…"')
@@ -467,7 +468,7 @@ CHECKED_FILE_LIMIT = 4 << 20
 def check_container_file(name: str, path: str, content: str) -> Feedback:
     """A running named container `name` has a file `path` containing `content`
     (``contained exec NAME cat PATH``)."""
-    from contained import container
+    from contained.runtime import container
 
     try:
         found = container.get(name)
@@ -495,7 +496,7 @@ def check_container_file(name: str, path: str, content: str) -> Feedback:
 def _read_in_container(name: str, path: str, limit: int) -> tuple[int | None, bytes | None]:
     """``contained exec NAME cat PATH``, keeping at most `limit` bytes on the host: (status,
     content), content None when there was more (the command is then killed, unread)."""
-    from contained import container
+    from contained.runtime import container
 
     read_end, write_end = os.pipe()
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -519,7 +520,7 @@ def _read_in_container(name: str, path: str, limit: int) -> tuple[int | None, by
 
 def check_memory_limit(name: str, limit: str) -> Feedback:
     """Container `name` was created with memory limit `limit` (``contained inspect NAME``)."""
-    from contained import container
+    from contained.runtime import container
 
     try:
         found = container.get(name)
@@ -543,8 +544,8 @@ def check_memory_limit(name: str, limit: str) -> Feedback:
 
 def check_layer_refused(tar_bytes: bytes | None) -> Feedback:
     """A layer (uncompressed tar bytes) the unpacker must refuse: unpack it into a scratch
-    directory with `contained.layers`, and check nothing escaped."""
-    from contained import build, layers, oci
+    directory with `contained.images.layers`, and check nothing escaped."""
+    from contained.images import build, layers, oci
 
     if tar_bytes is None:
         return _unanswered("set answer to the bytes of a tar layer you built with tarfile")
@@ -619,7 +620,8 @@ def check_third_namespace(namespace: str = "lab08-c", peer: str = "lab08-a",
 def check_published(name: str = "api08", port: int = 8090, text: str = "hello from api08"):
     """`name` serves `text` on 127.0.0.1:`port` and, by name, to the other containers
     (``wget -q -O - http://127.0.0.1:PORT/``, ``contained exec web08 wget -q -O - http://NAME/``)."""
-    from contained import container, workbook
+    from contained import workbook
+    from contained.runtime import container
 
     if not workbook.privileged():
         return wrong("bridged containers need root; run this notebook as root")

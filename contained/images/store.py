@@ -12,7 +12,7 @@ Layout of ``CONTAINED_HOME`` (mode 0700, see `contained.home`)::
                     each image is an index.json entry whose
                     org.opencontainers.image.ref.name annotation is its normalised reference
     oci.lock        flock(2)ed: exclusively around every write, shared around reads
-    layers/         each layer unpacked once, by diff_id (`contained.layers.cached_layer`),
+    layers/         each layer unpacked once, by diff_id (`contained.images.layers.cached_layer`),
                     for overlay lowerdirs
     tmp/pull-*/     a pull in progress: skopeo copies into a private layout there (holding
                     no lock, so a long pull blocks nobody), with the store's layer blobs
@@ -62,10 +62,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import build, oci, skopeo
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
-from contained.reference import Reference, Source, parse_reference, parse_source
+from contained.images import build, oci, skopeo
+from contained.images.reference import Reference, Source, parse_reference, parse_source
 
 LAYOUT_DIR = "oci"
 LOCK_FILE = "oci.lock"
@@ -233,7 +233,9 @@ class Store:
 
     def layer_dirs(self, image: Image) -> list[Path]:
         """The image's layers unpacked (once, cached by diff_id), bottom first, for overlay."""
-        from contained import layers  # the unpacker is a peer module; keep the store importable
+        from contained.images import (
+            layers,  # the unpacker is a peer module; keep the store importable
+        )
 
         with self.lock(shared=True):
             self.layer_cache.mkdir(mode=0o700, exist_ok=True)
@@ -242,7 +244,7 @@ class Store:
 
     def unpack(self, ref: str, dest: Path) -> Image:
         """Flatten the image into `dest` (which must be empty or absent), whiteouts applied."""
-        from contained import layers
+        from contained.images import layers
 
         dest = Path(dest)
         with self.lock(shared=True):

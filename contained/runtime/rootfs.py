@@ -15,7 +15,7 @@ the new mount namespace::
     mount --rbind HOST root/DEST && mount -o remount,bind,nodev root/DEST   # a volume (*)
     cd root && pivot_root . . && umount -l .
 
-Every path inside the root is resolved with `contained.safepath`, as if the root were "/": an
+Every path inside the root is resolved with `contained.images.safepath`, as if the root were "/": an
 image whose /dev, /proc or /etc/hosts is a symlink to a host path cannot make us mount, link or
 write there. Volume destinations may not resolve to /, nor into /proc, /sys or /dev.
 
@@ -25,7 +25,7 @@ in the container is ``nodev`` (the overlay root, /dev's tmpfs, /dev/shm, volumes
 mount below them), so a node made anywhere it can write does not open; only the standard
 device files bound from the host, and devpts (its pseudo-terminals), are not. That works on
 cgroup v1 and v2 and rootless alike. On cgroup v1 the devices controller adds runc's list on
-top (`contained.cgroups`); on pure v2 runc and crun load a BPF device program instead, which we
+top (`cgroups`); on pure v2 runc and crun load a BPF device program instead, which we
 do not assemble by hand: there ``nodev`` is the rule.
 
 Read-only volumes are read-only all the way down: a remount ignores MS_REC, so nested mounts
@@ -42,10 +42,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import safepath, syscalls
-from contained.overlay import mount_overlay_step
-from contained.plan import Step
-from contained.syscalls import (
+from contained.images import safepath
+from contained.runtime import syscalls
+from contained.runtime.overlay import mount_overlay_step
+from contained.runtime.plan import Step
+from contained.runtime.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_MOVE,

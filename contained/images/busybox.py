@@ -20,9 +20,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from contained import build, oci
 from contained.errors import ContainedError
-from contained.store import Image, Store
+from contained.images import build, oci
+from contained.images.store import Image, Store
 
 HOST_BUSYBOX = Path("/bin/busybox")
 DEFAULT_NAME = "busybox"

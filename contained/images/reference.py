@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import oci
 from contained.errors import ContainedError
+from contained.images import oci
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"

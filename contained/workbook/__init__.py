@@ -27,10 +27,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import cgroups, doctor, isolated, namespaces
+from contained import doctor, isolated
 from contained.errors import ContainedError
+from contained.runtime import cgroups, namespaces
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 DEFAULT_CELL_TIMEOUT = 120
 #: what the unprivileged reader is told once, at the top of each notebook
 UNPRIVILEGED_NOTE = ("Not running as root: cells that need root (mounts, namespaces, cgroups) "
@@ -347,7 +348,7 @@ def cgroup_commands(name: str, limits) -> str:
 def create_cgroup(name: str, limits):
     """Create cgroup `name` with `limits`, printing each step as the shell command it equals.
 
-    Returns the `contained.cgroups.Cgroup`; call its ``remove()`` when done.
+    Returns the `contained.runtime.cgroups.Cgroup`; call its ``remove()`` when done.
     """
 
     group, steps = cgroups.Cgroup.plan(name, limits)
@@ -430,7 +431,7 @@ def host_python_volumes() -> list[str]:
 
 def read_blob_json(layout: str | Path, digest: str) -> dict:
     """A JSON blob (manifest, config, index) of an OCI layout, by digest."""
-    from contained import oci
+    from contained.images import oci
 
     return json.loads(oci.blob_path(Path(layout), digest).read_bytes())
 
@@ -439,7 +440,7 @@ def layer_sizes(layout: str | Path, tag: str | None = None) -> list[tuple[str, i
     """Each layer of the image `tag` in `layout`: (short digest, compressed, uncompressed)."""
     import gzip
 
-    from contained import oci
+    from contained.images import oci
 
     index = json.loads((Path(layout) / "index.json").read_text())
     entries = [m for m in index["manifests"]
@@ -603,10 +604,6 @@ def copy_notebooks(destination: Path, directory: Path = NOTEBOOKS_DIR) -> list[P
     """Copy the workbook's notebooks into `destination` (for running them elsewhere)."""
     destination.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy(p, destination)) for p in notebooks(directory)]
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 # --- notebook 08: the bridge as it is now ----------------------------------------------------

@@ -8,7 +8,7 @@ Taught in notebook 06. Both show what you would otherwise watch by hand::
 
 Widgets are updated from a background thread. That is safe in a kernel (ipykernel's iopub
 socket is thread-safe) and breaks no rule of the runtime: these threads only read files and send
-messages; they never fork, and stop/remove go through `contained.container` like any call.
+messages; they never fork, and stop/remove go through `contained.runtime.container` like any call.
 ipywidgets is imported only here, and this module only when a widget is shown.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import ipywidgets
 
-from contained import container
 from contained.errors import ContainedError
+from contained.runtime import container
 
 PROGRESS_INTERVAL = 0.2
 DASHBOARD_INTERVAL = 1.0
@@ -45,9 +45,9 @@ def directory_bytes(path: Path) -> int:
 def expected_bytes(ref: str, registries_conf=None, tls_verify=None) -> int | None:
     """The compressed size of the image's config and layers for this machine, from its raw
     manifest (``skopeo inspect --raw``, twice for a multi-arch index); None if unknown."""
-    from contained import build, skopeo
-    from contained.reference import parse_source
-    from contained.store import is_loopback
+    from contained.images import build, skopeo
+    from contained.images.reference import parse_source
+    from contained.images.store import is_loopback
 
     try:
         source = parse_source(ref)

@@ -33,7 +33,7 @@ container root (which keeps CAP_MKNOD) can make a node for the host's disk but n
 
 cgroup v2 has no such files: runc and crun attach a BPF program (BPF_CGROUP_DEVICE) instead.
 We do not assemble BPF by hand, so on v2 the rule is ``nodev`` on every mount the container
-can write (`contained.rootfs`), which holds on v1, v2 and rootless alike.
+can write (`contained.runtime.rootfs`), which holds on v1, v2 and rootless alike.
 
 Groups live under a parent: ``contained-TAG`` by default, one per home (TAG is the home's tag,
 a hash of its real path: `contained.home.home_tag`), or ``$CONTAINED_CGROUP_PARENT``. Why a
@@ -58,7 +58,7 @@ from pathlib import Path
 
 from contained import home
 from contained.errors import ContainedError
-from contained.plan import Step
+from contained.runtime.plan import Step
 
 #: the controllers a container's limits use, in the order their steps are shown
 CONTROLLERS = ("memory", "cpu", "pids")

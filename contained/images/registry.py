@@ -51,10 +51,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contained import isolated, procfs, skopeo
+from contained import isolated
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
-from contained.store import Store
+from contained.images import skopeo
+from contained.images.store import Store
+from contained.runtime import procfs
 
 REGISTRY_BINARY = "docker-registry"
 HOST = "127.0.0.1"
@@ -199,7 +201,7 @@ def _copy_privately(home: Path, data: Path, copies: list | None) -> None:
     # user to root, so the files written still belong to the user outside.
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     argv = ["unshare", "--net", *user, "--",
-            *isolated.python_argv("contained.registry", "seed_main"), str(home), str(data),
+            *isolated.python_argv("contained.images.registry", "seed_main"), str(home), str(data),
             json.dumps(copies)]
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,

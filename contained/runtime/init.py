@@ -10,7 +10,7 @@ it forwards; and when it exits, the kernel kills everything else in the namespac
 
 Our init is the runner's Python process, forked and renamed ``contained-init``; before it
 starts anything it joins a new session keyring, drops to Docker's default capabilities and
-no_new_privs, and loads the seccomp filter (`contained.seccomp`), which it keeps while it
+no_new_privs, and loads the seccomp filter (`contained.runtime.seccomp`), which it keeps while it
 serves, and which everything it starts inherits. For a named
 container it also serves ``exec``: a command sent on the container's control socket is forked
 by PID 1 itself, so it is born inside every namespace and the cgroup — nothing to join, which
@@ -23,7 +23,7 @@ its own, so the container has no controlling terminal of the host. The descripto
 (everything else is closed before the container's processes exist, `close_fds_except`):
 
 - 0, 1, 2: the command's stdio, until the command is started (then /dev/null): pipes the
-  client relays, or /dev/null, never the caller's own files (`contained.relay`);
+  client relays, or /dev/null, never the caller's own files (`contained.runtime.relay`);
 - the report channel: the pipe to the runner that forked it (``RunnerReport``), or, for a
   spare's PID 1, the caller's reply socket and the link to the spare's runner (``CallerReport``),
   so that the result gets out;
@@ -47,9 +47,9 @@ import termios
 from contextlib import contextmanager
 from pathlib import Path
 
-from contained import process, syscalls, wire
 from contained.errors import ContainedError
-from contained.plan import Step
+from contained.runtime import process, syscalls, wire
+from contained.runtime.plan import Step
 
 EXIT_SETUP_FAILED = 125
 EXIT_NOT_EXECUTABLE = 126

@@ -19,7 +19,7 @@ import io
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from contained import cgroups
+from contained.runtime import cgroups
 
 MIB = 1024 * 1024
 LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
@@ -28,7 +28,7 @@ LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
 def stats_figure(samples: list, title: str = "") -> Figure:
     """Memory (MiB) and CPU (% of one CPU) over a run, with the limits as dashed lines.
 
-    `samples` are (seconds since start, `contained.cgroups.Usage`) pairs. CPU use is the growth
+    `samples` are (seconds since start, `cgroups.Usage`) pairs. CPU use is the growth
     of the cgroup's CPU time between samples, so the first point has no CPU value.
     """
     figure = Figure(figsize=(8, 4.5), layout="constrained")

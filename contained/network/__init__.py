@@ -14,7 +14,7 @@ bridge gives it, built from the same kernel pieces a student types by hand first
     nft '...masquerade...'                                # the subnet goes out as the host
     nft 'add rule ip contained0 ports ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.77.0.2:80'
 
-`plan_attach` returns exactly these commands as `contained.plan.Step` objects and runs the real
+`plan_attach` returns exactly these commands as `plan.Step` objects and runs the real
 ``ip``/``nft`` binaries (``iptables`` where nft is missing), so ``--explain`` prints what really
 ran. `detach` undoes one container, and removes the bridge and the NAT table with the last one;
 `gc` removes what a crash left; `doctor` says what would stop any of this from working here.
@@ -72,10 +72,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import procfs
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path, home_tag
-from contained.plan import Step
+from contained.runtime import procfs
+from contained.runtime.plan import Step
 
 #: each home's bridge is contained<N>, N the lowest number free on this host when the home
 #: first needs one; without CONTAINED_SUBNET it serves 10.77.N.0/24

@@ -17,7 +17,7 @@ This module does the three in one streaming pass, for any image, without trustin
   the half-made directory away.
 - Nothing is written, changed, linked or deleted outside the destination. Names with ``..`` are
   refused; leading ``/`` is dropped (as tar does). Every parent directory is resolved by
-  `contained.safepath.walk`, as if the destination were ``/`` (so ``etc -> /etc`` planted by a
+  `safepath.walk`, as if the destination were ``/`` (so ``etc -> /etc`` planted by a
   layer leads to ``DEST/etc``), and the final component is never followed: it is unlinked (or,
   for a directory, removed with an fd-based rmtree) and created fresh with O_EXCL/O_NOFOLLOW.
   Hardlink sources are resolved the same way and must already exist inside the destination.
@@ -72,8 +72,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import oci, safepath
 from contained.errors import ContainedError
+from contained.images import oci, safepath
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ survives: a lock held by another thread (the allocator's, logging's, a queue's) 
 forever in the child, and unshare(CLONE_NEWNS) fails outright in a multi-threaded process. So
 the kernel never forks: it starts this module once with plain `subprocess`
 (``python -I``, from ``/`` with a minimal environment: `contained.isolated`; in shell
-terms ``cd / && env -i PATH=$PATH python -I -m contained.runner --serve FD``) and sends it
+terms ``cd / && env -i PATH=$PATH python -I -m contained.runtime.runner --serve FD``) and sends it
 requests over a Unix socket, passing the cell's stdin/stdout/stderr pipes along
-(`contained.wire`). The runner forks one child per request (cheap: everything is imported
+(`contained.runtime.wire`). The runner forks one child per request (cheap: everything is imported
 already), and that child does the container's work:
 
     runner ─fork→ R: directories, cgroup; unshare --pid; fork
-                      └→ I (PID 1, `contained.init`): unshare mount/uts/ipc/net; rootfs;
+                      └→ I (PID 1, `contained.runtime.init`): unshare mount/uts/ipc/net; rootfs;
                           pivot_root; unshare cgroup; fork → W: user, capabilities,
                           no_new_privs; exec CMD — then reap zombies and forward signals
 
@@ -43,13 +43,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import (
+from contained import home, network
+from contained.errors import ContainedError, NeedsPrivileges
+from contained.images import layers
+from contained.images.oci import DEFAULT_PATH
+from contained.runtime import (
     cgroups,
-    home,
     init,
-    layers,
     namespaces,
-    network,
     overlay,
     process,
     procfs,
@@ -59,11 +60,9 @@ from contained import (
     syscalls,
     wire,
 )
-from contained.errors import ContainedError, NeedsPrivileges
-from contained.init import CommandFailed
-from contained.oci import DEFAULT_PATH
-from contained.plan import Step, run_steps
-from contained.spec import ContainerSpec
+from contained.runtime.init import CommandFailed
+from contained.runtime.plan import Step, run_steps
+from contained.runtime.spec import ContainerSpec
 
 # Spares kept ready. Each is two idle processes, an empty cgroup and an empty container
 # directory; two measured no faster than one for back-to-back runs on 2 cores.
@@ -341,7 +340,7 @@ def _wait_as_pid_one(staging: Path, skeleton: Path, requests: socket.socket,
     # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target, inheritable=True)
-    # Nothing else of the host's (see `contained.init` for what PID 1 keeps, and why).
+    # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
     init.close_fds_except((link.fileno(), reply_fd))
     report = CallerReport(socket.socket(fileno=reply_fd), link, host_pid, spec.memory)
     try:
@@ -712,7 +711,7 @@ def _start_init(spec: ContainerSpec, group, explain, persistent: bool = False,
 
     def pid_one():
         terminal = reply if spec.tty and not persistent else None
-        # Nothing else of the host's (see `contained.init` for what PID 1 keeps, and why).
+        # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
         init.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
                                terminal and terminal.fileno()))
         _init(spec, RunnerReport(ready_write, terminal), explain, persistent, go_read=go_read)
@@ -1009,7 +1008,7 @@ def is_live_spare(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# create: a named container keeps its PID 1, which serves `exec` (contained.init).
+# create: a named container keeps its PID 1, which serves `exec` (contained.runtime.init).
 
 def create_container(spec: ContainerSpec, explain) -> dict:
     group, steps = host_steps(spec)
@@ -1032,7 +1031,7 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--serve":
         serve(socket.socket(fileno=int(argv[1])))
         return 0
-    print("usage: python -m contained.runner --serve FD  (started by contained itself)",
+    print("usage: python -m contained.runtime.runner --serve FD  (started by contained itself)",
           file=sys.stderr)
     return 2
 

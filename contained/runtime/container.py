@@ -8,7 +8,7 @@ get them without running anything.
 
 This module never forks, never unshares and never mounts: it resolves the image and the
 options into a `ContainerSpec`, records state on disk, and hands the spec to the runner
-(`contained.runner`), a single-threaded helper process. So it is safe inside a Jupyter kernel.
+(`runner`), a single-threaded helper process. So it is safe inside a Jupyter kernel.
 
 State lives in ``HOME/containers/<id>/`` (``state.json``, plus ``upper/``, ``work/``, ``root/``),
 shared by every process: the CLI and a notebook see the same containers. A lock file serialises
@@ -30,23 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import (
-    cgroups,
-    home,
-    init,
-    isolated,
-    layers,
-    network,
-    process,
-    procfs,
-    rootfs,
-    runner,
-    state,
-    wire,
-)
+from contained import home, isolated, network
 from contained.errors import ContainedError
-from contained.init import CommandFailed
-from contained.spec import ContainerSpec
+from contained.images import layers
+from contained.runtime import cgroups, init, process, procfs, rootfs, runner, state, wire
+from contained.runtime.init import CommandFailed
+from contained.runtime.spec import ContainerSpec
 
 NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -167,10 +156,10 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
     """Resolve an image and options into a spec (pulling nothing; the image must be local).
 
     `security_opt` takes Docker's ``seccomp=unconfined`` and ``seccomp=FILE.json``; a FILE
-    is read here, and its text goes in the spec (`contained.seccomp.from_security_options`).
+    is read here, and its text goes in the spec (`contained.runtime.seccomp.from_security_options`).
     """
-    from contained import seccomp
-    from contained.store import Store  # the store imports the layer unpacker: load on use
+    from contained.images.store import Store  # the store imports the layer unpacker: load on use
+    from contained.runtime import seccomp
 
     if net not in ("none", "host", "bridge"):
         raise BadOption(f"invalid --net {net!r}: use none, host or bridge")
@@ -391,7 +380,7 @@ def runner_environment() -> dict[str, str]:
 
 def _forget_the_caller(fds: list[int]) -> None:
     """In the CLI's forked worker, before any PID 1 exists: only the request's descriptors
-    (the relay's pipe ends, never the caller's own: `contained.relay`) and the runner's
+    (the relay's pipe ends, never the caller's own: `contained.runtime.relay`) and the runner's
     environment stay. PID 1 is non-dumpable too, so /proc/1/environ shows nothing anyway."""
     environment = runner_environment()
     os.environ.clear()
@@ -454,7 +443,8 @@ class Runner:
         if self._control is None or not self.alive():
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._process = subprocess.Popen(
-                [*isolated.python_argv("contained.runner"), "--serve", str(theirs.fileno())],
+                [*isolated.python_argv("contained.runtime.runner"), "--serve",
+                 str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True,
                 # Nothing of the caller's but what it must have: a root helper must not run
                 # a module planted in the caller's directory, nor read its secrets.

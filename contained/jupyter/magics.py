@@ -17,7 +17,7 @@ Every failure is one line (IPython's `UsageError`, which shows no traceback): a 
 ("container exited with status 3"), an OOM kill, a bad option, a missing image. The kernel's
 stop button kills the cell's processes, removes a throwaway container and leaves a named one
 usable. The kernel never forks: containers are started by the runner helper process
-(`contained.runner`), which kills this kernel's throwaway containers when the kernel goes.
+(`contained.runtime.runner`), which kills this kernel's throwaway containers when the kernel goes.
 
 Background processes started in a named container keep running after their cell, but the
 cell's output pipes are closed when it ends: redirect their output (``cmd >/tmp/log 2>&1 &``).
@@ -38,8 +38,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from contained import container
 from contained.errors import ContainedError
+from contained.runtime import container
 
 # How often --stats and `%container stats` read the cgroup; also the select() timeout.
 SAMPLE_INTERVAL = 0.1
@@ -246,7 +246,7 @@ class Sampler:
     _last: float = 0.0
 
     def sample(self) -> None:
-        from contained import container
+        from contained.runtime import container
 
         now = time.monotonic()
         if self.samples and now - self._last < SAMPLE_INTERVAL:
@@ -404,8 +404,8 @@ def creation_options(args) -> dict:
 
 def check_reusable(existing: container.Container, args) -> None:
     """Raise if the cell asks for a creation-time option the named container lacks."""
-    from contained import seccomp
-    from contained.store import Store
+    from contained.images.store import Store
+    from contained.runtime import seccomp
 
     name = existing.name
     if not existing.persistent:
@@ -438,7 +438,7 @@ def check_reusable(existing: container.Container, args) -> None:
 
 def _image_name(image: str) -> str | None:
     """The store's name for `image` from the text alone (cheap: no store read), or None."""
-    from contained.reference import parse_reference
+    from contained.images.reference import parse_reference
 
     try:
         return parse_reference(image).name
@@ -447,7 +447,7 @@ def _image_name(image: str) -> str | None:
 
 
 def _shown(option: str, value) -> str:
-    from contained.runner import format_bytes
+    from contained.runtime.runner import format_bytes
 
     if value in (None, [], False):
         return f"no {option}"
@@ -523,7 +523,7 @@ class ContainerMagics(Magics):
             if stream.dropped:
                 print(cut_message(option, variable, stream.dropped), file=sys.stderr)
         if sampler is not None:
-            from contained import plots
+            from contained.jupyter import plots
 
             plots.show_figure(plots.stats_figure(sampler.samples, title=args.name or args.image))
         message = exit_message(outcome, args.timeout)
@@ -536,7 +536,7 @@ class ContainerMagics(Magics):
 
     def dry_run(self, args, command: list[str], existing) -> None:
         if existing is not None:
-            from contained import runner
+            from contained.runtime import runner
 
             working_dir = args.workdir or existing.spec.working_dir
             steps = runner.exec_steps(existing.init_pid or 0, existing.spec, command,
@@ -569,12 +569,12 @@ class ContainerMagics(Magics):
         cli.run_images(argparse.Namespace(no_trunc=False, quiet=False))
 
     def do_pull(self, args) -> None:
-        from contained.store import Store
+        from contained.images.store import Store
 
         options = {"registries_conf": args.registries_conf,
                    "tls_verify": False if args.insecure else None}
         if in_kernel():
-            from contained import widgets
+            from contained.jupyter import widgets
 
             image = widgets.pull_with_progress(Store(), args.image, **options)
         else:
@@ -591,15 +591,15 @@ class ContainerMagics(Magics):
                     "spec": found.spec.__dict__ if found.spec else None}
             print(json.dumps(data, indent=2))
             return
-        from contained import plots
-        from contained.store import Store
+        from contained.images.store import Store
+        from contained.jupyter import plots
 
         image = Store().image(args.target)
         print(json.dumps(image.describe(), indent=2))
         plots.show_figure(plots.image_layers_figure(image))
 
     def do_stats(self, args) -> None:
-        from contained import plots
+        from contained.jupyter import plots
 
         found = container.get(args.name)
         if not found.running:
@@ -650,7 +650,7 @@ class ContainerMagics(Magics):
         cli.run_doctor(argparse.Namespace())
 
     def do_dashboard(self, args):
-        from contained import widgets
+        from contained.jupyter import widgets
 
         return widgets.Dashboard().widget
 

@@ -15,7 +15,7 @@ command for it; what comes closest:
 
     docker run --security-opt seccomp=FILE.json ...   # Docker reads the same profile format
     grep Seccomp /proc/self/status                    # 2: a filter is loaded; 0: none
-    python -m contained.seccomp [FILE.json]           # the filter in libseccomp's readable form
+    python -m contained.runtime.seccomp [FILE.json]    # the filter in libseccomp's readable form
 
 A profile is evaluated for one container as Docker evaluates it: a rule under ``includes.caps``
 counts only if the container keeps every capability named (ours keep Docker's defaults, so the
@@ -25,7 +25,7 @@ architecture does not have is skipped. ``archMap`` picks the compatibility archi
 x86_64: 32-bit x86 and x32), whose calls are filtered by the same rules; a profile naming no
 architecture gets them too, rather than having 32-bit programs killed on their first call.
 
-The filter is loaded by PID 1 (`contained.init`), last, after no_new_privs and just before it
+The filter is loaded by PID 1 (`init`), last, after no_new_privs and just before it
 starts anything: every process of the container, `exec`'d ones included, is its child and
 inherits it. PID 1 goes on working under it, so a profile of one's own must allow what PID 1
 uses (wait4, select, kill, recvmsg and sendmsg, vfork or clone, execve; Docker's does).
@@ -42,10 +42,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from contained import syscalls
 from contained.errors import ContainedError
-from contained.plan import Step
-from contained.process import DOCKER_DEFAULT_CAPABILITIES
+from contained.runtime import syscalls
+from contained.runtime.plan import Step
+from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
 
 __all__ = ["BadProfile", "Filter", "Profile", "SeccompUnavailable", "check_available",
            "default_filter", "default_profile", "from_security_options", "profile_for", "step"]
@@ -167,12 +167,12 @@ class Profile:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise BadProfile(f"{source} is not valid JSON ({error}): give a profile in "
-                             "Docker's format, like contained/seccomp-default.json") from error
+                             "Docker's format, like runtime/seccomp-default.json") from error
         try:
             return cls._from_dict(data, source)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise BadProfile(f"{source}: {_reason(error)}: see Docker's format, e.g. "
-                             "contained/seccomp-default.json") from error
+                             "contained/runtime/seccomp-default.json") from error
 
     @classmethod
     def _from_dict(cls, data: dict, source: str) -> "Profile":
@@ -295,8 +295,8 @@ def kernel_version() -> tuple[int, int]:
 
 @functools.cache
 def default_profile() -> Profile:
-    """Docker's default profile, shipped as contained/seccomp-default.json."""
-    shipped_as = f"contained/{DEFAULT_PROFILE_PATH.name}"
+    """Docker's default profile, shipped as contained/runtime/seccomp-default.json."""
+    shipped_as = f"contained/runtime/{DEFAULT_PROFILE_PATH.name}"
     profile = Profile.parse(DEFAULT_PROFILE_PATH.read_text(), shipped_as)
     return replace(profile, source="Docker's default profile", shipped_as=shipped_as)
 
@@ -530,7 +530,7 @@ class Filter:
 def default_filter() -> Filter:
     """Docker's default profile for Docker's default capabilities, built once per process.
 
-    A runner builds and compiles it before it forks anything (`contained.runner.serve`), so
+    A runner builds and compiles it before it forks anything (`contained.runtime.runner.serve`), so
     that each container's PID 1 only has to load it.
     """
     built = Filter(default_profile())
@@ -555,10 +555,10 @@ def step(setting: str, capabilities=DOCKER_DEFAULT_CAPABILITIES) -> Step:
     if setting == DEFAULT:
         why = ("an allowlist loaded into PID 1 and inherited by everything it starts: other "
                "calls (keyctl, bpf, mount, unshare, ...) fail with EPERM; see the filter with "
-               "`python -m contained.seccomp`")
+               "`python -m contained.runtime.seccomp`")
     else:
         why = ("loaded into PID 1 and inherited by everything it starts; see the filter with "
-               "`python -m contained.seccomp FILE.json`")
+               "`python -m contained.runtime.seccomp FILE.json`")
     return Step(f"# seccomp: {built.summary()}", why, built.load)
 
 
@@ -573,7 +573,7 @@ def _fail(error: ContainedError):
 
 
 def main(argv: list[str]) -> int:
-    """``python -m contained.seccomp [FILE.json]``: a profile's filter in readable form."""
+    """``python -m contained.runtime.seccomp [FILE.json]``: a profile's filter in readable form."""
     try:
         setting = from_security_options([f"seccomp={argv[0]}"]) if argv else DEFAULT
         profile = profile_for(setting)

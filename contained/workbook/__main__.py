@@ -1,0 +1,7 @@
+"""``python -m contained.workbook OUT_DIR``: execute every notebook into OUT_DIR (`main`)."""
+
+import sys
+
+from contained.workbook import main
+
+sys.exit(main())
