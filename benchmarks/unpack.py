@@ -125,15 +125,15 @@ CHILD = """
 import sys, time, json
 sys.path.insert(0, {repo!r})
 from pathlib import Path
-from contained.images import layers, oci
+from contained.images import oci, unpack
 specs = json.loads({specs!r})
 args = [(Path(b), oci.Descriptor(oci.MEDIA_TYPE_LAYER_GZIP, d, s), diff) for b, d, s, diff in specs]
 start = time.perf_counter()
 if {mode!r} == "cached":
     for a in args:
-        layers.cached_layer(Path({target!r}), *a)
+        unpack.cached_layer(Path({target!r}), *a)
 else:
-    layers.apply_layers(args, Path({target!r}))
+    unpack.apply_layers(args, Path({target!r}))
 import resource
 print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -28,10 +28,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from contained import options, views
 from contained.errors import ContainedError
 from contained.images import registry
 from contained.images.reference import parse_reference
 from contained.images.store import Store
+from contained.views import format_table, human_size, printable  # noqa: F401 (the CLI's API)
 
 EXIT_INTERRUPTED = 130
 
@@ -70,38 +72,16 @@ def add_images(commands) -> None:
 
 
 def run_images(args) -> int:
-    images, broken = Store().survey()
-    # (store name, repository, tag, digest, size): whole and broken images sorted together
-    listed = [(image.name, *_repository_and_tag(image.name),
-               image.digest if args.no_trunc else image.digest[:19], human_size(image.size))
-              for image in images]
-    listed += [(name, *_repository_and_tag(name), "broken", "-") for name in broken]
-    listed.sort()
+    listed, broken = views.image_listing(no_trunc=args.no_trunc)
     for name, why in broken.items():
         print(f"contained: warning: {why} (or remove it: `contained rmi "
-              f"{_familiar(name)}`)", file=sys.stderr)
+              f"{views.familiar(name)}`)", file=sys.stderr)
     if args.quiet:
         for name, *_ in listed:
-            print(_familiar(name))
+            print(views.familiar(name))
         return 0
-    rows = [("REPOSITORY", "TAG", "DIGEST", "SIZE")] + [row[1:] for row in listed]
-    print(format_table(rows))
+    print(views.images_table(listed))
     return 0
-
-
-def _repository_and_tag(name: str) -> tuple[str, str]:
-    try:
-        reference = parse_reference(name)
-    except ContainedError:  # a hand-edited index: show the name as it is
-        return name, "<none>"
-    return reference.familiar_repository, reference.tag or "<none>"
-
-
-def _familiar(name: str) -> str:
-    try:
-        return parse_reference(name).familiar
-    except ContainedError:
-        return name
 
 
 def add_inspect(commands) -> None:
@@ -216,73 +196,23 @@ def add_run(commands) -> None:
                     "limits, pivot_root. Without --name the container is removed when the "
                     "command ends; with --name (or -d) it is kept, and `contained exec` runs "
                     "more commands in it.")
-    parser.add_argument("--rm", action="store_true",
-                        help="remove the container when the command ends, even with --name")
-    parser.add_argument("-d", "--detach", action="store_true",
-                        help="keep the container running in the background; print its id")
-    parser.add_argument("--name", help="name the container (and keep it)")
-    _add_creation_options(parser)
-    _add_process_options(parser)
-    _add_attach_options(parser)
-    parser.add_argument("--explain", action="store_true",
-                        help="print each step as the shell command it equals, as it runs")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the steps as shell commands without running anything")
+    options.add_options(parser, options.RUN)
     parser.add_argument("image", help="an image in the store, e.g. busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="command and arguments (default: the image's Entrypoint/Cmd)")
     parser.set_defaults(func=run_run)
 
 
-def _add_creation_options(parser) -> None:
-    parser.add_argument("-m", "--memory", help="memory limit, e.g. 32M (cgroup memory.max)")
-    parser.add_argument("--cpus", help="CPU limit, e.g. 0.5 (cgroup cpu.max)")
-    parser.add_argument("--pids-limit", type=int,
-                        help="process limit (cgroup pids.max; default 2048 where the container "
-                             "has a cgroup, -1 for none)")
-    parser.add_argument("--hostname", help="the container's hostname (default: its short id)")
-    parser.add_argument("-v", "--volume", action="append", default=[],
-                        metavar="HOST:CONTAINER[:ro]", help="bind-mount a host path")
-    parser.add_argument("--net", "--network", dest="net", default="none",
-                        choices=["none", "host", "bridge"],
-                        help="none: only lo (default, as in the tutorial); host: the host's; "
-                             "bridge: an address on this home's bridge (contained0, ...)")
-    parser.add_argument("-p", "--publish", action="append", default=[],
-                        metavar="[HOSTIP:]HOSTPORT:PORT", help="publish a port (--net bridge)")
-    parser.add_argument("--chroot", action="store_true",
-                        help="chroot like the tutorial instead of pivot_root (escapable)")
-    parser.add_argument("--security-opt", action="append", default=[],
-                        metavar="seccomp=unconfined|seccomp=FILE.json",
-                        help="the seccomp profile (default: Docker's; FILE in Docker's format)")
-
-
-def _add_attach_options(parser) -> None:
-    parser.add_argument("-i", "--interactive", action="store_true",
-                        help="feed this stdin to the command (without -i it reads /dev/null)")
-    parser.add_argument("-t", "--tty", action="store_true",
-                        help="give the command a terminal of the container's own (relayed)")
-
-
-def _add_process_options(parser) -> None:
-    parser.add_argument("-e", "--env", action="append", default=[], metavar="NAME=VALUE",
-                        help="set an environment variable (NAME alone copies this shell's)")
-    parser.add_argument("-w", "--workdir", help="working directory inside the container")
-    parser.add_argument("-u", "--user", help="user[:group] inside the container")
-
-
 def run_run(args) -> int:
     from contained.runtime import container
 
-    options = dict(memory=args.memory, cpus=args.cpus, pids_limit=args.pids_limit,
-                   hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
-                   volumes=args.volume, net=args.net, publish=args.publish, chroot=args.chroot,
-                   security_opt=args.security_opt)
+    spec_options = {**options.creation_options(args), **options.process_options(args)}
     command = args.command or None
     if args.chroot:
         print(f"contained: warning: {container.CHROOT_WARNING}", file=sys.stderr)
     if args.dry_run:
         spec = container.build_spec(args.image, command, name=args.name,
-                                    persistent=bool(args.name) and not args.rm, **options)
+                                    persistent=bool(args.name) and not args.rm, **spec_options)
         print("\n".join(container.dry_run(spec)))
         return 0
     runner = container.Runner(in_process=True)
@@ -291,20 +221,35 @@ def run_run(args) -> int:
         if args.rm:
             raise ContainedError("-d and --rm together would remove the container at once; "
                                  "use one of them")
-        created = container.create(args.image, command, name=args.name, explain=explain,
-                                   runner_=runner,
-                                   **options)
-        if command:
-            log = open(Path(created.spec.directory) / "log", "ab")
-            container.start_exec(created.name, command, stdin=_null(),
-                                 stdout=log, stderr=log, detach=True,
-                                 runner_=runner).wait_started()
-        print(created.id)
+        print(run_detached(args.image, command, name=args.name, explain=explain,
+                           runner_=runner, **spec_options).id)
         return 0
     return _attached(args, lambda stdin, stdout, stderr: container.start(
         args.image, command, name=args.name, remove=args.rm or None, explain=explain,
         runner_=runner, stdin=stdin, stdout=stdout, stderr=stderr, **_terminal(args),
-        **options))
+        **spec_options))
+
+
+def run_detached(image: str, command: list[str] | None, *, name: str | None, explain=None,
+                 runner_=None, **spec_options):
+    """``run -d``: create a kept container and start `command` in it with nothing attached
+    (/dev/null in, the container's log out); return the container at once."""
+    from contained.runtime import container
+
+    created = container.create(image, command, name=name, explain=explain, runner_=runner_,
+                               **spec_options)
+    if command:
+        exec_detached(created.name, command, runner_=runner_)
+    return created
+
+
+def exec_detached(name: str, command: list[str], **exec_options) -> None:
+    """``exec -d``: start `command` with /dev/null in and the container's log out."""
+    from contained.runtime import container
+
+    with open(Path(container.get(name).spec.directory) / "log", "ab") as log:
+        container.start_exec(name, command, stdin=_null(), stdout=log, stderr=log,
+                             detach=True, **exec_options).wait_started()
 
 
 def _terminal(args) -> dict:
@@ -334,12 +279,7 @@ def add_exec(commands) -> None:
     parser = commands.add_parser("exec", help="run a command in a running named container",
                                  description="Run a command in a running named container: "
                                              "its namespaces, cgroup and root (like nsenter).")
-    _add_process_options(parser)
-    parser.add_argument("-d", "--detach", action="store_true",
-                        help="run in the background, output to the container's log")
-    _add_attach_options(parser)
-    parser.add_argument("--explain", action="store_true",
-                        help="print the equivalent nsenter command")
+    options.add_options(parser, options.EXEC)
     parser.add_argument("container", help="name or id")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
     parser.set_defaults(func=run_exec)
@@ -350,17 +290,14 @@ def run_exec(args) -> int:
 
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
-    options = dict(env=args.env, workdir=args.workdir, user=args.user,
-                   explain=sys.stderr if args.explain else None)
+    exec_options = {**options.process_options(args),
+                    "explain": sys.stderr if args.explain else None}
     if args.detach:
-        # Nothing attached: /dev/null and the container's log, and back at once.
-        log = open(Path(container.get(args.container).spec.directory) / "log", "ab")
-        container.start_exec(args.container, args.command, stdin=_null(), stdout=log,
-                             stderr=log, detach=True, **options).wait_started()
+        exec_detached(args.container, args.command, **exec_options)
         return 0
     return _attached(args, lambda stdin, stdout, stderr: container.start_exec(
         args.container, args.command, stdin=stdin, stdout=stdout, stderr=stderr,
-        **_terminal(args), **options))
+        **_terminal(args), **exec_options))
 
 
 def add_ps(commands) -> None:
@@ -374,40 +311,12 @@ def add_ps(commands) -> None:
 
 
 def run_ps(args) -> int:
-    import shlex
-    import time
-
-    from contained.runtime import container
-
-    listed = [c for c in container.containers() if args.all or c.running]
     if args.quiet:
-        for item in listed:
-            print(item.id if args.no_trunc else item.id[:12])
+        for item in views.listed_containers(args.all):
+            print(item.id if args.no_trunc else item.id[:views.SHORT_ID])
         return 0
-    size = getattr(args, "size", False)  # the magic's `%container ps` has no --size
-    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
-            + (("SIZE",) if size else ())]
-    for item in listed:
-        command = printable(shlex.join(item.command))  # escaped before it is cut short
-        if not args.no_trunc and len(command) > 30:
-            command = command[:29] + "…"
-        rows.append((item.id if args.no_trunc else item.id[:12], _short_image(item.image),
-                     command, _ago(time.time() - item.created),
-                     "Up" if item.running else "Exited", item.name)
-                    + ((human_size(container.writable_size(item)),) if size else ()))
-    print(format_table(rows))
+    print(views.ps_table(args.all, no_trunc=args.no_trunc, size=args.size))
     return 0
-
-
-def _short_image(name: str) -> str:
-    return parse_reference(name).familiar
-
-
-def _ago(seconds: float) -> str:
-    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return f"{int(seconds)} seconds ago"
 
 
 def add_stop(commands) -> None:
@@ -485,8 +394,7 @@ def run_doctor(args) -> int:
     from contained import doctor
 
     found = doctor.checks()
-    for check in found:
-        print(check.line())
+    print(views.doctor_lines(found))
     return 0 if all(c.ok or not c.required for c in found) else 1
 
 
@@ -494,7 +402,7 @@ def add_install_kernel(commands) -> None:
     parser = commands.add_parser(
         "install-kernel", help='install the Jupyter kernel "Python 3 (contained)"',
         description="Install a kernelspec that starts this Python's ipykernel with the "
-                    "contained extension loaded (%%%%container works without %%load_ext).")
+                    "contained extension loaded (%%container works without %load_ext).")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true",
                        help="for this user only (~/.local/share/jupyter/kernels)")
@@ -554,31 +462,6 @@ def main(argv: list[str] | None = None) -> int:
 
 #: a full disk or quota: told in one line, never a traceback
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def human_size(size: int) -> str:
-    """Decimal units, as Docker prints sizes: 4.26MB."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.3g}{unit}"
-        value /= 1000
-    return f"{size}B"
-
-
-def format_table(rows: list[tuple[str, ...]]) -> str:
-    rows = [tuple(printable(cell) for cell in row) for row in rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(cell.ljust(width) for cell, width in zip(row, widths,
-                                                                          strict=True)).rstrip()
-                     for row in rows)
-
-
-def printable(text: str) -> str:
-    """`text` with control characters written as escapes (``\\x1b``), as `docker ps` quotes
-    them: an image's command or name must not set the terminal's title or erase its lines."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                   for c in text)
 
 
 def _parse_bool(text: str) -> bool:

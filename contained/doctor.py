@@ -21,6 +21,7 @@ from pathlib import Path
 
 from contained import home, network
 from contained.runtime import cgroups
+from contained.units import format_size
 
 
 @dataclass(frozen=True)
@@ -150,15 +151,11 @@ def _store() -> Check:
     usable = used_blocks + disk.f_bavail
     used = math.ceil(100 * used_blocks / usable) if usable else 0
     free = disk.f_bavail * disk.f_frsize
-    detail = f"{path}, its filesystem {used}% used ({_gigabytes(free)} free)"
+    detail = f"{path}, its filesystem {used}% used ({format_size(free)} free)"
     return Check("image store", used <= STORE_FULL_PERCENT, detail,
                  "containers there may fill it: `contained ps -a --size` shows their writable "
                  "layers; free space (`contained gc`, `contained rm`, `contained rmi`) or set "
                  "CONTAINED_HOME to a bigger filesystem", required=False)
-
-
-def _gigabytes(size: int) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
 
 
 def _read_int(path: str) -> int | None:

@@ -16,3 +16,9 @@ class ContainedError(Exception):
 
 class NeedsPrivileges(ContainedError):
     """A step needs root (or user namespaces) and this process has neither."""
+
+
+class ContainerNotRunning(ContainedError):
+    """The operation needs a running container (exec, attach, its network), and it has exited.
+
+    One class for the runtime and the network alike, so a caller catches one name."""

@@ -17,6 +17,7 @@ APT_PACKAGES=(
     util-linux iproute2 nftables iptables procps
     fuse-overlayfs uidmap crun hyperfine debootstrap
     libseccomp2 gcc libc6-dev  # seccomp filters; the static helpers tests build (gcc -static)
+    chromium chromium-driver  # tests/browser drives JupyterLab in it (no browser downloads here)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -197,6 +197,34 @@ def test_detect_v1_and_hybrid(tmp_path):
     assert host.controllers == {"memory": "v1", "cpu": "v1", "pids": "v1"}
 
 
+def test_v1_and_v2_offer_one_interface():
+    """benchexec's shape: a `Cgroup` asks each controller's tree, whichever version it is."""
+    from contained.runtime.cgroups.group import Tree
+    from contained.runtime.cgroups.v1 import V1Tree
+    from contained.runtime.cgroups.v2 import V2Tree
+
+    wanted = {name for name in vars(Tree) if not name.startswith("_")}
+    wanted |= set(Tree.__annotations__)
+    for tree in (V1Tree, V2Tree):
+        missing = {name for name in wanted if not hasattr(tree, name)}
+        assert not missing, f"{tree.__name__} lacks {missing}"
+    assert {V1Tree.version, V2Tree.version} == {"v1", "v2"}
+
+
+def test_a_hybrid_plan_limits_in_v1_and_kills_in_v2(tmp_path, monkeypatch):
+    monkeypatch.setenv(cgroups.PARENT_ENV, "contained")
+    root, table = fake_tree(tmp_path, V1)
+    table.write_text(table.read_text() + f"41 31 0:38 / {root}/unified rw - cgroup2 cgroup2 rw\n")
+    (root / "unified").mkdir()
+    (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    host = dataclasses.replace(cgroups.detect(table), can_kill=True)
+    group, steps = Cgroup.plan("web", Limits(memory=16 * MiB), host)
+    shells = [step.shell for step in steps]
+    assert f"mkdir {root}/unified/contained/web" in shells
+    assert f"echo 16777216 > {root}/memory/contained/web/memory.limit_in_bytes" in shells
+    assert group.remove_steps()[0].shell == f"echo 1 > {root}/unified/contained/web/cgroup.kill"
+
+
 def test_v1_plan_sets_quota_and_period(tmp_path, monkeypatch):
     monkeypatch.setenv(cgroups.PARENT_ENV, "contained")
     root, table = fake_tree(tmp_path, V1)

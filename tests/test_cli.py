@@ -300,3 +300,19 @@ def test_run_detached_on_a_full_home_is_one_line_and_status_125(tmp_path):
     assert done.stderr.startswith("contained: error: ") and done.stderr.count("\n") == 1, \
         done.stderr
     assert "No space left on device" in done.stderr or "no space" in done.stderr.lower()
+
+
+def test_install_kernel_help_names_the_magic_with_two_percent_signs(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["install-kernel", "--help"])
+    out = capsys.readouterr().out
+    assert "(%%container works without %load_ext)" in out and "%%%" not in out
+
+
+def test_run_takes_docker_s_combined_and_long_spellings(capsys):
+    run_parser = cli.build_parser()._subparsers._group_actions[0].choices["run"]
+    args = run_parser.parse_args(["--rm", "--network", "none", "-it", "--pids-limit", "20",
+                                  "busybox", "sh", "-c", "true"])
+    assert (args.rm, args.net, args.interactive, args.tty, args.pids_limit) == \
+        (True, "none", True, True, 20)
+    assert args.command == ["sh", "-c", "true"]

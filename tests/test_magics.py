@@ -20,7 +20,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import contained
-from contained.jupyter import magics
+from contained.jupyter import failures, magics, streaming
+from contained.jupyter.failures import ContainerFailed, Interrupted
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -74,7 +75,7 @@ def test_cell_options_parse_like_contained_run():
         " -w /tmp -u nobody -v /tmp:/data:ro --net none --chroot --explain --out o --err e "
         "--no-raise-error --timeout 2.5 --stats")
     assert (args.image, args.name, args.memory, args.cpus, args.pids_limit) == \
-        ("busybox", "b", "32M", "0.5", "20")
+        ("busybox", "b", "32M", "0.5", 20)  # an int, as `contained run --pids-limit` gives
     assert args.env == ["A=1", "B=two words"]
     assert args.volume == ["/tmp:/data:ro"]
     assert (args.chroot, args.explain, args.no_raise_error, args.stats) == (True,) * 4
@@ -112,25 +113,167 @@ def test_a_failing_cell_shows_one_line_through_run_cell(shell, home, capsys):
     assert "Traceback" not in err
 
 
+def test_every_contained_run_option_is_a_cell_option_with_the_same_spelling_and_type():
+    from contained import cli, options
+
+    run = cli.build_parser()._subparsers._group_actions[0].choices["run"]
+    cell_actions = {flag: action for action in magics.CELL_PARSER._actions
+                    for flag in action.option_strings}
+    checked = 0
+    for action in run._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        for flag in action.option_strings:
+            twin = cell_actions[flag]  # a KeyError names the option %%container lacks
+            assert (type(twin), twin.dest, twin.type, twin.choices, twin.default) == \
+                (type(action), action.dest, action.type, action.choices, action.default), flag
+            checked += 1
+    assert checked >= 25
+    assert {o.dest for o in options.options_for(options.CELL)} - \
+        {o.dest for o in options.options_for(options.RUN)} == \
+        {"out", "err", "no_raise_error", "timeout", "stats"}  # the magic's own, and only those
+
+
+def test_exec_options_are_the_same_for_contained_exec_and_the_exec_subcommand():
+    from contained import cli
+
+    def flags(parser):
+        return {(f, a.dest, a.type) for a in parser._actions for f in a.option_strings
+                if a.dest != "help"}
+
+    cli_exec = cli.build_parser()._subparsers._group_actions[0].choices["exec"]
+    assert flags(cli_exec) == flags(magics.subcommand_parsers()["exec"])
+
+
+def test_docker_spellings_parse_in_a_cell():
+    args = magics.parse(magics.CELL_PARSER, "busybox --rm --network none -it -p 8080:80 -d")
+    assert (args.rm, args.net, args.interactive, args.tty, args.detach) == \
+        (True, "none", True, True, True)
+    assert args.publish == ["8080:80"]
+    with pytest.raises(UsageError, match="invalid choice"):
+        magics.parse(magics.CELL_PARSER, "busybox --net mars")
+
+
+@pytest.mark.parametrize("how", ["%container --help", "%container -h",
+                                 "%%container --help\ntrue\n",
+                                 "%%container busybox --help\ntrue\n"])
+def test_help_lists_every_option_and_subcommand_with_an_example(shell, capsys, how):
+    from contained import options
+
+    result = shell.run_cell(how)
+    assert result.success
+    shown = capsys.readouterr().out
+    for option in options.options_for(options.CELL):
+        assert option.flags[-1] in shown, option.flags
+    for name, _, _, example in magics.SUBCOMMANDS:
+        assert f"\n  {name}" in shown and f"e.g. {example}" in shown
+    assert "%%container busybox --rm --network none -m 32M" in shown
+    assert "%%%" not in shown
+
+
+@pytest.mark.parametrize("how", ["%container?", "%%container?"])
+def test_question_mark_shows_the_same_help(shell, capsys, how):
+    shell.run_cell(how)
+    shown = capsys.readouterr().out
+    assert "--pids-limit" in shown and "e.g. %container exec web ps" in shown
+    assert magics.ContainerMagics.container.__doc__ == magics.help_text()
+
+
+def test_a_subcommand_s_help_is_its_own(shell, capsys):
+    shell.run_line_magic("container", "stop --help")
+    shown = capsys.readouterr().out
+    assert "%container stop" in shown and "--time" in shown and "e.g. %container stop web" in shown
+
+
+class FakeStream:
+    dropped = 0
+
+    def text(self) -> str:
+        return ""
+
+
+def fake_run(outcome=None, interrupt=False):
+    """`run_streaming` as if a container ran and ended with `outcome` (or was interrupted)."""
+
+    def run_streaming(start, **options):
+        if interrupt:
+            raise streaming.CellInterrupted()
+        return outcome, [FakeStream(), FakeStream()], None
+
+    return run_streaming
+
+
+@pytest.mark.parametrize(("result", "shown"), [
+    ({"status": 3}, "ContainerFailed: exited with status 3"),
+    ({"status": 137, "oom": True, "message": "killed: out of memory, limit 16M"},
+     "ContainerFailed: killed: out of memory, limit 16M (status 137)"),
+])
+def test_a_failed_container_is_one_line_of_its_own_through_run_cell(shell, monkeypatch, capsys,
+                                                                    result, shown):
+    from contained.runtime.container import RunResult
+
+    outcome = streaming.Outcome(RunResult(**result))
+    monkeypatch.setattr(magics, "run_streaming", fake_run(outcome))
+    executed = shell.run_cell("%%container busybox\nexit 3\n")
+    assert isinstance(executed.error_in_exec, ContainerFailed)
+    assert isinstance(executed.error_in_exec, subprocess.CalledProcessError)
+    assert executed.error_in_exec.returncode == result["status"]
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).strip() == shown  # the whole of what is shown
+
+
+def test_no_raise_error_says_the_failure_and_goes_on(shell, monkeypatch, capsys):
+    from contained.runtime.container import RunResult
+
+    monkeypatch.setattr(magics, "run_streaming", fake_run(streaming.Outcome(RunResult(3))))
+    assert shell.run_cell("%%container busybox --no-raise-error\nexit 3\n").success
+    assert capsys.readouterr().err == "contained: exited with status 3\n"
+
+
+def test_an_interrupt_is_one_line_through_run_cell(shell, monkeypatch, capsys):
+    monkeypatch.setattr(magics, "run_streaming", fake_run(interrupt=True))
+    executed = shell.run_cell("%%container busybox\nsleep 30\n")
+    assert isinstance(executed.error_in_exec, KeyboardInterrupt)  # as IPython's own interrupts
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).strip() == "Interrupted: the container was stopped"
+
+
+def test_container_failed_pickles_and_renders_one_line():
+    import pickle
+
+    error = ContainerFailed("killed: out of memory, limit 16M (status 137)", 137, ["sh"],
+                            oom=True)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.returncode, copy.cmd, copy.oom) == (str(error), 137, ["sh"], True)
+    assert Interrupted()._render_traceback_() == ["Interrupted: the container was stopped"]
+
+
+def test_t_in_a_cell_says_in_one_line_that_there_is_no_terminal(shell, monkeypatch, capsys):
+    from contained.runtime.container import RunResult
+
+    monkeypatch.setattr(magics, "run_streaming", fake_run(streaming.Outcome(RunResult(0))))
+    assert shell.run_cell("%%container busybox --rm --network none -it\ntrue\n").success
+    assert capsys.readouterr().err == magics.NO_TERMINAL + "\n"
+
+
 def test_exit_messages():
     from contained.runtime.container import RunResult
 
-    message = magics.exit_message
-    assert message(magics.Outcome(RunResult(0)), None) is None
-    assert message(magics.Outcome(RunResult(3)), None) == "container exited with status 3"
-    assert message(magics.Outcome(RunResult(137)), None) == \
-        "container exited with status 137 (killed by SIGKILL)"
+    message = failures.exit_message
+    assert message(streaming.Outcome(RunResult(0)), None) is None
+    assert message(streaming.Outcome(RunResult(3)), None) == "exited with status 3"
+    assert message(streaming.Outcome(RunResult(137)), None) == \
+        "exited with status 137 (killed by SIGKILL)"
     oom = RunResult(137, oom=True, message="killed: out of memory, limit 16M")
-    assert message(magics.Outcome(oom), None) == \
-        "killed: out of memory, limit 16M (exit status 137)"
-    assert message(magics.Outcome(RunResult(137), timed_out=True), 0.5) == \
-        "killed after --timeout 0.5s (exit status 137)"
-    assert "runner" in message(magics.Outcome(None), None)
+    assert message(streaming.Outcome(oom), None) == "killed: out of memory, limit 16M (status 137)"
+    assert message(streaming.Outcome(RunResult(137), timed_out=True), 0.5) == \
+        "killed after --timeout 0.5s (status 137)"
+    assert "runner" in message(streaming.Outcome(None), None)
 
 
 def test_output_stream_decodes_utf8_split_across_reads():
     read_end, write_end = os.pipe()
-    captured = magics.OutputStream(read_end, None, capture=True)
+    captured = streaming.OutputStream(read_end, None, capture=True)
     os.write(write_end, b"caf" + "é".encode()[:1])
     assert captured.read()
     assert captured.text() == "caf"  # half a character is held back, not replaced
@@ -144,7 +287,7 @@ def test_output_stream_decodes_utf8_split_across_reads():
 
 def test_output_stream_drain_does_not_wait_for_end_of_file():
     read_end, write_end = os.pipe()  # the write end stays open, as a background process's
-    stream = magics.OutputStream(read_end, None, capture=True)
+    stream = streaming.OutputStream(read_end, None, capture=True)
     os.write(write_end, b"last words\n")
     started = time.monotonic()
     stream.drain()
@@ -336,6 +479,50 @@ def test_throwaway_cell_has_its_own_hostname_and_leaves_nothing(shell, clean, ca
 
 
 @needs_root
+def test_ps_right_after_a_throwaway_cell_lists_nothing(shell, clean, capsys):
+    cell(shell, "busybox", "true")
+    capsys.readouterr()
+    shell.run_line_magic("container", "ps -a")  # at once: the cell waited for the teardown
+    assert capsys.readouterr().out.split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED",
+                                               "STATUS", "NAMES"]
+
+
+@needs_root
+def test_docker_s_rm_network_and_it_run_in_a_cell_without_a_terminal(shell, clean, capsys):
+    cell(shell, "busybox --rm --network none -it", "test -t 0 || echo no-tty; cat; echo read-eof")
+    captured = capsys.readouterr()
+    assert captured.out == "no-tty\nread-eof\n"  # -i: stdin is empty, not the kernel's
+    assert captured.err == magics.NO_TERMINAL + "\n"
+
+
+@needs_root
+def test_a_named_container_with_rm_is_removed_after_its_cell(shell, clean, capsys):
+    cell(shell, "busybox --name b", "true")
+    cell(shell, "busybox --name b --rm", "echo last")
+    assert capsys.readouterr().out == "last\n" and containers() == []
+
+
+@needs_root
+def test_detach_runs_the_cell_in_the_background_of_a_kept_container(shell, clean, capsys):
+    cell(shell, "busybox -d --name web", "echo logged; sleep 300")
+    container_id = capsys.readouterr().out.strip()
+    (kept,) = containers()
+    assert kept.id == container_id and kept.name == "web" and kept.running
+    shell.run_line_magic("container", "exec web pidof sleep")
+    assert capsys.readouterr().out.strip().isdigit()
+
+
+@needs_root
+def test_ps_renders_as_an_html_table_in_a_notebook(shell, clean):
+    cell(shell, "busybox --name b", "sleep 300 &")
+    with capture_output() as captured:
+        shell.run_line_magic("container", "ps")
+    (shown,) = captured.outputs
+    assert "<table>" in shown.data["text/html"] and "nowrap" in shown.data["text/html"]
+    assert shown.data["text/plain"].splitlines()[1].split()[-1] == "b"
+
+
+@needs_root
 def test_out_and_err_capture_into_variables(shell, clean, capsys):
     cell(shell, "busybox --out o --err e", "echo out; echo err >&2; printf 'no newline'")
     assert shell.user_ns["o"] == "out\nno newline"
@@ -355,28 +542,32 @@ def test_body_is_not_expanded_but_the_line_is(shell, clean, capsys):
 
 @needs_root
 def test_non_zero_exit_is_one_line_unless_no_raise_error(shell, clean, capsys):
-    with pytest.raises(UsageError, match=r"^container exited with status 3$") as error:
+    with pytest.raises(ContainerFailed, match=r"^exited with status 3$") as error:
         cell(shell, "busybox", "echo before; exit 3")
-    assert error.value.status == 3
+    assert error.value.status == error.value.returncode == 3
+    assert isinstance(error.value, subprocess.CalledProcessError)  # as %%bash raises
+    assert error.value._render_traceback_() == ["ContainerFailed: exited with status 3"]
     assert capsys.readouterr().out == "before\n"
     cell(shell, "busybox --no-raise-error", "exit 3")
-    assert no_containers_soon()
+    assert capsys.readouterr().err == "contained: exited with status 3\n"
+    assert containers() == []  # the cell settled its throwaway container
 
 
 @needs_root
 def test_command_not_found_in_image_is_an_error(shell, clean, capsys):
-    with pytest.raises(UsageError, match="status 127"):
+    with pytest.raises(ContainerFailed, match="status 127"):
         cell(shell, "busybox", "no-such-command")
     assert "not found" in capsys.readouterr().err
 
 
 @needs_root
 def test_out_of_memory_says_so(shell, clean, capsys):
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(ContainerFailed) as error:
         cell(shell, "busybox -m 16M", "dd if=/dev/zero of=/dev/null bs=64M count=1")
-    assert str(error.value) == "killed: out of memory, limit 16M (exit status 137)"
-    assert error.value.oom
-    assert no_containers_soon()
+    assert error.value._render_traceback_() == [
+        "ContainerFailed: killed: out of memory, limit 16M (status 137)"]
+    assert error.value.oom and error.value.returncode == 137
+    assert containers() == []
 
 
 @needs_root
@@ -476,7 +667,7 @@ def test_explain_shows_steps_on_stderr(shell, clean, capsys):
 @needs_root
 def test_timeout_kills_the_cell(shell, clean):
     started = time.monotonic()
-    with pytest.raises(UsageError, match=r"killed after --timeout 0.5s"):
+    with pytest.raises(ContainerFailed, match=r"killed after --timeout 0.5s"):
         cell(shell, "busybox --timeout 0.5", "sleep 30")
     assert time.monotonic() - started < 3
     assert no_containers_soon()
@@ -493,17 +684,19 @@ def interrupt_main_thread_after(seconds: float) -> threading.Timer:
 def test_interrupt_removes_a_throwaway_container(shell, clean):
     interrupt_main_thread_after(0.5)
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as error:
         cell(shell, "busybox", "sleep 30")
     assert time.monotonic() - started < 2.5
-    assert no_containers_soon()
+    assert isinstance(error.value, KeyboardInterrupt)
+    assert error.value._render_traceback_() == ["Interrupted: the container was stopped"]
+    assert containers() == []  # gone before the cell ended
 
 
 @needs_root
 def test_interrupt_leaves_a_named_container_usable(shell, clean, capsys):
     cell(shell, "busybox --name b", "echo kept > /tmp/file")
     interrupt_main_thread_after(0.5)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="the command was stopped; container b is still running"):
         cell(shell, "busybox --name b", "sleep 30")
     cell(shell, "busybox --name b", "cat /tmp/file; pidof sleep || echo no-sleep")
     assert capsys.readouterr().out == "kept\nno-sleep\n"
@@ -527,11 +720,13 @@ def test_subcommands_on_a_named_container(shell, clean, capsys):
     assert rows[1].split()[-1] == "b" and "Up" in rows[1]
     shell.run_line_magic("container", "exec b sh -c 'echo $((6 * 7))'")
     assert capsys.readouterr().out == "42\n"
-    with pytest.raises(UsageError, match="status 4"):
+    with pytest.raises(ContainerFailed, match="status 4"):
         shell.run_line_magic("container", "exec b sh -c 'exit 4'")
     with capture_output() as captured:
         shell.run_line_magic("container", "stats b --seconds 0.3")
-    assert captured.stdout.startswith("b: memory ")
+    table = captured.outputs[0].data  # NAME MEMORY LIMIT ...; b 1MB 33.6MB ...
+    assert table["text/plain"].splitlines()[1].split()[:1] == ["b"]
+    assert "<table>" in table["text/html"]
     assert [o for o in captured.outputs if "image/png" in o.data]
     with capture_output() as captured:
         shell.run_line_magic("container", "inspect b")
@@ -569,9 +764,9 @@ def test_dashboard_shows_usage_and_stops_and_removes(clean, shell):
 
 
 def test_captured_output_keeps_at_most_the_cap_and_counts_the_rest(monkeypatch):
-    monkeypatch.setattr(magics, "CAPTURE_LIMIT", 1000)
+    monkeypatch.setattr(streaming, "CAPTURE_LIMIT", 1000)
     read_end, write_end = os.pipe()
-    stream = magics.OutputStream(read_end, None, capture=True)
+    stream = streaming.OutputStream(read_end, None, capture=True)
     for _ in range(3):
         os.write(write_end, b"x" * 600)
         stream.read()
@@ -585,7 +780,7 @@ def test_captured_output_keeps_at_most_the_cap_and_counts_the_rest(monkeypatch):
 
 @needs_root
 def test_out_beyond_the_cap_is_cut_with_a_message(shell, clean, capsys, monkeypatch):
-    monkeypatch.setattr(magics, "CAPTURE_LIMIT", 4096)
+    monkeypatch.setattr(streaming, "CAPTURE_LIMIT", 4096)
     cell(shell, "busybox --out big", "head -c 100000 /dev/zero | tr '\\0' a; echo")
     assert shell.user_ns["big"] == "a" * 4096
     err = capsys.readouterr().err

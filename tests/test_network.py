@@ -26,6 +26,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contained import network  # noqa: E402
+from contained.network.firewall import port_rules  # noqa: E402
+from contained.network.leases import bridge_alias  # noqa: E402
+from contained.network.tools import link_exists  # noqa: E402
 from contained.runtime.plan import run_steps  # noqa: E402
 
 try:
@@ -684,7 +687,7 @@ def _two_homes_scenario(tmp: Path, firewall: str) -> dict:
         facts = {"bridges": [config_a.bridge, config_b.bridge],
                  "subnets": [config_a.subnet, config_b.subnet],
                  "veths_differ": attached_a.host_veth != attached_b.host_veth,
-                 "alias": network._bridge_alias(config_a.bridge)}
+                 "alias": bridge_alias(config_a.bridge)}
         # b's web dies, and b's record is made to name a's bridge, as after a reboot in which
         # a got contained0 first
         _stop(web_b)
@@ -698,8 +701,8 @@ def _two_homes_scenario(tmp: Path, firewall: str) -> dict:
                                                                      "tcp"]]}}}))
         facts["b_gc"] = network.gc()
         as_home("a")
-        facts["a_bridge_kept"] = network._link_exists(config_a.bridge)
-        facts["a_rules_kept"] = [owner for owner, _ in network._port_rules(config_a, firewall)
+        facts["a_bridge_kept"] = link_exists(config_a.bridge)
+        facts["a_rules_kept"] = [owner for owner, _ in port_rules(config_a, firewall)
                                  ] == ["web"]
         facts["a_after_b_gc"] = _wget("http://127.0.0.1:8080/")
         network.detach("web", config_a)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_network import _state, host_view, isolated_env, run_in_network_namespace  # noqa: E402
 
 from contained import network  # noqa: E402
+from contained.network.tools import link_exists  # noqa: E402
 from contained.runtime import cgroups, container  # noqa: E402
 
 try:
@@ -352,7 +353,7 @@ def scenario_two_homes(tmp: Path) -> dict:
         in_home(homes[0], "rm", "-f", "web")
         in_home(homes[0], "gc")
         facts["b_after_a_gc"] = _wait_for_page("http://127.0.0.1:8082/", timeout=3)
-        facts["b_bridge_after_a_gc"] = network._link_exists(facts["bridges"][1])
+        facts["b_bridge_after_a_gc"] = link_exists(facts["bridges"][1])
     finally:
         for home in homes:
             in_home(home, "rm", "-f", "web", check=False)

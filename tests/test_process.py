@@ -1,8 +1,7 @@
-"""contained.runtime.process: users from the image's files, a clean environment, and the last steps
-before exec checked in a real forked child through its /proc/self/status."""
+"""contained.runtime.process: users from the image's files, a clean environment, and the
+capabilities PID 1 keeps, checked in a real forked child through its /proc/self/status."""
 
 import os
-import stat
 
 import pytest
 from conftest import needs_root
@@ -15,10 +14,8 @@ from contained.runtime.process import (
     BadEnvironment,
     BadUserDatabase,
     BadUserSpec,
-    BadWorkingDirectory,
     CommandNotExecutable,
     CommandNotFound,
-    ProcessSpec,
     UnknownCapability,
     UnknownGroup,
     UnknownUser,
@@ -270,38 +267,33 @@ def test_find_executable_with_a_slash(bin_dir):
         assert raised.value.exit_status == 126
 
 
-# --- prepare_exec, for real, in a forked child ---------------------------------------------
+# --- what PID 1 does, for real, in a forked child ------------------------------------------
 
-LEAK_FDS = (62, 100)  # inheritable fds the child must not pass on
-REPORT = 'cat /proc/self/status; echo "FDS $(ls /proc/$$/fd | tr "\\n" " ")"; echo "CWD $(pwd)"'
+REPORT = 'cat /proc/self/status; echo "CWD $(pwd)"'
 
 
-def run_prepared(spec: ProcessSpec, script: str = REPORT,
-                 keep: tuple[int, ...] = (0, 1, 2)) -> tuple[int, dict[str, str]]:
-    """Fork; the child runs prepare_exec then execs busybox sh -c script. (exit code, report)."""
-    leak = os.open("/dev/null", os.O_RDONLY)
-    for fd in (*LEAK_FDS, *keep):
-        if fd > 2:
-            os.dup2(leak, fd, inheritable=True)
-    os.close(leak)
+def run_confined(capabilities=DOCKER_DEFAULT_CAPABILITIES, no_new_privileges=True,
+                 user: str = "", cwd="/") -> tuple[int, dict[str, str]]:
+    """Fork; the child drops capabilities as PID 1 does (`init.confine_step`), then starts
+    busybox sh -c REPORT as `user` with `init.spawn_command`. (exit code, report)."""
+    from contained.runtime import init
+
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: only our functions, then exec or _exit, never back into pytest
+    if pid == 0:  # the child: only our functions, then _exit, never back into pytest
+        code = 127
         try:
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            process.prepare_exec(spec, keep=keep)
-            busybox = process.find_executable("busybox", "/nonexistent:/bin")
-            env = dict(item.split("=", 1) for item in spec.env)
-            os.execve(busybox, ["busybox", "sh", "-c", script], env)
+            process.drop_capabilities(capabilities)
+            if no_new_privileges:
+                process.set_no_new_privileges()
+            child = init.spawn_command(["busybox", "sh", "-c", REPORT], [], str(cwd), user,
+                                       new_session=False, stdio=(0, write_end, write_end))
+            code = child.wait()
         except BaseException as error:  # noqa: B036
-            os.write(2, f"FAILED {type(error).__name__}: {error}\n".encode())
+            os.write(write_end, f"FAILED {type(error).__name__}: {error}\n".encode())
         finally:
-            os._exit(127)
+            os._exit(code)
     os.close(write_end)
-    for fd in (*LEAK_FDS, *keep):
-        if fd > 2:
-            os.close(fd)
     with os.fdopen(read_end, "rb") as pipe:
         output = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
@@ -316,15 +308,9 @@ def mask(report: dict[str, str], key: str) -> int:
     return int(report[key], 16)
 
 
-def spec_for(uid=0, gid=0, groups=(0, 10), cwd="/", **options) -> ProcessSpec:
-    env = process.build_environment([], [], home="/root")
-    return ProcessSpec(args=["sh"], env=env, cwd=str(cwd), uid=uid, gid=gid,
-                       groups=list(groups), **options)
-
-
 @needs_root
 def test_root_gets_exactly_dockers_capabilities(tmp_path):
-    status, report = run_prepared(spec_for(cwd=tmp_path))
+    status, report = run_confined(cwd=tmp_path)
     assert status == 0, report
     for key in ("CapEff", "CapPrm", "CapBnd"):
         assert mask(report, key) == DOCKER_DEFAULT_MASK, key
@@ -332,53 +318,27 @@ def test_root_gets_exactly_dockers_capabilities(tmp_path):
     assert mask(report, "CapAmb") == 0
     assert report["NoNewPrivs"] == "1"
     assert report["Uid"].split() == ["0"] * 4
-    assert report["Groups"].split() == ["0", "10"]
-    assert not {str(fd) for fd in LEAK_FDS} & set(report["FDS"].split())
-    assert report["FDS"].split()[:3] == ["0", "1", "2"]
     assert report["CWD"] == str(tmp_path)
 
 
 @needs_root
 def test_a_non_root_user_gets_no_capabilities(tmp_path):
-    private = tmp_path / "private"  # 0700 root: entered before the user switch, like runc
-    private.mkdir(mode=0o700)
-    status, report = run_prepared(spec_for(1000, 1000, [1000, 2000], cwd=private))
+    status, report = run_confined(user="1000:1000", cwd=tmp_path)
     assert status == 0, report
     assert mask(report, "CapEff") == 0
     assert mask(report, "CapPrm") == 0
     assert mask(report, "CapBnd") == DOCKER_DEFAULT_MASK
     assert report["Uid"].split() == ["1000"] * 4
     assert report["Gid"].split() == ["1000"] * 4
-    assert report["Groups"].split() == ["1000", "2000"]
     assert report["NoNewPrivs"] == "1"
-    assert report["CWD"] == str(private)
-    assert stat.S_IMODE(private.stat().st_mode) == 0o700
 
 
 @needs_root
 def test_other_capabilities_and_new_privileges_on_request():
-    spec = spec_for(capabilities=("NET_BIND_SERVICE",), no_new_privileges=False)
-    status, report = run_prepared(spec)
+    status, report = run_confined(capabilities=("NET_BIND_SERVICE",), no_new_privileges=False)
     assert status == 0, report
     assert mask(report, "CapBnd") == mask(report, "CapEff") == 1 << 10
     assert report["NoNewPrivs"] == "0"
-
-
-@needs_root
-def test_kept_fds_stay_and_nothing_else_does():
-    status, report = run_prepared(spec_for(), keep=(0, 1, 2, 60, 61, 63))
-    assert status == 0, report
-    fds = report["FDS"].split()
-    assert {"60", "61", "63"} <= set(fds)
-    assert not {str(fd) for fd in LEAK_FDS} & set(fds)
-
-
-@needs_root
-def test_a_missing_working_directory_is_reported(tmp_path):
-    status, report = run_prepared(spec_for(cwd=tmp_path / "gone"))
-    assert status == 127
-    assert report["FAILED"].startswith(
-        f"{BadWorkingDirectory.__name__}: cannot enter the working directory '{tmp_path}/gone'")
 
 
 @needs_root

@@ -18,17 +18,14 @@ import pytest
 
 from contained.images import build, oci, skopeo
 from contained.images import registry as local_registry
-from contained.images.store import (
+from contained.images.layout import (
     ArchitectureMismatch,
     BlobMissing,
-    DestinationNotEmpty,
-    ImageNotFound,
     InvalidImage,
-    InvalidTarball,
     SourceNotFound,
-    Store,
-    is_loopback,
 )
+from contained.images.pull import InvalidTarball, is_loopback
+from contained.images.store import DestinationNotEmpty, ImageNotFound, Store
 
 HOST_ARCH = build.host_architecture()
 OTHER_ARCH = "arm64" if HOST_ARCH != "arm64" else "amd64"
@@ -421,7 +418,7 @@ def test_import_refuses_what_is_not_a_tarball(home, tmp_path):
         Store(home).import_tarball(tmp_path / "missing.tar", "x")
 
 
-# -- unpacking (the unpacker itself is tested in test_layers.py) -----------------------------
+# -- unpacking (the unpacker itself is tested in test_unpack.py and test_tar_extract.py) -----
 
 
 def test_unpack_refuses_a_non_empty_destination(busybox_store, tmp_path):
@@ -433,12 +430,12 @@ def test_unpack_refuses_a_non_empty_destination(busybox_store, tmp_path):
 
 
 def _has_unpacker() -> bool:
-    from contained.images import layers
+    from contained.images import unpack
 
-    return hasattr(layers, "apply_layers") and hasattr(layers, "cached_layer")
+    return hasattr(unpack, "apply_layers") and hasattr(unpack, "cached_layer")
 
 
-needs_unpacker = pytest.mark.skipif(not _has_unpacker(), reason="images.layers not written yet")
+needs_unpacker = pytest.mark.skipif(not _has_unpacker(), reason="images.unpack not written yet")
 
 
 @needs_unpacker

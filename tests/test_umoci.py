@@ -23,7 +23,7 @@ from layerkit import (
     whiteout,
 )
 
-from contained.images import layers
+from contained.images import unpack
 
 pytestmark = pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed")
 
@@ -65,7 +65,7 @@ def test_apply_layers_matches_umoci(tmp_path, image):
     layout = tmp_path / "layout"
     image_layers = image_layout(layout, IMAGES[image], ref_name="test")
     ours = tmp_path / "ours"
-    layers.apply_layers([layer.args() for layer in image_layers], ours)
+    unpack.apply_layers([layer.args() for layer in image_layers], ours)
     theirs = tmp_path / "umoci"
     command = ["umoci", "raw", "unpack", "--image", f"{layout}:test", str(theirs)]
     if os.geteuid() != 0:

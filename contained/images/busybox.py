@@ -22,7 +22,8 @@ from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import build, oci
-from contained.images.store import Image, Store
+from contained.images.layout import Image
+from contained.images.store import Store
 
 HOST_BUSYBOX = Path("/bin/busybox")
 DEFAULT_NAME = "busybox"

@@ -17,8 +17,6 @@ Where the kernel has ``openat2(2)`` (Linux 5.6+), `open_in_root` lets it do the 
 ``RESOLVE_IN_ROOT``.
 """
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import platform
@@ -27,14 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.runtime import syscalls
 
 #: Linux's own limit on symlinks followed in one lookup (MAXSYMLINKS).
 MAX_SYMLINKS = 40
-
-# openat2(2): <linux/openat2.h>. The syscall number is the same on x86_64 and aarch64.
-_OPENAT2_NR = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -43,15 +37,9 @@ class UnsafePath(ContainedError):
     """A path inside a container root cannot be resolved or used without leaving that root."""
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-# Tests turn this off to exercise the portable walk on kernels that have openat2.
-use_openat2 = _OPENAT2_NR is not None
+# Tests turn this off to exercise the portable walk on kernels that have openat2. (openat2's
+# number, 437, is the same on x86_64 and aarch64, the machines it has been tried on.)
+use_openat2 = platform.machine() in ("x86_64", "aarch64")
 
 
 @dataclass
@@ -102,84 +90,119 @@ def walk(root_fd: int, path: str | list[str], *, follow_last: bool = True,
     `start` = (fd, resolved components) begins the walk at an already-resolved directory, which
     is how the layer unpacker avoids re-walking the same parent for every file of a directory.
     """
-    pending = list(reversed(split_path(path) if isinstance(path, str) else path))
-    if start is None:
-        current, names = os.dup(root_fd), []
-    else:
-        current, names = os.dup(start[0]), list(start[1])
-    virtual: list[str] = []  # components below a missing directory (missing_ok only)
-    links = 0
+    walker = _Walker(root_fd, path, start, root_label)
     try:
-        while pending:
-            part = pending.pop()
+        while walker.pending:
+            part = walker.pending.pop()
             if part == ".":
                 continue
-            is_last = not pending
+            is_last = not walker.pending
             if part == "..":
-                if virtual:
-                    virtual.pop()
-                elif names:
-                    names.pop()
-                    os.close(current)
-                    current = -1
-                    current = _reopen(root_fd, names, root_label)
+                walker.up()
                 if is_last:
-                    return _done(current, names, virtual, ".")
+                    return walker.done(".")
                 continue
-            if is_last and not follow_last:
-                return _done(current, names, virtual, part)
-            if virtual:
-                if is_last:
-                    return _done(current, names, virtual, part)
-                virtual.append(part)
+            if is_last and (not follow_last or walker.virtual):
+                return walker.done(part)
+            if walker.virtual:
+                walker.virtual.append(part)
                 continue
             try:
-                child = os.open(part, _PATH_FLAGS, dir_fd=current)
+                child = os.open(part, _PATH_FLAGS, dir_fd=walker.current)
             except FileNotFoundError:
                 if is_last:
-                    return _done(current, names, virtual, part)
-                if create_parents:
-                    try:
-                        os.mkdir(part, dir_mode, dir_fd=current)
-                    except FileExistsError:
-                        pass  # someone else made it: walk it like any existing component
-                    pending.append(part)
-                    continue
-                if missing_ok:
-                    virtual.append(part)
-                    continue
-                raise
+                    return walker.done(part)
+                if not walker.missing(part, create_parents, dir_mode, missing_ok):
+                    raise
+                continue
             mode = os.fstat(child).st_mode
             if stat.S_ISLNK(mode):
-                # Read the link we opened, not the name again: the name may have changed since.
-                target = os.readlink("", dir_fd=child)
+                walker.splice_link(child)
+            elif is_last:
                 os.close(child)
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise UnsafePath(
-                        f"too many levels of symlinks resolving {_show(path)} in {root_label}:"
-                        " the image has a symlink loop; fix or remove the link")
-                if target.startswith("/"):
-                    os.close(current)
-                    current, names = -1, []
-                    current = os.dup(root_fd)
-                pending.extend(reversed(split_path(target) or ["."]))
-                continue
-            if is_last:
-                os.close(child)
-                return _done(current, names, virtual, part)
-            if not stat.S_ISDIR(mode):
-                os.close(child)
-                raise NotADirectoryError(
-                    errno.ENOTDIR, f"{'/'.join(names + [part])} is not a directory in {root_label}")
-            os.close(current)
-            current = child
-            names.append(part)
-        return _done(current, names, virtual, ".")
+                return walker.done(part)
+            else:
+                walker.enter(child, part, mode)
+        return walker.done(".")
     except BaseException:
-        if current >= 0:
-            os.close(current)
+        walker.close()
         raise
+
+
+class _Walker:
+    """The state of one `walk`: the directory open so far (`current`, reached through `names`),
+    the components still to resolve (`pending`, reversed), and `virtual` ones below a missing
+    directory. `current` is -1 while it is being replaced, so a failure never closes it twice."""
+
+    def __init__(self, root_fd: int, path: str | list[str],
+                 start: tuple[int, list[str]] | None, root_label: str):
+        self.root_fd, self.path, self.root_label = root_fd, path, root_label
+        self.pending = list(reversed(split_path(path) if isinstance(path, str) else path))
+        if start is None:
+            self.current, self.names = os.dup(root_fd), []
+        else:
+            self.current, self.names = os.dup(start[0]), list(start[1])
+        self.virtual: list[str] = []  # components below a missing directory (missing_ok only)
+        self.links = 0
+
+    def done(self, name: str) -> Resolved:
+        return _done(self.current, self.names, self.virtual, name)
+
+    def close(self) -> None:
+        if self.current >= 0:
+            os.close(self.current)
+
+    def up(self) -> None:
+        """``..``: pop a component, never above the root, and reopen the shorter path."""
+        if self.virtual:
+            self.virtual.pop()
+        elif self.names:
+            self.names.pop()
+            os.close(self.current)
+            self.current = -1
+            self.current = _reopen(self.root_fd, self.names, self.root_label)
+
+    def missing(self, part: str, create_parents: bool, dir_mode: int, missing_ok: bool) -> bool:
+        """A missing directory component: create it (then walk it), or go on lexically below
+        it; False if neither is allowed."""
+        if create_parents:
+            try:
+                os.mkdir(part, dir_mode, dir_fd=self.current)
+            except FileExistsError:
+                pass  # someone else made it: walk it like any existing component
+            self.pending.append(part)
+            return True
+        if missing_ok:
+            self.virtual.append(part)
+            return True
+        return False
+
+    def splice_link(self, link_fd: int) -> None:
+        """Put a symlink's target in place of the link (absolute targets restart at the root)."""
+        # Read the link we opened, not the name again: the name may have changed since.
+        target = os.readlink("", dir_fd=link_fd)
+        os.close(link_fd)
+        self.links += 1
+        if self.links > MAX_SYMLINKS:
+            raise UnsafePath(
+                f"too many levels of symlinks resolving {_show(self.path)} in {self.root_label}:"
+                " the image has a symlink loop; fix or remove the link")
+        if target.startswith("/"):
+            os.close(self.current)
+            self.current, self.names = -1, []
+            self.current = os.dup(self.root_fd)
+        self.pending.extend(reversed(split_path(target) or ["."]))
+
+    def enter(self, child: int, part: str, mode: int) -> None:
+        """Step into directory `part`, open as `child`; anything else is not a directory."""
+        if not stat.S_ISDIR(mode):
+            os.close(child)
+            raise NotADirectoryError(
+                errno.ENOTDIR,
+                f"{'/'.join(self.names + [part])} is not a directory in {self.root_label}")
+        os.close(self.current)
+        self.current = child
+        self.names.append(part)
 
 
 def _done(current: int, names: list[str], virtual: list[str], name: str) -> Resolved:
@@ -345,13 +368,11 @@ def _openat2(root_fd: int, path: str, flags: int, mode: int) -> int | None:
     """openat2(RESOLVE_IN_ROOT); None if the kernel (or a seccomp filter) lacks it."""
     global use_openat2
     creating = flags & (os.O_CREAT | os.O_TMPFILE)
-    how = _OpenHow(flags | os.O_CLOEXEC, mode if creating else 0,
-                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(_OPENAT2_NR, root_fd, os.fsencode(path), ctypes.byref(how),
-                       ctypes.sizeof(how))
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
+    try:
+        return syscalls.openat2(root_fd, path, flags | os.O_CLOEXEC, mode if creating else 0,
+                                syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+    except OSError as error:
+        err = error.errno
     if err in (errno.ENOSYS, errno.EPERM):
         use_openat2 = False
         return None

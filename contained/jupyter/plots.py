@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from contained.runtime import cgroups
+from contained.units import format_size
 
 MIB = 1024 * 1024
 LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
@@ -68,24 +69,8 @@ def image_layers_figure(image) -> Figure:
     """A stored image's layers (``%container inspect``): their compressed sizes."""
     rows = [(descriptor.digest.split(":")[-1][:12], descriptor.size, None)
             for descriptor, _ in image.layers]
-    total = _size_label(sum(size for _, size, _ in rows))
+    total = format_size(sum(size for _, size, _ in rows))
     return layer_sizes_figure(rows, f"{image.name}: {len(rows)} layer(s), {total}")
-
-
-def pids_figure(samples: list, limit: int | None, title: str = "Processes in the group"
-                ) -> Figure:
-    """The group's process count over a run (notebook 02's fork bomb), pids.max dashed."""
-    figure = Figure(figsize=(7, 3), layout="constrained")
-    axes = figure.subplots()
-    axes.plot([t for t, _ in samples], [u.pids for _, u in samples], marker=".",
-              label="processes")
-    if limit is not None:
-        axes.axhline(limit, **LIMIT_STYLE, label=f"pids.max = {limit}")
-    axes.set_xlabel("seconds")
-    axes.set_ylabel("processes")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    return figure
 
 
 def cpu_figure(samples: list, limit: float | None, title: str = "CPU used by the group"
@@ -105,11 +90,13 @@ def cpu_figure(samples: list, limit: float | None, title: str = "CPU used by the
     return figure
 
 
-def layer_sizes_figure(layers: list[tuple[str, int, int | None]], title: str = "Layer sizes"
-                       ) -> Figure:
+def layer_sizes_figure(layers: list[tuple[str, int, int | None]], title: str = "Layer sizes",
+                       hidden: dict[int, int] | None = None) -> Figure:
     """One row per layer, bottom layer on top, from (digest, compressed, uncompressed) rows:
     the compressed size (the blob), and beside it the uncompressed one (the tar) where known
-    (notebook 04 builds its own layers and knows both; a stored image has its blobs only)."""
+    (notebook 04 builds its own layers and knows both; a stored image has its blobs only).
+    `hidden` maps a layer's index to the bytes of its files that a later layer deleted or
+    replaced: they are hatched at the end of its uncompressed bar, still shipped."""
     both = any(uncompressed is not None for _, _, uncompressed in layers)
     largest = max([size or 0 for row in layers for size in row[1:]] + [1])
     unit, scale = ("MB", 1e6) if largest >= 1e6 else ("KiB", 1024)
@@ -121,11 +108,17 @@ def layer_sizes_figure(layers: list[tuple[str, int, int | None]], title: str = "
     compressed = [size for _, size, _ in layers]
     bars = axes.barh([p - offset for p in positions], [size / scale for size in compressed],
                      height=height, color="tab:blue", label="compressed (blob)")
-    axes.bar_label(bars, labels=[_size_label(size) for size in compressed], padding=3)
+    axes.bar_label(bars, labels=[format_size(size) for size in compressed], padding=3)
     if both:
         axes.barh([p + offset for p in positions],
                   [(size or 0) / scale for _, _, size in layers], height=height,
                   color="tab:orange", label="uncompressed (tar)")
+        for index, size in sorted((hidden or {}).items()):
+            if size:  # the part of the tar no container will ever see
+                end = (layers[index][2] or 0) / scale
+                axes.barh(index + offset, size / scale, left=end - size / scale, height=height,
+                          color="white", edgecolor="tab:red", hatch="///",
+                          label="deleted by a later layer, still shipped")
         axes.legend(loc="lower right")
     axes.set_yticks(list(positions), [f"{i}: {digest}" for i, (digest, _, _) in
                                       enumerate(layers)])
@@ -134,10 +127,6 @@ def layer_sizes_figure(layers: list[tuple[str, int, int | None]], title: str = "
     axes.set_title(title)
     axes.margins(x=0.2)
     return figure
-
-
-def _size_label(size: int) -> str:
-    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1024:.1f} KiB"
 
 
 def to_png(figure: Figure) -> bytes:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ipywidgets
 
+from contained import views
 from contained.errors import ContainedError
 from contained.runtime import container
 
@@ -46,8 +47,8 @@ def expected_bytes(ref: str, registries_conf=None, tls_verify=None) -> int | Non
     """The compressed size of the image's config and layers for this machine, from its raw
     manifest (``skopeo inspect --raw``, twice for a multi-arch index); None if unknown."""
     from contained.images import build, skopeo
+    from contained.images.pull import is_loopback
     from contained.images.reference import parse_source
-    from contained.images.store import is_loopback
 
     try:
         source = parse_source(ref)
@@ -174,7 +175,7 @@ class Dashboard:
         now = time.monotonic()
         self.rows = []
         cells = [ipywidgets.HTML(f"<b>{h}</b>") for h in self.HEADER]
-        for found in container.containers():
+        for found in views.listed_containers(all_=True):  # what `ps -a` lists
             usage = usage_of(found)
             row = {"name": found.name, "id": found.id, "image": found.image,
                    "status": found.status, "memory": None, "memory_limit": None,

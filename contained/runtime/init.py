@@ -24,9 +24,9 @@ its own, so the container has no controlling terminal of the host. The descripto
 
 - 0, 1, 2: the command's stdio, until the command is started (then /dev/null): pipes the
   client relays, or /dev/null, never the caller's own files (`contained.runtime.relay`);
-- the report channel: the pipe to the runner that forked it (``RunnerReport``), or, for a
-  spare's PID 1, the caller's reply socket and the link to the spare's runner (``CallerReport``),
-  so that the result gets out;
+- the report channel: the pipe to the runner that forked it (`contained.runtime.pid1.RunnerReport`),
+  or, for a spare's PID 1, the caller's reply socket and the link to the spare's runner
+  (``CallerReport``), so that the result gets out;
 - with ``-t``, the reply socket until the pty's master has been passed on (SCM_RIGHTS);
 - the cgroup's OOM counter file (a spare's PID 1 reports OOM kills itself; opened before
   pivot_root, read-only);
@@ -51,9 +51,15 @@ from contained.errors import ContainedError
 from contained.runtime import process, syscalls, wire
 from contained.runtime.plan import Step
 
-EXIT_SETUP_FAILED = 125
-EXIT_NOT_EXECUTABLE = 126
-EXIT_NOT_FOUND = 127
+# Where they were before `status` held them: PID 1's exit statuses, its errors, their wording.
+from contained.runtime.status import (  # noqa: F401  isort: skip
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_SETUP_FAILED,
+    CommandFailed,
+    describe,
+    exit_code,
+)
 
 # Signals PID 1 passes on to the command. SIGINT is not among them: the host's terminal is not
 # the container's (PID 1 has a session of its own), so Ctrl-C reaches the client, which kills
@@ -62,27 +68,6 @@ EXIT_NOT_FOUND = 127
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                      signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 TITLE = "contained-init"
-
-
-class CommandFailed(ContainedError):
-    """The command could not be started (not found, not executable, unknown user...)."""
-
-    def __init__(self, exit_status: int, message: str):
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, (ContainedError, OSError)):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,8 +208,8 @@ def restore_default_signals() -> None:
 def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> int:
     """Forward signals to the command, reap every zombie, return the command's status.
 
-    With `caller` (the socket of whoever waits for the result), "kill" on it or its end
-    SIGKILLs the command: a notebook's interrupt, or a kernel that died.
+    With `caller` (the socket of whoever waits for the result), the KILL marker on it or its
+    end SIGKILLs the command: a notebook's interrupt, or a kernel that died.
     """
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda signum, frame: _signal(child.pid, signum))
@@ -242,7 +227,7 @@ def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> 
             ready, _, _ = select.select([wakeup, caller], [], [])
             _drain(wakeup)
             if caller in ready:
-                _recv(caller)  # "kill", or nothing: the caller has gone
+                _wants_kill(_recv(caller))  # KILL, or nothing: the caller has gone
                 _signal(child.pid, signal.SIGKILL)
                 caller = None  # from now on a plain wait
 
@@ -301,8 +286,8 @@ def serve_exec(listener: socket.socket) -> None:
     """PID 1 of a named container, forever: exec requests in, zombies out, SIGTERM ends all.
 
     Each request (JSON + the caller's stdin/stdout/stderr as SCM_RIGHTS) becomes a child in
-    its own session; its status goes back on the same connection. "kill" or the caller going
-    away kills the child's process group, unless the request was detached.
+    its own session; its status goes back on the same connection. The KILL marker or the
+    caller going away kills the child's process group, unless the request was detached.
     """
     wakeup_read = _sigchld_wakeup()
     stopping = []
@@ -322,10 +307,8 @@ def serve_exec(listener: socket.socket) -> None:
         if listener in ready:
             _accept(listener, children)
         for pid, (conn, detached, _) in list(children.items()):
-            if conn in ready and not detached:
-                data = _recv(conn)
-                if not data or b"kill" in data:
-                    _signal(pid, signal.SIGKILL, group=True)
+            if conn in ready and not detached and _wants_kill(_recv(conn)):
+                _signal(pid, signal.SIGKILL, group=True)
         _reap(children)
 
 
@@ -349,19 +332,17 @@ def _accept(listener: socket.socket, children: dict) -> None:
         child = spawn_command(spec["args"], spec["env"], spec["working_dir"], spec["user"],
                               new_session=True, stdio=stdio, terminal=bool(spec.get("tty")))
     except CommandFailed as error:
-        wire.send_message(conn, event="error", type="CommandFailed", message=str(error),
-              exit_status=error.exit_status)
+        wire.send_event(conn, wire.Error.of(error))
         conn.close()
         return
     except BaseException as error:  # noqa: BLE001 — one bad request must not end PID 1
-        wire.send_message(conn, event="error", type="ExecFailed", message=describe(error),
-              exit_status=EXIT_SETUP_FAILED)
+        wire.send_event(conn, wire.Error("ExecFailed", describe(error), EXIT_SETUP_FAILED))
         conn.close()
         return
     finally:
         for fd in fds:
             os.close(fd)
-    wire.send_message(conn, event="started", pid=child.pid)
+    wire.send_event(conn, wire.Started(pid=child.pid))
     children[child.pid] = (conn, bool(request.get("detached")), child)
 
 
@@ -369,7 +350,7 @@ def _send_terminal(conn: socket.socket, size: list[int] | None) -> int:
     """Open a pty for an ``exec -t``, pass its master to the caller; return the slave."""
     master, slave = open_terminal(size)
     try:
-        wire.send_message_with_fds(conn, [master], event="tty")
+        wire.send_event_with_fds(conn, [master], wire.Tty())
     finally:
         os.close(master)
     return slave
@@ -386,8 +367,7 @@ def _reap(children: dict) -> None:
         if pid in children:
             conn, _, child = children.pop(pid)
             child.returncode = exit_code(status)
-            wire.send_message(conn, event="exit", status=child.returncode, oom=False,
-                              message=None)
+            wire.send_event(conn, wire.Exit(child.returncode))
             conn.close()
 
 
@@ -405,6 +385,15 @@ def _stop_everything() -> None:
         except ChildProcessError:
             pass
         select.select([], [], [], 0.05)
+
+
+def _wants_kill(data: bytes) -> bool:
+    """Whether the caller asked to kill (or went away); one that says anything else is
+    confused, and its command is ended too (PID 1 itself carries on)."""
+    try:
+        return wire.is_kill(data)
+    except wire.WireError:
+        return True
 
 
 def _recv(conn: socket.socket) -> bytes:

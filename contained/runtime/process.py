@@ -2,8 +2,9 @@
 
 Taught in notebook 07 (safety), building on 05 (a container by hand). Namespaces decide what a
 process can *see*; this module decides who it *is* and what it may *do*, in the last moments
-before ``execve``: the runtime has already pivoted into the container's root and forked; the
-child calls `prepare_exec` and then execs the command. The shell equivalents:
+before ``execve``: the runtime has already pivoted into the container's root; PID 1
+(`contained.runtime.init`) drops the capabilities, and its child switches user and execs the
+command. The shell equivalents:
 
     cd "$WORKDIR"                                     # the image's WorkingDir or -w
     setpriv --reuid=1000 --regid=1000 --groups=1000   # -u 1000:1000 (setgroups, setgid, setuid)
@@ -16,13 +17,10 @@ Users and groups come from the *image's* /etc/passwd and /etc/group, parsed here
 the wrong answer and a way out of the container.
 """
 
-import ctypes
 import errno
 import functools
 import os
-import resource
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained.errors import ContainedError
@@ -93,12 +91,6 @@ CAPABILITY_NUMBERS: dict[str, int] = {
     "CAP_CHECKPOINT_RESTORE": 40,
 }
 
-#: Docker's PATH when the image sets none (moby oci.DefaultPathEnv on Linux).
-
-# <sys/prctl.h> values syscalls.py does not have (yet)
-PR_CAPBSET_READ = 23
-PR_SET_KEEPCAPS = 8
-
 # The largest uid/gid Docker accepts (runc's user.maxID): 2^31 - 1.
 MAX_ID = 2**31 - 1
 
@@ -134,14 +126,6 @@ class CapabilitiesFailed(ContainedError):
     """The kernel refused to change this process's capabilities."""
 
 
-class UserSwitchFailed(ContainedError):
-    """setgroups/setgid/setuid failed (e.g. in a user namespace without that id mapped)."""
-
-
-class BadWorkingDirectory(ContainedError):
-    """The container's working directory cannot be entered."""
-
-
 class CommandNotFound(ContainedError):
     """The command is not in the container (shells, and Docker, exit 127 for this)."""
 
@@ -152,24 +136,6 @@ class CommandNotExecutable(ContainedError):
     """The command exists but cannot be executed (shells, and Docker, exit 126 for this)."""
 
     exit_status = 126
-
-
-@dataclass
-class ProcessSpec:
-    """Everything about the container's command that is decided before it runs.
-
-    `groups` are the supplementary groups (`resolve_user` puts the primary gid first, as
-    Docker does). `capabilities` are names from `CAPABILITY_NUMBERS` ("CAP_" optional).
-    """
-
-    args: list[str]
-    env: list[str]
-    cwd: str
-    uid: int
-    gid: int
-    groups: list[int]
-    capabilities: tuple[str, ...] = DOCKER_DEFAULT_CAPABILITIES
-    no_new_privileges: bool = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,31 +292,14 @@ def _reopen_for_reading(handle: int, info: os.stat_result, root: Path, path: str
     return reader
 
 
-# openat2(2): resolve a path as if a directory were "/" (kernel ≥ 5.6).
-_SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
 def _open_in_root(root: Path, path: str, flags: int) -> int:
     """open(2) of `path` with every symlink and ".." kept inside `root`; raises OSError."""
     root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-        fd = _libc.syscall(_SYS_OPENAT2, root_fd, os.fsencode(path), ctypes.byref(how),
-                          ctypes.sizeof(how))
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), str(Path(root, path.lstrip("/"))))
-        return fd
+        return syscalls.openat2(root_fd, path, flags, 0,
+                                syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(Path(root, path.lstrip("/")))) from None
     finally:
         os.close(root_fd)
 
@@ -428,91 +377,8 @@ def _replace_or_append(base: list[str], overrides: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The last moments before exec: in the forked child, inside the container's root
+# Capabilities and privileges: what PID 1 keeps before it starts anything
 # ---------------------------------------------------------------------------------------------
-
-
-def prepare_exec(spec: ProcessSpec, keep: tuple[int, ...] = (0, 1, 2)) -> None:
-    """Turn this (forked, single-threaded) process into the container's process; then exec.
-
-    The order matters (it is close to runc's):
-
-    1. close every inherited fd but `keep` (a kept fd above 2 should be O_CLOEXEC, like a
-       status pipe, so that exec closes it too);
-    2. chdir to `spec.cwd` while still root, so a 0700 WorkingDir works for -u (runc does the
-       same); if root may not enter it (a user namespace), try again as the user;
-    3. PR_SET_KEEPCAPS, then setgroups/setgid/setuid: without KEEPCAPS, setuid to a non-zero
-       uid empties the permitted set, and step 4 could no longer drop the bounding set;
-    4. capabilities: bounding set and ambient set first, then effective/permitted (empty for a
-       non-zero uid, like Docker);
-    5. no_new_privs last: it only affects exec, and nothing above needs to gain anything.
-    """
-    close_inherited_fds(keep)
-    entered = _try_chdir(spec.cwd)
-    syscalls.prctl(PR_SET_KEEPCAPS, 1)
-    switch_user(spec.uid, spec.gid, spec.groups)
-    if not entered:
-        _chdir(spec.cwd)
-    drop_capabilities(spec.capabilities)
-    # KEEPCAPS needs no reset: execve always clears it.
-    if spec.no_new_privileges:
-        set_no_new_privileges()
-
-
-def _try_chdir(path: str) -> bool:
-    try:
-        os.chdir(path)
-    except PermissionError:
-        return False
-    except OSError as error:
-        _raise_bad_working_directory(path, error)
-    return True
-
-
-def _chdir(path: str) -> None:
-    try:
-        os.chdir(path)
-    except OSError as error:
-        _raise_bad_working_directory(path, error)
-
-
-def _raise_bad_working_directory(path: str, error: OSError) -> None:
-    raise BadWorkingDirectory(
-        f"cannot enter the working directory {path!r} in the container: "
-        f"{os.strerror(error.errno)}; check the image's WorkingDir or -w") from error
-
-
-def close_inherited_fds(keep: tuple[int, ...] = (0, 1, 2)) -> None:
-    """Close every fd but `keep`: the runner's sockets, the kernel's ZMQ ports, log files...
-
-    O_CLOEXEC would close most of them at exec anyway, but not the ones someone opened
-    inheritable, and one leaked directory fd is enough to walk out of a chroot.
-    """
-    highest = max(resource.getrlimit(resource.RLIMIT_NOFILE)[1], max(keep, default=0) + 1)
-    start = 0
-    for fd in [*sorted(set(keep)), highest]:
-        # Never an empty range: CPython turns closerange(0, 0) into close_range(0, ~0), which
-        # closes everything. Each call is one close_range(2), whatever the limit.
-        if start < fd:
-            os.closerange(start, fd)
-        start = fd + 1
-
-
-def switch_user(uid: int, gid: int, groups: list[int]) -> None:
-    """setgroups, setgid, setuid — in that order, because each needs the privilege the next drops.
-
-    Real, effective and saved ids all change (setuid as root sets all three), so there is no
-    way back to root.
-    """
-    try:
-        if setgroups_allowed():
-            os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as error:
-        raise UserSwitchFailed(
-            f"cannot switch to uid {uid} gid {gid} groups {groups}: "
-            f"{os.strerror(error.errno)}; is this id mapped in the user namespace?") from error
 
 
 def setgroups_allowed() -> bool:
@@ -550,8 +416,8 @@ def drop_capabilities(keep: tuple[str, ...]) -> None:
     - Inheritable is always empty, as in Docker since CVE-2022-24769: a non-empty inheritable
       set would hand capabilities to any program with matching file capabilities.
 
-    Call it after `switch_user` with PR_SET_KEEPCAPS set (see `prepare_exec`); a capability the
-    calling process does not have cannot be kept.
+    PID 1 calls it as root (`contained.runtime.init.confine_step`); a capability the calling
+    process does not have cannot be kept.
     """
     wanted = capability_mask(keep)
     try:
@@ -577,7 +443,7 @@ def last_capability() -> int:
     number = 0
     while True:
         try:
-            syscalls.prctl(PR_CAPBSET_READ, number + 1)
+            syscalls.prctl(syscalls.PR_CAPBSET_READ, number + 1)
         except OSError as error:
             if error.errno == errno.EINVAL:
                 return number

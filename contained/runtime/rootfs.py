@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.images import safepath
-from contained.runtime import syscalls
+from contained.runtime import mountinfo, syscalls
 from contained.runtime.overlay import mount_overlay_step
 from contained.runtime.plan import Step
 from contained.runtime.syscalls import (
@@ -344,8 +344,7 @@ def _restrict_volume(target: str, volume: Volume) -> None:
 
 def _mounts_below(target: str) -> bool:
     prefix = target.rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4].startswith(prefix) for line in mounts)
+    return any(mount.mount_point.startswith(prefix) for mount in mountinfo.read())
 
 
 def plan_switch_root(root: Path, chroot: bool) -> list[Step]:

@@ -1,9 +1,9 @@
 """A container as data: everything the runner needs, resolved before any process starts.
 
-The API (`container`) turns a user's options and an image into a `ContainerSpec`; the
-runner (`contained.runtime.runner`), a separate single-threaded process, turns the spec into
-namespaces, mounts and processes. The spec crosses that process boundary as JSON, so it holds
-only plain values.
+The API (`container`, through `specs`) turns a user's options and an image into a
+`ContainerSpec`; the runner (`contained.runtime.runner`), a separate single-threaded process,
+turns the spec into namespaces, mounts and processes (in the order `steps` plans). The spec
+crosses that process boundary as JSON, so it holds only plain values.
 """
 
 import json

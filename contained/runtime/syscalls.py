@@ -9,11 +9,14 @@ Jupyter kernel, whose threads make namespace calls unsafe.
 """
 
 import ctypes
-import ctypes.util
 import os
 import platform
+import re
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: the one handle on the C library every ctypes call goes through (None: the libc this Python
+#: already has loaded); use_errno so that a failure's errno can be read right after the call
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long  # a syscall returns a long: an fd, or -1
 
 # <sched.h>
 CLONE_NEWNS = 0x00020000
@@ -42,19 +45,27 @@ MNT_DETACH = 2
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
-MOUNT_ATTR_NOEXEC = 0x8
 
-# <sys/prctl.h>
+# <sys/prctl.h>: every prctl option contained uses
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
+PR_GET_SECCOMP = 21
+PR_SET_SECCOMP = 22
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
-PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_CAP_AMBIENT_CLEAR_ALL = 4  # arg2 of PR_CAP_AMBIENT
+
+# <linux/seccomp.h>
+SECCOMP_MODE_FILTER = 2
+
+# <linux/openat2.h>: resolve a path as if a directory were "/" (kernel 5.6+)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
 
 _SYSCALL_NUMBERS = {
     # name: (x86_64, aarch64)
@@ -64,6 +75,7 @@ _SYSCALL_NUMBERS = {
     "setns": (308, 268),
     "mount_setattr": (442, 442),
     "keyctl": (250, 219),
+    "openat2": (437, 437),
 }
 _ARCH_INDEX = 0 if platform.machine() in ("x86_64", "amd64") else 1
 
@@ -76,23 +88,23 @@ def _check(result: int, what: str) -> int:
 
 
 def _syscall(name: str, *args) -> int:
-    return _libc.syscall(_SYSCALL_NUMBERS[name][_ARCH_INDEX], *args)
+    return libc.syscall(_SYSCALL_NUMBERS[name][_ARCH_INDEX], *args)
 
 
 def unshare(flags: int) -> None:
     """Move this process into new namespaces (``unshare(1)`` without the fork)."""
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
+    _check(libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
     """Join the namespace that `fd` (an open /proc/PID/ns/* file) refers to."""
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns(fd {fd})")
+    _check(libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), f"setns(fd {fd})")
 
 
 def mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
           data: str | None = None) -> None:
     """mount(2); `data` is the comma-separated option string (e.g. overlay's lowerdir=...)."""
-    result = _libc.mount(
+    result = libc.mount(
         source.encode(), str(target).encode(), fstype.encode() if fstype else None,
         ctypes.c_ulong(flags), data.encode() if data else None)
     _check(result, f"mount {fstype or source} on {target}")
@@ -100,7 +112,7 @@ def mount(source: str, target: str, fstype: str | None = None, flags: int = 0,
 
 def umount(target: str, flags: int = 0) -> None:
     """umount2(2); MNT_DETACH for a lazy unmount."""
-    _check(_libc.umount2(str(target).encode(), ctypes.c_int(flags)), f"umount {target}")
+    _check(libc.umount2(str(target).encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
 class _MountAttr(ctypes.Structure):
@@ -114,7 +126,7 @@ def mount_setattr(target: str, attr_set: int, recursive: bool = True) -> None:
     Kernels before 5.12 raise OSError with ENOSYS."""
     attr = _MountAttr(attr_set, 0, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
-    result = _libc.syscall(_SYSCALL_NUMBERS["mount_setattr"][_ARCH_INDEX],
+    result = libc.syscall(_SYSCALL_NUMBERS["mount_setattr"][_ARCH_INDEX],
                            ctypes.c_int(AT_FDCWD), str(target).encode(), ctypes.c_uint(flags),
                            ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
     _check(result, f"mount_setattr {target}")
@@ -128,9 +140,36 @@ def join_session_keyring() -> int:
     """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new anonymous session keyring, as runc
     gives each container; returns its serial. Keys the caller's session held are out of
     reach from now on, and keys added to this one stay with this process and its children."""
-    result = _libc.syscall(_SYSCALL_NUMBERS["keyctl"][_ARCH_INDEX],
+    result = libc.syscall(_SYSCALL_NUMBERS["keyctl"][_ARCH_INDEX],
                            ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_char_p(None))
     return _check(result, "keyctl(KEYCTL_JOIN_SESSION_KEYRING)")
+
+
+class _OpenHow(ctypes.Structure):
+    """struct open_how (<linux/openat2.h>)"""
+
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): open `path` relative to `dir_fd` and return the fd; `resolve` says how the
+    kernel may walk it (RESOLVE_IN_ROOT: as if `dir_fd` were "/", so every symlink and ".."
+    stays inside). Raises OSError: ENOSYS before Linux 5.6, EPERM under a seccomp filter
+    that does not know the call, ELOOP for a symlink loop."""
+    how = _OpenHow(flags, mode, resolve)
+    fd = _syscall("openat2", ctypes.c_int(dir_fd), os.fsencode(path), ctypes.byref(how),
+                  ctypes.c_size_t(ctypes.sizeof(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
+
+
+def kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running kernel, e.g. (6, 1); (0, 0) if `uname -r` is odd."""
+    numbers = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return (int(numbers.group(1)), int(numbers.group(2))) if numbers else (0, 0)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -141,12 +180,12 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def sethostname(name: str) -> None:
     raw = name.encode()
-    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname {name}")
+    _check(libc.sethostname(raw, ctypes.c_size_t(len(raw))), f"sethostname {name}")
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = [ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5)]
-    return _check(_libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")
+    return _check(libc.prctl(ctypes.c_int(option), *args), f"prctl({option})")
 
 
 class _CapHeader(ctypes.Structure):
@@ -195,4 +234,4 @@ def set_process_title(title: str) -> None:
     raw = title.encode()[: max(0, end - start - 1)]
     ctypes.memmove(start, raw + b"\0" * (end - start - len(raw)), end - start)
     name = ctypes.create_string_buffer(title.encode()[:15])
-    _libc.prctl(PR_SET_NAME, name, 0, 0, 0)
+    libc.prctl(PR_SET_NAME, name, 0, 0, 0)

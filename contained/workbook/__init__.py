@@ -29,7 +29,7 @@ from pathlib import Path
 
 from contained import doctor, isolated
 from contained.errors import ContainedError
-from contained.runtime import cgroups, namespaces
+from contained.runtime import cgroups, mountinfo, namespaces
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 DEFAULT_CELL_TIMEOUT = 120
@@ -63,6 +63,30 @@ def privileged() -> bool:
     return doctor.can_run_containers()
 
 
+def user_namespaces() -> bool:
+    """Can this process make a user namespace and be root in it (``unshare --user
+    --map-root-user true``)? Where it can, the rootless labs run for real."""
+    global _USER_NAMESPACES
+    if _USER_NAMESPACES is None:
+        done = subprocess.run(["unshare", "--user", "--map-root-user", "true"],
+                              capture_output=True, check=False)
+        _USER_NAMESPACES = done.returncode == 0
+    return _USER_NAMESPACES
+
+
+_USER_NAMESPACES: bool | None = None
+
+
+def can_run_containers() -> bool:
+    """Can `contained run` start a container here: as root, or rootless in a user namespace?"""
+    return privileged() or (shutil.which("unshare") is not None and user_namespaces())
+
+
+def needs_containers(what: str, command: str) -> bool:
+    """`needs_root` for a cell that only runs containers: rootless ones count."""
+    return can_run_containers() or needs_root(what, command)
+
+
 def skip_message(what: str, command: str) -> str:
     """The sentence a skipped cell prints, followed by the command it would run."""
     what = what.strip().rstrip(".") or "this cell"
@@ -72,12 +96,45 @@ def skip_message(what: str, command: str) -> str:
             f"As root, this cell runs:\n{shown}")
 
 
-def needs_root(what: str, command: str) -> bool:
-    """True if the cell may go on; otherwise print why not and the command it would run."""
+def needs_root(what: str, command: str, *, recorded: str | None = None) -> bool:
+    """True if the cell may go on; otherwise print why not and the command it would run, and,
+    with `recorded` (the cell's id), what the cell showed in a root run (labelled as such)."""
     if privileged():
         return True
+    if recorded is not None:
+        from contained.workbook import recordings
+
+        print(recordings.not_run_message(what, command))
+        recordings.show(recorded)
+        return False
     print(skip_message(what, command))
     return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The rootless track: a user namespace gives an unprivileged student root over namespaces of
+# their own (its mounts, hostname, processes, network), and none over the host's.
+
+#: The prefix a rootless cell runs under: uid 0 inside is the student outside.
+USERNS_PREFIX = "unshare --user --map-root-user"
+
+
+def rootless() -> bool:
+    """Not root, but able to run the rootless track (`user_namespaces` tried it for real)."""
+    return not privileged() and user_namespaces()
+
+
+def _run_cell(cell: str, *, in_userns: bool) -> None:
+    # $USERXATTR: overlayfs in a user namespace may not write trusted.* xattrs; with
+    # `userxattr` it keeps its marks (opaque directories) in user.overlay.* instead.
+    env = {**os.environ, "USERXATTR": ",userxattr" if in_userns else ""}
+    if in_userns:
+        print(f"(rootless: this cell runs as root of a user namespace of its own, "
+              f"`{USERNS_PREFIX} --mount`; outside it you are still uid {os.geteuid()})",
+              flush=True)
+        sh(f"{USERNS_PREFIX} --mount bash -c {shlex.quote(cell)}", echo=False, env=env)
+    else:
+        sh(cell, echo=False, env=env)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,12 +188,20 @@ def _short(command: str, limit: int = 120) -> str:
 
 
 def as_root(line: str, cell: str) -> None:
-    """``%%as_root WHAT``: run the cell with bash if privileged, else say why and show it.
+    """``%%as_root [--userns] WHAT``: run the cell with bash if privileged, else say why and
+    show it.
 
-    WHAT completes the sentence "Skipped: WHAT needs root", e.g. ``%%as_root mounting``.
+    WHAT completes the sentence "Skipped: WHAT needs root", e.g. ``%%as_root mounting``. With
+    ``--userns`` an unprivileged student whose kernel allows user namespaces runs the cell for
+    real, inside ``unshare --user --map-root-user --mount`` (the rootless track).
     """
-    if needs_root(line or "this cell", cell):
-        sh(cell, echo=False)
+    words = line.split()
+    in_userns = bool(words) and words[0] == "--userns"
+    what = " ".join(words[1:] if in_userns else words) or "this cell"
+    if in_userns and rootless():
+        _run_cell(cell, in_userns=True)
+    elif needs_root(what, cell):
+        _run_cell(cell, in_userns=False)
 
 
 def setup(lab: str | None = None, *, magics: bool = False) -> None:
@@ -161,6 +226,10 @@ def setup(lab: str | None = None, *, magics: bool = False) -> None:
     who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
     if privileged():
         print(f"Running as {who}: every cell runs for real. Working in {directory}")
+    elif user_namespaces():
+        print(f"Running as {who}. {UNPRIVILEGED_NOTE} User namespaces are allowed here: the "
+              f"rootless cells run for real, as root of a user namespace of their own "
+              f"(`{USERNS_PREFIX}`). Working in {directory}")
     else:
         print(f"Running as {who}. {UNPRIVILEGED_NOTE} Working in {directory}")
 
@@ -176,9 +245,21 @@ def _ipython():
     return get_ipython()
 
 
+#: %%container options that need a cgroup of the container's own
+LIMIT_OPTIONS = ("-m", "--memory", "--cpus", "--pids-limit", "--stats")
+
+
+def can_limit_containers() -> bool:
+    """Can containers started here get memory and CPU limits (root, or delegated cgroups)?"""
+    return privileged() or (can_run_containers() and cgroups.can_limit("memory")
+                            and cgroups.can_limit("cpu"))
+
+
 def _load_container_magics(shell) -> None:
-    if privileged():
+    if can_run_containers():  # rootless containers are real containers
         shell.run_line_magic("load_ext", "contained")
+        if not can_limit_containers():
+            _skip_limits_without_cgroups(shell)
         return
 
     def container_cell(line: str, cell: str) -> None:
@@ -190,6 +271,23 @@ def _load_container_magics(shell) -> None:
 
     shell.register_magic_function(container_cell, magic_kind="cell", magic_name="container")
     shell.register_magic_function(container_line, magic_kind="line", magic_name="container")
+
+
+def _skip_limits_without_cgroups(shell) -> None:
+    """Rootless without delegated cgroups: a ``%%container`` cell with limits says why it
+    cannot run; every other cell runs for real."""
+    real = shell.magics_manager.magics["cell"]["container"]
+
+    def container_cell(line: str, cell: str):
+        if any(word.split("=")[0] in LIMIT_OPTIONS for word in line.split()):
+            print(f"Skipped: limits need a cgroup of the container's own: root, or a cgroup "
+                  f"tree delegated to you (`contained doctor` says which).\n"
+                  f"As root, this cell runs:\n    %%container {line}\n"
+                  + "\n".join(f"    {text}" for text in cell.strip("\n").splitlines()))
+            return None
+        return real(line, cell)
+
+    shell.register_magic_function(container_cell, magic_kind="cell", magic_name="container")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,10 +317,6 @@ class Table:
                          for row in table)
 
     __repr__ = __str__
-
-    def column(self, header: str) -> list[str]:
-        index = self.headers.index(header)
-        return [row[index] for row in self.rows]
 
 
 def doctor_table() -> Table:
@@ -284,7 +378,8 @@ def _describe(entry: Path, info: os.stat_result) -> tuple[str, str]:
     if stat.S_ISLNK(info.st_mode):
         return "symlink", f"→ {os.readlink(entry)}"
     if stat.S_ISDIR(info.st_mode):
-        opaque = _xattr(entry, "trusted.overlay.opaque")
+        # user.overlay.* is where an overlay mounted in a user namespace (userxattr) keeps it
+        opaque = _xattr(entry, "trusted.overlay.opaque") or _xattr(entry, "user.overlay.opaque")
         return "dir", "opaque: hides the lower directory's content" if opaque == b"y" else ""
     if stat.S_ISREG(info.st_mode):
         return "file", f"{info.st_size} bytes"
@@ -306,19 +401,11 @@ def mounts_under(path: str | Path) -> list[Path]:
     """Mount points at or below `path` in this process's mount namespace, deepest last."""
     base = os.path.realpath(path)
     found = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = _unescape(line.split()[4])
-            if point == base or point.startswith(base.rstrip("/") + "/"):
-                found.append(Path(point))
+    for mount in mountinfo.read():
+        point = mount.mount_point
+        if point == base or point.startswith(base.rstrip("/") + "/"):
+            found.append(Path(point))
     return found
-
-
-def _unescape(text: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as octal escapes.
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        text = text.replace(code, char)
-    return text
 
 
 def unmount_all(path: str | Path, *, echo: bool = True) -> list[Path]:
@@ -456,6 +543,48 @@ def layer_sizes(layout: str | Path, tag: str | None = None) -> list[tuple[str, i
                 uncompressed += len(chunk)
         sizes.append((layer["digest"][7:19], layer["size"], uncompressed))
     return sizes
+
+
+def hidden_bytes(layout: str | Path, tag: str | None = None) -> dict[int, int]:
+    """For each layer of image `tag`: the bytes of its regular files that a later layer
+    deletes (a ``.wh.`` whiteout of the file or of a directory above it, an opaque directory)
+    or replaces (the same path again). The image still ships them; no container sees them."""
+    import tarfile
+
+    from contained.images import oci
+
+    index = json.loads((Path(layout) / "index.json").read_text())
+    entries = [m for m in index["manifests"]
+               if tag is None or m.get("annotations", {}).get(
+                   "org.opencontainers.image.ref.name") == tag]
+    manifest = read_blob_json(layout, entries[0]["digest"])
+    files: list[dict[str, int]] = []   # per layer: path → size
+    covers: list[tuple[set, set]] = []  # per layer: (paths it hides or replaces, opaque dirs)
+    for layer in manifest["layers"]:
+        sizes, hides, opaque = {}, set(), set()
+        with tarfile.open(oci.blob_path(Path(layout), layer["digest"])) as tar:
+            for member in tar:
+                name = member.name.lstrip("./").rstrip("/")
+                parent, _, base = name.rpartition("/")
+                if base == ".wh..wh..opq":
+                    opaque.add(parent)
+                elif base.startswith(".wh."):
+                    hides.add(f"{parent}/{base[4:]}".lstrip("/"))
+                elif not member.isdir():  # a directory entry merges with the one below
+                    hides.add(name)
+                    if member.isfile():
+                        sizes[name] = member.size
+        files.append(sizes)
+        covers.append((hides, opaque))
+
+    def hidden_later(path: str, layer: int) -> bool:
+        parts = path.split("/")
+        above = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        return any(above & hides or any(path.startswith(d + "/") for d in opaque)
+                   for hides, opaque in covers[layer + 1:])
+
+    return {i: sum(size for path, size in sizes.items() if hidden_later(path, i))
+            for i, sizes in enumerate(files)}
 
 
 def tar_layer(*entries: tuple) -> bytes:
@@ -598,12 +727,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"contained: error: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-def copy_notebooks(destination: Path, directory: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """Copy the workbook's notebooks into `destination` (for running them elsewhere)."""
-    destination.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy(p, destination)) for p in notebooks(directory)]
 
 
 # --- notebook 08: the bridge as it is now ----------------------------------------------------

@@ -93,6 +93,9 @@ def test_bridge_by_name_from_the_host_and_explained(executed):
     assert text.count("hello from web08") >= 2  # wget by name, urllib through 127.0.0.1:8080
     assert "from the host, http://127.0.0.1:8080/ says: hello from web08" in text
     assert 'dnat to 10.77.0.2:80 comment "web08"' in text
+    # the port rewrite needs route_localnet, and the CVE-2020-8558 drop rule comes with it
+    assert "route_localnet = 1" in text
+    assert 'ip daddr 127.0.0.0/8 ct status & dnat != dnat drop' in text
     assert "web08: 10.77.0.2 on veth-" in text and "127.0.0.1:8080→80/tcp" in text
     assert images >= 1  # the diagram
     explained = text[text.index("--explain --net bridge"):]

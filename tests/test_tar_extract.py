@@ -1,16 +1,15 @@
-"""images.layers: verification, safety against malicious layers, both whiteout forms, cache.
+"""images.tar_extract: safety against malicious layers, one entry at a time, both whiteout forms.
 
-Every layer here is built by tests/layerkit.py. Safety tests put a sentinel directory next to
-the destination (what a malicious layer would aim at) and check it is unchanged afterwards.
+Every layer here is built by tests/layerkit.py and goes through the whole unpacker (verified
+stream included), as in use. Safety tests put a sentinel directory next to the destination (what
+a malicious layer would aim at) and check it is unchanged afterwards.
 """
 
-import json
 import os
 import stat
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import textwrap
 from pathlib import Path
@@ -22,9 +21,7 @@ from layerkit import (
     directory,
     fifo,
     file,
-    gzip_multi,
     hardlink,
-    image_layout,
     layer_blob,
     make_sentinel,
     make_tar,
@@ -35,7 +32,7 @@ from layerkit import (
     whiteout,
 )
 
-from contained.images import layers, oci
+from contained.images import tar_extract, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,11 +50,11 @@ def site(tmp_path):
 
 def apply(tmp_path, dest, *tars, compress=True):
     blobs = [layer_blob(tmp_path / "blobs", t, compress=compress).args() for t in tars]
-    return layers.apply_layers(blobs, dest)
+    return unpack.apply_layers(blobs, dest)
 
 
 def per_layer(tmp_path, dest, tar_bytes):
-    return layers.unpack_layer(*layer_blob(tmp_path / "blobs", tar_bytes).args(), dest)
+    return unpack.unpack_layer(*layer_blob(tmp_path / "blobs", tar_bytes).args(), dest)
 
 
 def both_forms(tmp_path, dest, tar_bytes, form):
@@ -76,7 +73,7 @@ FORMS = pytest.mark.parametrize("form", ["apply", "overlay"])
                                   "./../sentinel/etc/passwd"])
 def test_dotdot_names_are_refused(site, form, name):
     tmp_path, dest, _ = site
-    with pytest.raises(layers.UnsafeLayerEntry, match=r"'\.\.' in its path"):
+    with pytest.raises(tar_extract.UnsafeLayerEntry, match=r"'\.\.' in its path"):
         both_forms(tmp_path, dest, make_tar(file(name, b"pwned")), form)
 
 
@@ -91,7 +88,7 @@ def test_absolute_names_land_inside_dest(site):
 def test_pax_path_override_is_checked_like_any_name(site, form):
     tmp_path, dest, _ = site
     entry = file("innocent", b"pwned", pax={"path": "../sentinel/secret"})
-    with pytest.raises(layers.UnsafeLayerEntry):
+    with pytest.raises(tar_extract.UnsafeLayerEntry):
         both_forms(tmp_path, dest, make_tar(entry), form)
     assert not (dest / "innocent").exists()
 
@@ -100,7 +97,7 @@ def test_pax_path_override_is_checked_like_any_name(site, form):
 def test_pax_linkpath_override_of_a_hardlink_is_checked(site, form):
     tmp_path, dest, _ = site
     entry = hardlink("h", "innocent", pax={"linkpath": "../sentinel/secret"})
-    with pytest.raises(layers.UnsafeLayerEntry):
+    with pytest.raises(tar_extract.UnsafeLayerEntry):
         both_forms(tmp_path, dest, make_tar(file("innocent"), entry), form)
 
 
@@ -136,7 +133,7 @@ def test_symlink_planted_by_an_earlier_layer_resolves_inside_dest(site, which):
 
 def test_symlink_loop_as_parent_is_an_error(site):
     tmp_path, dest, _ = site
-    with pytest.raises(layers.UnsafeLayerEntry, match="symlink loop"):
+    with pytest.raises(tar_extract.UnsafeLayerEntry, match="symlink loop"):
         apply(tmp_path, dest, make_tar(symlink("a", "b"), symlink("b", "a"), file("a/x")))
 
 
@@ -145,7 +142,7 @@ def test_symlink_loop_as_parent_is_an_error(site):
 @FORMS
 def test_hardlink_to_host_file_through_symlink_is_not_made(site, form):
     tmp_path, dest, sentinel = site
-    with pytest.raises(layers.LayerEntryFailed, match="not unpacked before it"):
+    with pytest.raises(tar_extract.LayerEntryFailed, match="not unpacked before it"):
         both_forms(tmp_path, dest,
                    make_tar(symlink("s", str(sentinel)), hardlink("h", "s/secret")), form)
     assert os.stat(sentinel / "secret").st_nlink == 1
@@ -154,7 +151,7 @@ def test_hardlink_to_host_file_through_symlink_is_not_made(site, form):
 @FORMS
 def test_hardlink_to_absolute_path_means_inside_dest(site, form):
     tmp_path, dest, sentinel = site
-    with pytest.raises(layers.LayerEntryFailed):
+    with pytest.raises(tar_extract.LayerEntryFailed):
         both_forms(tmp_path, dest, make_tar(hardlink("h", str(sentinel / "secret"))), form)
     assert not (dest / "h").exists()
 
@@ -168,7 +165,7 @@ def test_hardlink_to_a_symlink_links_the_symlink_itself(site):
 
 def test_hardlink_to_a_directory_is_refused(site):
     tmp_path, dest, _ = site
-    with pytest.raises(layers.UnsafeLayerEntry, match="directory"):
+    with pytest.raises(tar_extract.UnsafeLayerEntry, match="directory"):
         apply(tmp_path, dest, make_tar(directory("d"), hardlink("h", "d")))
 
 
@@ -197,14 +194,14 @@ def test_whiteout_of_a_symlink_removes_the_link_not_its_target(site):
 @pytest.mark.parametrize("name", [".wh..", "a/.wh..", ".wh...", "a/.wh..."])
 def test_whiteout_naming_its_own_directory_is_refused(site, form, name):
     tmp_path, dest, _ = site
-    with pytest.raises(layers.UnsafeLayerEntry, match="names its own directory"):
+    with pytest.raises(tar_extract.UnsafeLayerEntry, match="names its own directory"):
         both_forms(tmp_path, dest, make_tar(directory("a"), file("a/keep"), file(name)), form)
     assert dest.is_dir()
 
 
 def test_whiteout_with_dotdot_is_refused(site):
     tmp_path, dest, _ = site
-    with pytest.raises(layers.UnsafeLayerEntry):
+    with pytest.raises(tar_extract.UnsafeLayerEntry):
         apply(tmp_path, dest, make_tar(file("../.wh.sentinel")))
 
 
@@ -329,7 +326,7 @@ def open_tmp():
     path = Path(tempfile.mkdtemp(prefix="contained-test-"))
     path.chmod(0o755)
     yield path
-    layers.remove_tree(path)
+    unpack.remove_tree(path)
 
 
 @needs_root
@@ -344,10 +341,10 @@ def test_unprivileged_unpack_skips_chown_and_succeeds(open_tmp):
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from contained.images import layers, oci
+        from contained.images import oci, unpack
         d = oci.Descriptor({blob.descriptor.media_type!r}, {blob.descriptor.digest!r},
                            {blob.descriptor.size})
-        r = layers.unpack_layer(Path({str(blob.blob)!r}), d, {blob.diff_id!r},
+        r = unpack.unpack_layer(Path({str(blob.blob)!r}), d, {blob.diff_id!r},
                                 Path({str(dest)!r}))
         print(r.warnings)
     """)
@@ -382,55 +379,7 @@ def test_file_capabilities_are_kept(site):
     assert os.getxattr(dest / "ping", "security.capability") == caps
 
 
-# --- big and sparse files ----------------------------------------------------------------------
-
-def test_memory_stays_bounded_on_a_huge_file(tmp_path):
-    size = 192 * 1024 * 1024
-    blob_dir = tmp_path / "blobs"
-    blob_dir.mkdir()
-    raw = blob_dir / "huge.tar"
-    with tarfile.open(raw, "w", format=tarfile.PAX_FORMAT) as tar, open("/dev/urandom", "rb") as r:
-        info = tarfile.TarInfo("huge")
-        info.size = size
-        tar.addfile(info, _Repeat(r.read(1 << 20), size))
-    data_digest = _sha256_file(raw)
-    descriptor = oci.Descriptor(oci.MEDIA_TYPE_LAYER, data_digest, raw.stat().st_size)
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    code = textwrap.dedent(f"""
-        import resource, sys; sys.path.insert(0, {str(REPO)!r})
-        from pathlib import Path
-        from contained.images import layers, oci
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        d = oci.Descriptor({descriptor.media_type!r}, {data_digest!r}, {descriptor.size})
-        layers.unpack_layer(Path({str(raw)!r}), d, {data_digest!r}, Path({str(dest)!r}))
-        print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    before, after = map(int, result.stdout.split())
-    assert (dest / "huge").stat().st_size == size
-    assert after - before < 40 * 1024, f"peak grew by {(after - before) // 1024} MiB"
-
-
-class _Repeat:
-    def __init__(self, block: bytes, size: int):
-        self.block, self.left = block, size
-
-    def read(self, n: int) -> bytes:
-        data = (self.block * (n // len(self.block) + 1))[:min(n, self.left)]
-        self.left -= len(data)
-        return data
-
-
-def _sha256_file(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
+# --- sparse files and holes -------------------------------------------------------------------
 
 @pytest.mark.parametrize("tar_format", ["gnu", "posix"])
 def test_sparse_members_stay_sparse(tmp_path, tar_format):
@@ -459,181 +408,3 @@ def test_zero_runs_in_regular_files_become_holes(site):
     apply(tmp_path, dest, make_tar(file("z", b"a" + bytes(8 << 20) + b"b")))
     assert (dest / "z").read_bytes() == b"a" + bytes(8 << 20) + b"b"
     assert os.stat(dest / "z").st_blocks * 512 < 1 << 20
-
-
-# --- verification ------------------------------------------------------------------------------
-
-SIMPLE = make_tar(directory("etc"), file("etc/hostname", b"box\n"))
-
-
-def test_digest_mismatch(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE)
-    bad = oci.Descriptor(layer.descriptor.media_type, "sha256:" + "0" * 64, layer.descriptor.size)
-    with pytest.raises(layers.LayerDigestMismatch, match="does not match its digest"):
-        layers.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
-
-
-@pytest.mark.parametrize("delta", [-1, 1])
-def test_size_mismatch(tmp_path, delta):
-    layer = layer_blob(tmp_path, SIMPLE)
-    bad = oci.Descriptor(layer.descriptor.media_type, layer.descriptor.digest,
-                         layer.descriptor.size + delta)
-    with pytest.raises(layers.LayerSizeMismatch, match=layer.descriptor.digest):
-        layers.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
-
-
-def test_diff_id_mismatch(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE, diff_id="sha256:" + "1" * 64)
-    with pytest.raises(layers.LayerDiffIDMismatch, match="diff_id"):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-def test_truncated_gzip(tmp_path):
-    from contained.images import build
-    layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE)[:-30])
-    with pytest.raises(layers.LayerTruncated, match="gzip stream ends early"):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-@pytest.mark.parametrize("cut", [700, 1024 + 100, 1536])
-def test_truncated_tar_with_consistent_digests(tmp_path, cut):
-    truncated = make_tar(file("a", b"x" * 2000), file("b", b"y"))[:cut]
-    layer = layer_blob(tmp_path, truncated)
-    with pytest.raises(layers.LayerTruncated):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-@pytest.mark.parametrize("garbage", [b"\0\0\0\0", b"garbage", b"\x1f\x8b\x08"])
-def test_bytes_after_the_gzip_stream(tmp_path, garbage):
-    from contained.images import build
-    layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE) + garbage)
-    with pytest.raises((layers.LayerCorrupt, layers.LayerTruncated)):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-def test_data_after_the_tar_end_marker(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE + b"hidden" + bytes(506))
-    with pytest.raises(layers.LayerCorrupt, match="after the tar's end"):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-def test_not_a_tar(tmp_path):
-    layer = layer_blob(tmp_path, b"x" * 4096)
-    with pytest.raises(layers.LayerCorrupt):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-def test_multi_member_gzip_and_uncompressed_layers(tmp_path):
-    half = len(SIMPLE) // 2
-    multi = layer_blob(tmp_path, SIMPLE, blob_bytes=gzip_multi(SIMPLE[:half], SIMPLE[half:]))
-    plain = layer_blob(tmp_path, make_tar(file("plain", b"p")), compress=False)
-    layers.apply_layers([multi.args(), plain.args()], tmp_path / "dest")
-    assert (tmp_path / "dest/etc/hostname").read_bytes() == b"box\n"
-    assert (tmp_path / "dest/plain").read_bytes() == b"p"
-
-
-@pytest.mark.parametrize("media_type, message", [
-    (oci.MEDIA_TYPE_LAYER_ZSTD, "zstd"),
-    ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "media type"),
-])
-def test_unsupported_media_types(tmp_path, media_type, message):
-    layer = layer_blob(tmp_path, SIMPLE, media_type=media_type)
-    if media_type == oci.MEDIA_TYPE_LAYER_ZSTD and layers.importlib.util.find_spec("zstandard"):
-        pytest.skip("zstandard is installed here: zstd layers are supported")
-    with pytest.raises(layers.UnsupportedLayerType, match=message):
-        layers.apply_layers([layer.args()], tmp_path / "dest")
-
-
-def test_bad_digest_syntax_builds_no_path(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE)
-    cache = tmp_path / "cache"
-    with pytest.raises(oci.BadDigest):
-        layers.cached_layer(cache, layer.blob, layer.descriptor, "sha256:../../../escape")
-    assert not cache.exists()
-
-
-# --- the cache ---------------------------------------------------------------------------------
-
-def test_cached_layer_is_unpacked_once(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE)
-    cache = tmp_path / "cache"
-    first = layers.cached_layer(cache, *layer.args())
-    assert first == cache / "sha256" / layer.diff_id.split(":")[1]
-    marker = os.stat(first / "etc/hostname")
-    layer.blob.unlink()  # a second unpack would now fail: proves it does not happen
-    second = layers.cached_layer(cache, *layer.args())
-    assert second == first
-    assert os.stat(first / "etc/hostname").st_ino == marker.st_ino
-    assert sorted(p.name for p in cache.iterdir()) == ["locks", "sha256"]
-
-
-def test_failed_unpack_leaves_nothing_in_the_cache(tmp_path):
-    layer = layer_blob(tmp_path, SIMPLE, diff_id="sha256:" + "2" * 64)
-    cache = tmp_path / "cache"
-    with pytest.raises(layers.LayerDiffIDMismatch):
-        layers.cached_layer(cache, *layer.args())
-    assert list((cache / "sha256").iterdir()) == []
-    assert not list(cache.glob("tmp-*"))
-
-
-def test_concurrent_cached_layer_calls_unpack_once(tmp_path):
-    big = make_tar(*[file(f"d/f{i}", os.urandom(4096)) for i in range(2000)])
-    layer = layer_blob(tmp_path, big)
-    cache = tmp_path / "cache"
-    code = textwrap.dedent(f"""
-        import sys, os; sys.path.insert(0, {str(REPO)!r})
-        from pathlib import Path
-        from contained.images import layers, oci
-        d = oci.Descriptor({layer.descriptor.media_type!r}, {layer.descriptor.digest!r},
-                           {layer.descriptor.size})
-        p = layers.cached_layer(Path({str(cache)!r}), Path({str(layer.blob)!r}), d,
-                                {layer.diff_id!r})
-        print(os.stat(p / "d/f0").st_ino)
-    """)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    inodes = {p.communicate()[0].strip() for p in procs}
-    assert all(p.returncode == 0 for p in procs)
-    assert len(inodes) == 1
-    assert not list(cache.glob("tmp-*"))
-
-
-# --- the real overlay mount --------------------------------------------------------------------
-
-MULTI = [
-    make_tar(directory("etc"), file("etc/passwd", b"root"), file("etc/group", b"g"),
-             directory("var"), directory("var/lib"), file("var/lib/a"), file("var/lib/b"),
-             directory("opt"), file("opt/x"), symlink("bin", "usr/bin"), directory("usr"),
-             directory("usr/bin"), file("usr/bin/sh", b"sh", mode=0o755), hardlink("usr/bin/ash",
-                                                                                   "usr/bin/sh")),
-    make_tar(whiteout("etc/group"), opaque("var/lib"), file("var/lib/c"), file("opt", b"file"),
-             directory("usr/share"), file("usr/share/doc", b"d"), fifo("run/fifo")),
-    make_tar(whiteout("usr/share"), directory("opt", mode=0o700), file("opt/y"),
-             file("etc/passwd", b"root2"), whiteout("var/lib/c"), file("var/lib/d")),
-]
-
-
-@needs_root
-def test_overlay_of_cached_layers_equals_apply_layers(tmp_path):
-    layout_layers = image_layout(tmp_path / "layout", MULTI)
-    flat = tmp_path / "flat"
-    layers.apply_layers([layer.args() for layer in layout_layers], flat)
-    dirs = [layers.cached_layer(tmp_path / "cache", *layer.args()) for layer in layout_layers]
-    merged = tmp_path / "merged"
-    merged.mkdir()
-    lowerdir = ":".join(str(d) for d in reversed(dirs))  # overlay wants the top layer first
-    dump = (f"import sys, json; sys.path.insert(0, {str(REPO / 'tests')!r}); import layerkit;"
-            f" print(json.dumps(layerkit.tree({str(merged)!r})))")
-    # A private mount namespace: the overlay disappears with the process, even on failure.
-    result = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f'mount -t overlay overlay -o "lowerdir={lowerdir}" "{merged}" && exec "$0" -c "$1"',
-         sys.executable, dump], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    seen = {path: tuple(value) for path, value in json.loads(result.stdout).items()}
-    expected = {path: tuple(value) for path, value in json.loads(json.dumps(tree(flat))).items()}
-    # Hardlink groups are named by their first path in each tree; both walk in the same order.
-    assert seen == expected
-    assert "etc/group" not in seen and "var/lib/a" not in seen and "usr/share" not in seen
-    assert not os.path.ismount(merged)
-
