@@ -16,9 +16,11 @@ commands from notebook 04. They correspond to::
     contained registry start      docker-registry serve config.yml
 
 Each subcommand is one `add_*` function that registers its parser and sets ``func`` to the
-function that runs it; `COMMANDS` lists them in help order, so adding a command is adding one
-function to that list. Errors a user can act on are `ContainedError`s: printed as one line
-``contained: error: …`` and turned into the error's exit status; Ctrl-C exits with 130.
+function that runs it (`run` and `exec` take their options from `contained.options`, the table
+``%%container`` is built from too; `ps`, `images` and `doctor` print `contained.views` tables);
+`COMMANDS` lists them in help order, so adding a command is adding one function to that list.
+Errors a user can act on are `ContainedError`s: printed as one line ``contained: error: …`` and
+turned into the error's exit status; Ctrl-C exits with 130.
 """
 
 import argparse

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 RUN, EXEC, CELL = "run", "exec", "cell"
 NETWORKS = ("none", "host", "bridge")
-DEFAULT_NETWORK = "none"
 
 
 @dataclass(frozen=True)

@@ -307,12 +307,12 @@ for ns in lab08-a lab08-c lab08-x; do ip netns add $ns; done
 ip -n lab08-c link add veth-c type veth peer name veth-x netns lab08-x
 ip -n lab08-c addr add 10.200.9.2/24 dev veth-c; ip -n lab08-x addr add 10.200.9.1/24 dev veth-x
 ip -n lab08-c link set veth-c up; ip -n lab08-x link set veth-x up
-"$0" -c 'from contained.workbook import exercises; print(exercises.check_third_namespace())'
+"$0" -c "$CHECK"
 ip -n lab08-c link del veth-c
 ip -n lab08-c link add veth-c type veth peer name veth-a netns lab08-a
 ip -n lab08-c addr add 10.200.9.2/24 dev veth-c; ip -n lab08-a addr add 10.200.9.1/24 dev veth-a
 ip -n lab08-c link set veth-c up; ip -n lab08-a link set veth-a up
-"$0" -c 'from contained.workbook import exercises; print(exercises.check_third_namespace())'
+"$0" -c "$CHECK"
 """
 
 
@@ -326,12 +326,15 @@ def test_third_namespace_must_be_cabled_to_lab08_a():
     if not shutil.which("busybox"):
         import pytest
         pytest.skip("needs busybox for ping")
+    check = ("from contained.workbook import exercises\n"
+             "verdict = exercises.check_third_namespace()\n"
+             "print(verdict.ok, verdict.message)")
     done = run_in_network_namespace(["sh", "-c", THIRD_NAMESPACE_SCRIPT, sys.executable],
-                                    dict(os.environ), 60, mount=True)
+                                    {**os.environ, "CHECK": check}, 60, mount=True)
     assert done.returncode == 0, done.stderr
     to_x, to_a = done.stdout.strip().splitlines()[-2:]
-    assert to_x.startswith("✘ Not yet") and "lab08-a" in to_x, to_x
-    assert to_a.startswith("✔ Right"), to_a
+    assert to_x.startswith("False") and "lab08-a" in to_x, to_x
+    assert to_a.startswith("True"), to_a
 
 
 # --- 00-03: graduated hints, known-wrong answers (issue 11) ----------------------------------
@@ -365,8 +368,10 @@ def test_every_checker_of_notebooks_00_to_03_has_graduated_hints():
                     exercises.check_whiteout):
         hints = exercises.EXERCISES[checker.exercise]
         assert hints.concept and hints.where and hints.solution
-    for key in ("01.3", "03.2", "03.3"):
+    for key in ("01.3", "02.4", "03.2", "03.3"):
         assert key in exercises.PREDICTIONS and key in exercises.EXERCISES
+    # the right letter differs between questions: "always answer b" is no strategy
+    assert len({exercises.PREDICTIONS[key].right for key in exercises.PREDICTIONS}) > 1
 
 
 def test_solution_of_an_unknown_exercise_names_the_known_ones():
@@ -410,14 +415,16 @@ def test_cpu_share_right_and_known_wrong_answers():
 
 def test_predictions_reply_to_each_choice():
     exercises.forget_misses()
-    assert exercises.check_prediction("03.2", "b")
-    assert exercises.check_prediction("03.2", "(B)")
-    wrong = exercises.check_prediction("03.2", "a")
+    assert exercises.check_prediction("03.2", "a")
+    assert exercises.check_prediction("03.2", "(A)")
+    wrong = exercises.check_prediction("03.2", "b")
     assert not wrong and "whole files" in wrong.message and "Hint 1" in str(wrong)
     assert not exercises.check_prediction("03.2", "d").hint  # not a choice: no miss counted
-    assert exercises.check_prediction("03.3", "b") and exercises.check_prediction("01.3", "b")
-    assert not exercises.check_prediction("03.3", "a")
-    assert not exercises.check_prediction("01.3", "a")
+    assert exercises.check_prediction("03.3", "c") and exercises.check_prediction("01.3", "b")
+    assert exercises.check_prediction("02.4", "c")
+    for key, letter in (("03.3", "a"), ("03.3", "b"), ("01.3", "a"), ("01.3", "c"),
+                        ("02.4", "a"), ("02.4", "b"), ("03.2", "c")):
+        assert not exercises.check_prediction(key, letter), (key, letter)
     exercises.forget_misses()
 
 
@@ -546,3 +553,17 @@ def test_uts_command_is_really_run_on_the_rootless_track():
     right, wrong = done.stdout.split("\n", 1)
     assert right == "True"
     assert "printed 'other', not 'lab'" in wrong
+
+
+def test_cgroup_mode_needs_the_mount_point_as_evidence():
+    """Three words can be guessed; the cgroup2 mount point must be read."""
+    host = cgroups.detect()
+    where = str(host.unified) if host.unified is not None else "none"
+    assert exercises.check_cgroup_mode(host.mode, cgroup2_at=where)
+    assert exercises.check_cgroup_mode(host.mode, cgroup2_at=where + "/")
+    pending = exercises.check_cgroup_mode(host.mode, cgroup2_at=None)
+    assert not pending and not pending.answered
+    for guess in ("/sys/fs/cgroup/v2", "/cgroup", "none" if where != "none" else "/sys/fs/cgroup"):
+        assert not exercises.check_cgroup_mode(host.mode, cgroup2_at=guess), guess
+    other = next(m for m in ("v1", "v2", "hybrid") if m != host.mode)
+    assert not exercises.check_cgroup_mode(other, cgroup2_at=where)

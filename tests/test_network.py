@@ -734,6 +734,9 @@ def scenario_loopback_iptables(tmp: Path) -> dict:
 
 
 if __name__ == "__main__":
+    # A new network namespace starts with the host's ip_forward here (1 once anything on the host
+    # turned it on): every scenario starts from the kernel's default, 0, in its own namespace.
+    Path("/proc/sys/net/ipv4/ip_forward").write_text("0\n")
     scenario, directory = sys.argv[1], Path(sys.argv[2])
     with tempfile.TemporaryDirectory(dir=directory) as scratch:
         result = globals()[f"scenario_{scenario}"](Path(scratch))

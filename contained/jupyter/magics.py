@@ -7,7 +7,15 @@ it arrives. The shell equivalents::
     %%container busybox              contained run --rm busybox /bin/sh -c "$CELL"
     %%container busybox --name b     contained run -d --name b busybox   (first cell only)
                                      contained exec b /bin/sh -c "$CELL"
+    %%container busybox -d --name w  contained run -d --name w busybox /bin/sh -c "$CELL"
     %container ps | images | pull IMAGE | inspect X | exec NAME CMD | stop NAME | rm NAME | gc
+    %container --help, %container?   contained run --help (every option, every subcommand)
+
+A throwaway container is gone when its cell ends (the cell waits for the teardown), so the next
+cell's ``%container ps`` does not list it. ``ps``, ``images`` and ``stats`` show the tables
+`contained ps` prints (`contained.views`): HTML in a notebook, aligned text in a terminal. A cell
+has no terminal and no stdin: ``-t`` says so in one line and runs without one; ``-i`` reads end
+of file.
 
 Expansion rule: the cell body reaches the shell untouched (``$VAR``, ``$$``, ``{x}`` are the
 shell's). The magic line is expanded by IPython like any magic line, so ``-e N={n}`` or

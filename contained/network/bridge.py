@@ -148,7 +148,10 @@ def plan_attach(
     return attachment, steps
 
 
-def _plan_on_home_bridge(container, pid, publish, hosts_file, reserve):
+def _plan_on_home_bridge(container: str, pid: int,
+                         publish: list[PortSpec] | tuple[PortSpec, ...],
+                         hosts_file: str | os.PathLike | None,
+                         reserve: bool) -> tuple[Attachment, list[Step]]:
     """`plan_attach` on this home's bridge, choosing it again if another home claims it first."""
     for attempt in range(3):
         try:

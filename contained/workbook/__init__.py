@@ -6,6 +6,12 @@ sentence why a cell cannot run without root and which command it would have run
 (``needs_root``, the ``%%as_root`` cell magic), tables (namespaces, doctor checks, a directory
 tree with overlay whiteouts), the cgroup demos of notebook 02 and the charts.
 
+The rootless track: where the kernel lets an unprivileged user make a user namespace,
+``%%as_root --userns WHAT`` runs the cell for real inside ``unshare --user --map-root-user
+--mount``; a cell that truly needs root shows a root run's recorded output
+(``needs_root(..., recorded="NN-ID")``, see `recordings`). Next to this module: `exercises`
+(checkers, graduated hints), `capabilities` (00), `cgroup_labs` and `figures` (02, 03).
+
 Everything here runs commands as *subprocesses* (what ``!cmd`` and ``%%bash`` do): a Jupyter
 kernel is multi-threaded, so it never forks a Python child or calls unshare(2) itself.
 

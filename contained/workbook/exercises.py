@@ -163,7 +163,7 @@ def ask(key: str) -> None:
     """Print prediction `key`'s question and its choices (the cell before the experiment)."""
     found = PREDICTIONS[key]
     print(f"{key} Predict: {found.question}")
-    for letter, choice in found.choices.items():
+    for letter, choice in sorted(found.choices.items()):
         print(f"  ({letter}) {choice}")
 
 
@@ -191,23 +191,34 @@ def check_prediction(key: str, answer: str | None) -> Feedback:
 CGROUP_MODES = {"v1", "v2", "hybrid"}
 
 
+#: check_cgroup_mode's `cgroup2_at` when the notebook does not ask for it (older callers)
+_NOT_ASKED = object()
+
+
 @exercise("00.1",
           concept="cgroup v2 is one tree (a cgroup2 filesystem); v1 is one tree per controller "
                   "(cgroup filesystems named memory, cpu, pids...); hybrid has both at once",
           where="the mount list printed under \"Control groups: v1, v2, or both\" (the "
                 "filesystem type is the second column) and the doctor table's cgroups line",
           solution="whatever `stat -fc %T /sys/fs/cgroup` and the mount list say: tmpfs with "
-                   "cgroup (v1) directories and a cgroup2 at /sys/fs/cgroup/unified is hybrid; "
-                   "cgroup2fs on /sys/fs/cgroup itself is v2")
-def check_cgroup_mode(answer: str | None, host: cgroups.CgroupHost | None = None) -> Feedback:
-    """Which cgroup layout does this machine have? (``stat -fc %T /sys/fs/cgroup``,
-    ``grep cgroup /proc/self/mountinfo``)"""
+                   "cgroup (v1) directories and a cgroup2 at /sys/fs/cgroup/unified is hybrid "
+                   '(cgroup2_at = "/sys/fs/cgroup/unified"); cgroup2fs on /sys/fs/cgroup itself '
+                   'is v2 (cgroup2_at = "/sys/fs/cgroup"); no cgroup2 line at all is v1 ("none")')
+def check_cgroup_mode(answer: str | None, host: cgroups.CgroupHost | None = None,
+                      cgroup2_at=_NOT_ASKED) -> Feedback:
+    """Which cgroup layout does this machine have, and where is its cgroup2 tree mounted
+    (``"none"`` if nowhere)? The second part is the evidence: one of three words can be
+    guessed, a mount point must be read (``stat -fc %T /sys/fs/cgroup``, ``grep cgroup
+    /proc/self/mountinfo``)."""
     if answer is None:
         return _unanswered('set answer to "v1", "v2" or "hybrid"')
     given = str(answer).strip().lower().replace("cgroup", "").strip(" -")
     if given not in CGROUP_MODES:
         return wrong(f"{answer!r} is not one of v1, v2, hybrid")
-    actual = (host or cgroups.detect()).mode
+    host = host or cgroups.detect()
+    actual = host.mode
+    if given == actual and cgroup2_at is not _NOT_ASKED:
+        return _cgroup2_evidence(cgroup2_at, host)
     if given == actual:
         return right(f"this machine's cgroups are {actual}.")
     hints = {
@@ -219,6 +230,23 @@ def check_cgroup_mode(answer: str | None, host: cgroups.CgroupHost | None = None
     }
     return wrong(f"this machine is not {given}: {hints[given]}. Look again at the doctor table's "
                  "cgroups line.")
+
+
+def _cgroup2_evidence(cgroup2_at, host: cgroups.CgroupHost) -> Feedback:
+    """The mode was right: is the mount point of the cgroup2 tree right too?"""
+    where = str(host.unified) if host.unified is not None else "none"
+    if cgroup2_at is None:
+        return _unanswered(f"{host.mode} is right; now set cgroup2_at to where the cgroup2 tree "
+                           'is mounted (a path from the mount list), or "none"')
+    given = str(cgroup2_at).strip().rstrip("/") or "/"
+    if given == where:
+        return right(f"this machine's cgroups are {host.mode}, and the mount list proves it: "
+                     f"cgroup2 is {'at ' + where if host.unified else 'not mounted'}.")
+    if where == "none":
+        return wrong(f"{host.mode} is right, but no cgroup2 filesystem is mounted here: the "
+                     'answer is "none"')
+    return wrong(f"{host.mode} is right, but the cgroup2 tree is not at {given!r}: find the "
+                 "line whose type (second column of the mount list) is cgroup2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -613,6 +641,26 @@ def check_cpu_share(weights: tuple[int, int], answer) -> Feedback:
                  "the sum of both")
 
 
+prediction(
+    "02.4",
+    "a group has only a *soft* memory limit of 16M (v2 memory.high, v1 "
+    "memory.soft_limit_in_bytes), no memory.max. A program in it asks for 48 MB. What happens?",
+    {"a": "it is OOM-killed at 16 MB, like under memory.max",
+     "c": "it gets its 48 MB and is never killed (on v2, slowed down above 16 MB)",
+     "b": "its allocation fails: Python raises MemoryError at 16 MB"},
+    "c",
+    {"a": "only memory.max (v1: memory.limit_in_bytes) makes the OOM killer act; a soft limit "
+          "never kills.",
+     "c": "memory.high makes the kernel reclaim and throttle the group, never kill it; v1's "
+          "soft limit only matters when the whole machine runs short, so here it does nothing.",
+     "b": "the kernel does not refuse allocations at a cgroup limit: memory is charged when it "
+          "is first touched, and a hard limit answers with reclaim, then the OOM killer."},
+    concept="a soft limit (memory.high) pushes back with reclaim and throttling; only "
+            "memory.max kills",
+    where='the "memory.high: throttled, not killed" text, and the first cell\'s OOM kill for '
+          "comparison")
+
+
 # ---------------------------------------------------------------------------------------------
 # 03 Overlay filesystems
 
@@ -674,13 +722,13 @@ prediction(
     "03.2",
     "lower/big.bin is 64 MiB. Through the overlay you append ONE line to merged/big.bin. How "
     "big is upper/big.bin afterwards?",
-    {"a": "a few bytes: upper keeps only the line you added",
-     "b": "64 MiB and a line: the whole file is copied up before the first write",
+    {"b": "a few bytes: upper keeps only the line you added",
+     "a": "64 MiB and a line: the whole file is copied up before the first write",
      "c": "nothing is in upper: the change is written into lower/big.bin"},
-    "b",
-    {"a": "overlayfs works on whole files, not blocks: the first write to a lower file copies "
+    "a",
+    {"b": "overlayfs works on whole files, not blocks: the first write to a lower file copies "
           "all of it up into upper, and only then changes the copy.",
-     "b": "copy-up copies the whole file at the first write (open for writing, even for one "
+     "a": "copy-up copies the whole file at the first write (open for writing, even for one "
           "byte, or chmod/chown); later writes go to the copy. A container that touches a big "
           "file of its image pays for all of it, in time and in disk.",
      "c": "lower is never written: that is the whole point of the layers (notebook 04 shares "
@@ -693,17 +741,17 @@ prediction(
     "you mount the same overlay, but with work/ on a tmpfs of its own (a different filesystem "
     "from upper/). What happens?",
     {"a": "it mounts, and copy-ups are just slower",
-     "b": "the mount is refused: the kernel logs \"workdir and upperdir must reside under the "
-          "same mount\"",
-     "c": "it mounts, and the changes go into work/ instead of upper/"},
-    "b",
+     "b": "it mounts, and the changes go into work/ instead of upper/",
+     "c": "the mount is refused: the kernel logs \"workdir and upperdir must reside under the "
+          "same mount\""},
+    "c",
     {"a": "a copy-up is prepared in work/ and then *renamed* into upper/, so that nobody ever "
           "sees a half-copied file. rename(2) cannot cross filesystems, so the kernel checks "
           "this at mount time and refuses.",
-     "b": "a copy-up is prepared in work/ and then renamed into upper/ in one atomic step, so "
+     "b": "work/ is only scratch space: files pass through it on their way into upper/.",
+     "c": "a copy-up is prepared in work/ and then renamed into upper/ in one atomic step, so "
           "no one ever sees a half-copied file; a rename cannot cross filesystems, so the "
-          "kernel refuses the mount up front (EINVAL; the reason is in the kernel log).",
-     "c": "work/ is only scratch space: files pass through it on their way into upper/."},
+          "kernel refuses the mount up front (EINVAL; the reason is in the kernel log)."},
     concept="work/ is where a copy-up is prepared before it is renamed into upper/, atomically",
     where="the overlay's mount line in any cell: upperdir= and workdir= are siblings on one "
           "filesystem")
@@ -713,6 +761,12 @@ prediction(
 # 04 Images
 
 
+@exercise("04.1",
+          concept="every blob's file name is the sha256 of its own bytes; a layer blob is the "
+                  "compressed tar, and the manifest lists it under \"layers\"",
+          where="the cells \"Walking the layout\" (the manifest) and \"Verifying digests with "
+                "sha256sum\"",
+          solution='answer = manifest["layers"][0]["digest"] (busybox has one layer)')
 def check_layer_digest(layout: str | Path, answer: str | None, tag: str | None = None
                        ) -> Feedback:
     """The digest of the image's (largest) layer blob, as ``sha256sum blobs/sha256/*`` shows,
@@ -807,6 +861,11 @@ def check_shared_layer(layout: str | Path, answer: str | None) -> Feedback:
 # 05 A container by hand
 
 
+@exercise("05.1",
+          concept="a device file is a name for a (major, minor) pair the kernel knows: /dev/null "
+                  "is character device 1:3; writing to a missing one made a regular file",
+          where="\"/dev is empty\" in notebook 05, and `ls -l /dev/null` on the host",
+          solution="rm -f root/dev/null && mknod -m 666 root/dev/null c 1 3")
 def check_dev_null(root: str | Path) -> Feedback:
     """ROOT/dev/null is the real null device, character 1:3 (``ls -l root/dev/null`` shows
     ``crw-rw-rw- 1, 3``; ``mknod -m 666 root/dev/null c 1 3`` makes it)."""
@@ -834,6 +893,10 @@ def check_dev_null(root: str | Path) -> Feedback:
     return right(f"{path} is the null device (character 1:3, mode 666).")
 
 
+@exercise("05.2",
+          concept="a container has no kernel of its own: uname asks the one kernel there is",
+          where="the output of step 5 (\"uname -r inside:\") and the cell after it",
+          solution="answer = os.uname().release")
 def check_kernel_release(answer: str | None) -> Feedback:
     """What ``uname -r`` prints inside the container: the host's kernel."""
     if answer is None:
@@ -854,6 +917,11 @@ def check_kernel_release(answer: str | None) -> Feedback:
 CHECKED_FILE_LIMIT = 4 << 20
 
 
+@exercise("06.1",
+          concept="a throwaway container's files go with it; a named one (--name) keeps its "
+                  "upper directory, and later cells with the same name run inside it",
+          where="\"A named container: files and processes persist\" in notebook 06",
+          solution="%%container busybox --name ex06\necho 42 > /answer.txt")
 def check_container_file(name: str, path: str, content: str) -> Feedback:
     """A running named container `name` has a file `path` containing `content`
     (``contained exec NAME cat PATH``)."""
@@ -907,6 +975,10 @@ def _read_in_container(name: str, path: str, limit: int) -> tuple[int | None, by
     return execution.wait().status, data
 
 
+@exercise("06.2",
+          concept="limits are set when a container is created: they are its cgroup's files",
+          where="\"Limits\" in notebook 06: the options are contained run's",
+          solution="%%container busybox --name ex06-small --memory 24M\ntrue")
 def check_memory_limit(name: str, limit: str) -> Feedback:
     """Container `name` was created with memory limit `limit` (``contained inspect NAME``)."""
     from contained.runtime import container
@@ -1073,6 +1145,14 @@ def check_boundary(answer) -> Feedback:
 
 # --- 08 networking -------------------------------------------------------------------------
 
+@exercise("08.1",
+          concept="a veth pair is a cable with two ends: one end in each namespace, an address "
+                  "on each, both up",
+          where="part 1 of notebook 08: the cells that made lab08-b and its cable",
+          solution="ip netns add lab08-c; ip -n lab08-a link add veth-ac type veth peer name "
+                   "veth-c netns lab08-c; ip -n lab08-a addr add 10.200.9.1/24 dev veth-ac; "
+                   "ip -n lab08-c addr add 10.200.9.2/24 dev veth-c; ip -n lab08-a link set "
+                   "veth-ac up; ip -n lab08-c link set veth-c up")
 def check_third_namespace(namespace: str = "lab08-c", peer: str = "lab08-a",
                           address: str = "10.200.9.2", gateway: str = "10.200.9.1"):
     """`namespace` has `address` and reaches `gateway` in `peer` over a veth pair
@@ -1122,6 +1202,13 @@ def _veth_peers(namespace: str, end: dict, peer: str, gateway: str) -> bool:
                and "link_netnsid" in link and "link_netnsid" in end for link in theirs)
 
 
+@exercise("08.2",
+          concept="-p HOST_IP:PORT:CONTAINER_PORT is a DNAT rule from the host's port to the "
+                  "container's address; --net bridge puts its name in the others' /etc/hosts",
+          where="the cell that starts web08 in notebook 08",
+          solution="workbook.contained('run -d --name api08 --net bridge -p 127.0.0.1:8090:80 "
+                   "busybox sh -c \"mkdir -p /www && echo hello from api08 > /www/index.html "
+                   "&& exec httpd -f -p 80 -h /www\"')")
 def check_published(name: str = "api08", port: int = 8090, text: str = "hello from api08"):
     """`name` serves `text` on 127.0.0.1:`port` and, by name, to the other containers
     (``wget -q -O - http://127.0.0.1:PORT/``, ``contained exec web08 wget -q -O - http://NAME/``)."""

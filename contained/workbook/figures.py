@@ -68,8 +68,9 @@ def overlay_figure(lab: str | Path = ".", title: str = "The overlay stack") -> F
     lab = Path(lab)
     lower, upper = _entries(lab / "lower"), _entries(lab / "upper")
     merged = merged_view(lower, upper)
+    hidden = [f"({name}: hidden from lower)" for name in lower if name not in merged]
     layers = [("merged/  (what the container sees)", "merged",
-               [f"{n}  ← {k.split('(')[1][:-1]}" for n, k in merged.items()]),
+               [f"{n}  ← {k.split('(')[1][:-1]}" for n, k in merged.items()] + hidden),
               ("upper/  (this container's changes, writable)", "upper",
                [f"{n}  [{k}]" for n, k in upper.items()] or ["(empty)"]),
               ("lower/  (the image, read-only)", "lower",
@@ -87,7 +88,8 @@ def overlay_figure(lab: str | Path = ".", title: str = "The overlay stack") -> F
                                       facecolor=_COLORS[key], edgecolor="black"))
         axes.text(0.4, y + height - 0.25, label, fontsize=10, fontweight="bold", va="center")
         for line_number, line in enumerate(lines):
-            color = "tab:red" if "whiteout" in line or "opaque" in line else "black"
+            color = ("tab:red" if "whiteout" in line or "opaque" in line else
+                     "tab:gray" if line.startswith("(") else "black")
             axes.text(0.7, y + height - 0.55 - 0.22 * line_number, line, fontsize=8.5,
                       family="monospace", va="center", color=color)
         if index < 2:
@@ -114,7 +116,7 @@ def pids_comparison_figure(limited: list, unlimited: list, limit: int,
     axes.annotate(f"pids.max = {limit}", (0, limit), xytext=(4, 4), textcoords="offset points",
                   color="tab:red", fontsize=8)
     axes.set_title(title)
-    axes.legend(loc="lower right")
+    axes.legend(loc="center right")
     return figure
 
 

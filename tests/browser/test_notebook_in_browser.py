@@ -10,8 +10,10 @@ Selenium, runs Run → Run All Cells, and asserts on the page. It equals, by han
     chromium --headless --no-sandbox http://127.0.0.1:PORT/lab/tree/06-container-magic.ipynb?token=T
 
 The test's copy ends with three cells of its own: a pull from the local registry (the progress
-bar), a cell whose container exits 3, and a cell printing a marker that must never run. A
-screenshot of the page is kept (tmp dir, and $CONTAINED_ARTIFACTS when set).
+bar), a cell whose container exits 3, and a cell printing a marker that must never run. At the
+end it clicks the dashboard's "refresh" button and watches the kernel answer. Screenshots of the
+page at the cells it asserts on are kept in the test's tmp dir, and copied to
+$CONTAINED_ARTIFACTS when that is set.
 """
 
 import importlib.util
@@ -43,7 +45,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
 SERVER_START = 40  # seconds for JupyterLab to answer /api/status
 PAGE_LOAD = 40  # seconds for the notebook to open with an idle kernel
-RUN_ALL = 120  # seconds for every cell up to the failing one (about 20 s here)
+RUN_ALL = 120  # seconds for every cell up to the failing one (15-25 s here)
 MARKER = "this cell must never run"
 FAILING_CELL = "%%container busybox\nexit 3"
 
@@ -299,8 +301,8 @@ def open_notebook(driver, lab: Lab, cell_count: int) -> None:
 
 def run_all_from_the_menu(driver) -> None:
     """Run → Run All Cells, as a person would click it. The command marks every code cell
-    queued ("[*]") at once; if none is, the click missed the menu (seen on a loaded machine,
-    the menu still opening): open it again, as a person would."""
+    queued ("[*]") at once; if none is, the click was lost (seen once on a loaded machine:
+    nothing ran), so close the menu and open it again, as a person would."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as until
@@ -341,12 +343,14 @@ def close_the_file_browser(driver) -> None:
         tab.click()
 
 
-def save_screenshots(driver, directory: Path) -> list[Path]:
-    """The page at the cells the assertions are about; copied to $CONTAINED_ARTIFACTS too."""
+#: Where the screenshots look: the cell each one starts at.
+VIEWS = {"output": '%%container busybox\necho "hostname', "stats": "%%container busybox --cpus",
+         "dashboard": "%container dashboard", "end": "%container pull"}
+
+
+def save_screenshots(driver, directory: Path, views: dict[str, str]) -> list[Path]:
+    """The page scrolled to each view's cell; copied to $CONTAINED_ARTIFACTS too when set."""
     shots = []
-    views = {"output": '%%container busybox\necho "hostname',
-             "stats": "%%container busybox --cpus", "dashboard": "%container dashboard",
-             "end": "%container pull"}
     for name, source in views.items():
         driver.execute_script("""
             const cell = Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))
@@ -360,7 +364,18 @@ def save_screenshots(driver, directory: Path) -> list[Path]:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
         for path in shots:
             shutil.copy(path, artifacts)
+    print("screenshots:", *shots)
     return shots
+
+
+def click_dashboard_refresh(driver) -> None:
+    driver.execute_script("""
+        const cell = Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell'))
+          .find(c => (c.querySelector('.cm-content') || {}).innerText.startsWith(arguments[0]));
+        cell.scrollIntoView({block: 'start'});""", "%container dashboard")
+    dashboard = [element for element in driver.find_elements("css selector", ".jp-Cell")
+                 if element.find_elements("css selector", ".widget-gridbox")]
+    dashboard[0].find_element("css selector", 'button[title="refresh"]').click()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,21 +392,21 @@ def test_run_all_in_a_browser_shows_outputs_live_widgets_a_figure_and_stops_at_o
         close_the_file_browser(chromium)
         run_all_from_the_menu(chromium)
         found = WebDriverWait(chromium, RUN_ALL, poll_frequency=0.5).until(
-            run_finished, "Run All did not finish")
+            run_finished, f"Run All did not finish in {RUN_ALL} s: a cell still queued or "
+            "running ([*]), or a widget still 'Loading widget…' (see the screenshots)")
     finally:
-        shots = save_screenshots(chromium, tmp_path)
-        print("screenshots:", *shots)
+        save_screenshots(chromium, tmp_path, VIEWS)
     # Run All stops at the first failure: the last cell that ran must be the test's failing one.
     ran = [cell for cell in found if re.fullmatch(r"\[\d+\]:", cell["prompt"].strip())]
     assert ran[-1]["input"] == FAILING_CELL, \
         f"Run All stopped at another cell: {ran[-1]['input']!r}: {ran[-1]['text'][:1000]}"
 
     # The %%container output: the container's own hostname, not the host's.
-    hostname = re.search(r"^hostname: (\S+)$", cell_with(found, '%%container busybox\necho "ho')
-                         ["text"], re.MULTILINE)
+    hostname = re.search(r"^hostname: (\S+)$", cell_with(found, VIEWS["output"])["text"],
+                         re.MULTILINE)
     assert hostname and hostname.group(1) != socket.gethostname()
 
-    # The failing cell: one line, no traceback, and "Run all" stopped there.
+    # The failing cell: one line, no traceback, and the cell after it never ran.
     failing = cell_with(found, FAILING_CELL)
     error = "".join(failing["stderr"]).strip()
     assert re.fullmatch(r"\w+: .*exited with status 3", error), error
@@ -399,19 +414,30 @@ def test_run_all_in_a_browser_shows_outputs_live_widgets_a_figure_and_stops_at_o
     if "ContainerFailed" in vars(importlib.import_module("contained.jupyter.magics")):
         assert error == "ContainerFailed: exited with status 3"
     marker = cell_with(found, "print(")
-    assert MARKER not in marker["text"] and marker["prompt"].strip() in ("[ ]:", "")
+    assert MARKER not in marker["text"] and marker["prompt"].strip() == "[ ]:"
 
-    # The pull's progress bar and the dashboard are live widgets, not "Loading widget…" text
-    # nor their text repr (HBox(children=...)).
+    # The pull's progress bar and the dashboard are widget views, not "Loading widget…" (which
+    # run_finished waits out) nor their text repr (HBox(children=...)).
     pull = cell_with(found, "%container pull")
     assert pull["progress"] == [{"style": "progress-bar progress-bar-success", "width": "100%"}]
     assert "HBox(" not in pull["text"]
     dashboard = cell_with(found, "%container dashboard")
     assert dashboard["widgets"] > 0 and "VBox(" not in dashboard["text"]
     assert "refresh" in dashboard["buttons"] and "stop" in dashboard["buttons"]
-    assert re.search(r"^web\s+busybox:latest\s+running$", dashboard["text"], re.MULTILINE)
+    web_row = re.compile(r"^web\s+busybox:latest\s+running$", re.MULTILINE)
+    assert web_row.search(dashboard["text"])
 
     # The --stats figure is an image the browser decoded.
-    stats = cell_with(found, "%%container busybox --cpus")
+    stats = cell_with(found, VIEWS["stats"])
     assert [image for image in stats["images"]
             if image["src"] == "data:image/png;base64," and image["width"] > 0]
+
+    # Live: a click on "refresh" reaches the kernel, which re-reads the containers; the
+    # notebook's clean-up cells removed "web" since the dashboard was drawn.
+    click_dashboard_refresh(chromium)
+    try:
+        WebDriverWait(chromium, 15, poll_frequency=0.2).until(
+            lambda d: not web_row.search(cell_with(cells(d), "%container dashboard")["text"]),
+            "the dashboard's refresh button did not update it from the kernel")
+    finally:
+        save_screenshots(chromium, tmp_path, {"dashboard-refreshed": VIEWS["dashboard"]})
