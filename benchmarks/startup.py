@@ -38,9 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import back_to_back, interleaved_medians, needs_root  # noqa: E402
 
+from contained import syscalls  # noqa: E402
 from contained.images.busybox import import_busybox  # noqa: E402
 from contained.images.store import Store  # noqa: E402
-from contained.runtime import container, process, seccomp, syscalls  # noqa: E402
+from contained.runtime import container, process, seccomp  # noqa: E402
 
 
 def crun_bundle(root: Path, bundle: Path) -> None:

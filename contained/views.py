@@ -98,7 +98,7 @@ def listed_containers(all_: bool = False) -> list:
 
 
 def _being_torn_down(item) -> bool:
-    from contained.runtime import procfs
+    from contained import procfs
 
     # A throwaway counts as running while its owner or runner lives; once its PID 1 has
     # ended (the command with it), only the teardown is left.

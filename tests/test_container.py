@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained.runtime import container, namespaces, procfs
+from contained import procfs
+from contained.runtime import container, namespaces
 
 pytestmark = needs_root
 

@@ -344,7 +344,7 @@ def test_other_capabilities_and_new_privileges_on_request():
 @needs_root
 def test_resolve_user_works_without_proc(tmp_path):
     """After pivot_root the runner may have no /proc of its own: the reopen falls back."""
-    from contained.runtime import syscalls
+    from contained import syscalls
 
     root = make_root(tmp_path / "root")
     os.symlink("passwd.real", root / "etc" / "passwd.link")

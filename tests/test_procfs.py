@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from contained.runtime import procfs
+from contained import procfs
 
 
 def test_this_process_is_alive_by_pid_and_start_time():

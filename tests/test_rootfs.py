@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
+from contained import syscalls
 from contained.errors import ContainedError
-from contained.runtime import container, syscalls
+from contained.runtime import container
 from contained.runtime.container import BadOption, Runner
 
 pytestmark = needs_root

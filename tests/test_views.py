@@ -35,7 +35,7 @@ def container(persistent: bool, running: bool, init_pid: int | None) -> Containe
 def test_a_throwaway_whose_pid_1_ended_is_being_torn_down_and_not_listed(monkeypatch):
     import os
 
-    from contained.runtime import procfs
+    from contained import procfs
 
     dead = container(persistent=False, running=True, init_pid=2 ** 22 + 1)  # no such pid
     live = container(persistent=False, running=True, init_pid=os.getpid())

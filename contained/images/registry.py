@@ -51,12 +51,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from contained import isolated
+from contained import isolated, procfs
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
 from contained.images import skopeo
 from contained.images.store import Store
-from contained.runtime import procfs
 
 REGISTRY_BINARY = "docker-registry"
 HOST = "127.0.0.1"

@@ -24,8 +24,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from contained import syscalls
 from contained.errors import ContainedError
-from contained.runtime import syscalls
 
 #: Linux's own limit on symlinks followed in one lookup (MAXSYMLINKS).
 MAX_SYMLINKS = 40

@@ -26,6 +26,7 @@ import os
 import shlex
 from collections.abc import Callable
 
+from contained import procfs
 from contained.errors import ContainedError, ContainerNotRunning
 from contained.network.firewall import (
     choose_firewall,
@@ -70,7 +71,6 @@ from contained.network.tools import (
     run_tool,
     write_sysctl,
 )
-from contained.runtime import procfs
 from contained.runtime.plan import Step
 
 #: name of the container's end of its veth pair

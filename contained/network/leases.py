@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import filelock
+from contained import filelock, procfs
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path, home_tag
 from contained.network.ports import PortSpec
@@ -47,7 +47,6 @@ from contained.network.tools import (
     link_exists,
     run_tool,
 )
-from contained.runtime import procfs
 from contained.runtime.plan import Step
 
 #: each home's bridge is contained<N>, N the lowest number free on this host when the home

@@ -23,10 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import filelock, home, network
+from contained import filelock, home, network, procfs
 from contained.errors import ContainedError, ContainerNotRunning
 from contained.images import unpack
-from contained.runtime import cgroups, client, init, process, procfs, server, state, steps, wire
+from contained.runtime import cgroups, client, init, process, server, state, steps, wire
 from contained.runtime.client import Execution, Request, Runner, RunResult
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.specs import BadOption, build_spec

@@ -47,8 +47,9 @@ import termios
 from contextlib import contextmanager
 from pathlib import Path
 
+from contained import syscalls
 from contained.errors import ContainedError
-from contained.runtime import process, syscalls, wire
+from contained.runtime import process, wire
 from contained.runtime.plan import Step
 
 # Where they were before `status` held them: PID 1's exit statuses, its errors, their wording.

@@ -13,7 +13,7 @@ the same result by having the container's PID 1 start the command).
 import os
 from dataclasses import dataclass
 
-from contained.runtime import syscalls
+from contained import syscalls
 
 # kind → (clone flag, unshare(1) option, /proc/PID/ns file)
 KINDS = {

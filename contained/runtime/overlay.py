@@ -16,8 +16,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from contained import syscalls
 from contained.errors import ContainedError
-from contained.runtime import syscalls
 from contained.runtime.plan import Step
 
 # mount(2) takes its option string in one page; a long lowerdir list (an image with many layers

@@ -17,9 +17,10 @@ import signal
 import socket
 from pathlib import Path
 
+from contained import syscalls
 from contained.errors import ContainedError
 from contained.images.oci import DEFAULT_PATH
-from contained.runtime import cgroups, init, process, steps, syscalls, wire
+from contained.runtime import cgroups, init, process, steps, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.status import EXIT_SETUP_FAILED, CommandFailed, exit_code

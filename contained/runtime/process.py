@@ -23,9 +23,9 @@ import os
 import stat
 from pathlib import Path
 
+from contained import syscalls
 from contained.errors import ContainedError
 from contained.images.oci import DEFAULT_PATH
-from contained.runtime import syscalls
 
 #: Docker's default capabilities (moby oci/caps/defaults.go), in moby's order. Everything else,
 #: CAP_SYS_ADMIN first of all, is dropped. As a mask: 0x00000000a80425fb.

@@ -42,11 +42,12 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contained import syscalls
 from contained.images import safepath
-from contained.runtime import mountinfo, syscalls
+from contained.runtime import mountinfo
 from contained.runtime.overlay import mount_overlay_step
 from contained.runtime.plan import Step
-from contained.runtime.syscalls import (
+from contained.syscalls import (
     MNT_DETACH,
     MS_BIND,
     MS_MOVE,

@@ -33,10 +33,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import network
+from contained import network, procfs
 from contained.errors import ContainedError
 from contained.images import unpack
-from contained.runtime import init, pid1, procfs, state, steps, wire
+from contained.runtime import init, pid1, state, steps, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 

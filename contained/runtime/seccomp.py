@@ -33,8 +33,8 @@ import os
 import sys
 import tempfile
 
+from contained import syscalls
 from contained.errors import ContainedError
-from contained.runtime import syscalls
 from contained.runtime.plan import Step
 from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
 from contained.runtime.seccomp_profile import (  # noqa: F401 — the profile side, re-exported

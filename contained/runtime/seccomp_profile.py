@@ -27,7 +27,7 @@ from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
-from contained.runtime.syscalls import kernel_version
+from contained.syscalls import kernel_version
 
 __all__ = ["ACTIONS", "COMPAT_ARCHES", "DEFAULT", "OPERATORS", "UNCONFINED", "BadProfile",
            "Condition", "Match", "Profile", "Rule", "default_profile", "docker_arch",

@@ -21,18 +21,17 @@ import signal
 import socket
 from pathlib import Path
 
+from contained import procfs, syscalls
 from contained.errors import ContainedError
 from contained.images import unpack
 from contained.runtime import (
     cgroups,
     init,
     pid1,
-    procfs,
     runner,
     seccomp,
     state,
     steps,
-    syscalls,
     wire,
 )
 from contained.runtime.pid1 import ROOTLESS

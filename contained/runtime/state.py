@@ -9,7 +9,7 @@ anything starts; the runner records a throwaway one (off the caller's critical p
 itself. Each write replaces the file atomically (a temporary file renamed over).
 
 `contained.runtime.container` reads it for ps, stop, rm and gc; pids come with their start times
-(`contained.runtime.procfs`), so a crash is told from a container that still runs. In the shell::
+(`contained.procfs`), so a crash is told from a container that still runs. In the shell::
 
     cat "$CONTAINED_HOME"/containers/ID/state.json    # what `contained ps -a` lists
 """
@@ -20,9 +20,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from contained import home
+from contained import home, procfs
 from contained.errors import ContainedError
-from contained.runtime import procfs
 from contained.runtime.spec import ContainerSpec
 
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import home, network
+from contained import home, network, syscalls
 from contained.errors import NeedsPrivileges
-from contained.runtime import cgroups, init, namespaces, overlay, rootfs, seccomp, syscalls
+from contained.runtime import cgroups, init, namespaces, overlay, rootfs, seccomp
 from contained.runtime.plan import Step
 from contained.runtime.spec import ContainerSpec
 
