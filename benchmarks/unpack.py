@@ -5,8 +5,12 @@ It builds (once, cached in ~/.cache/contained-bench) an image of 4 gzip layers f
 ``debootstrap --variant=minbase`` root, or from the host's /usr when the mirror is unreachable,
 then times, in the same run, medians of a few runs each:
 
-- per-layer unpack, cold (``cached_layer`` for every layer: what the first container pays)
+- per-layer unpack, cold (``cached_layers``: what the first container pays; independent
+  layers unpacked side by side), and one layer at a time (``cached_layer`` in turn) for
+  reference
 - the same call again (what every later container pays: nothing is unpacked)
+- the same cold unpack of the same layers compressed with zstd, beside ``tar --zstd -xf``
+  (when the ``zstd`` program is installed: it builds the zstd copy of the image)
 - ``apply_layers`` into one directory (``contained unpack``)
 - ``tar -xzf`` of each layer in turn (the tutorial's command, no verification at all)
 - ``umoci raw unpack``
@@ -121,15 +125,41 @@ def image_layers(layout: Path) -> list[tuple[str, str, int, str]]:
             for layer, diff in zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)]
 
 
+def zstd_image(layout: Path) -> Path | None:
+    """The same image with every layer recompressed by `zstd -3` (None without zstd)."""
+    zstd_layout = CACHE / "image-zstd"
+    if (zstd_layout / "index.json").exists():
+        return zstd_layout
+    if shutil.which("zstd") is None:
+        return None
+    shutil.rmtree(zstd_layout, ignore_errors=True)
+    (zstd_layout / "blobs" / "sha256").mkdir(parents=True)
+    built = []
+    for blob, _, _, diff_id in image_layers(layout):
+        tmp = zstd_layout / "blobs" / "tmp.zst"
+        subprocess.run(f"gzip -dc {blob} | zstd -3 -q -T1 -o {tmp}", shell=True, check=True)
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        size = tmp.stat().st_size
+        tmp.rename(zstd_layout / "blobs" / "sha256" / digest)
+        built.append(build.BuiltLayer(
+            oci.Descriptor(oci.MEDIA_TYPE_LAYER_ZSTD, "sha256:" + digest, size), diff_id))
+    config = build.image_config(built, architecture=build.host_architecture())
+    build.write_image(zstd_layout, built, config, "bench")
+    return zstd_layout
+
+
 CHILD = """
 import sys, time, json
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from contained.images import oci, unpack
 specs = json.loads({specs!r})
-args = [(Path(b), oci.Descriptor(oci.MEDIA_TYPE_LAYER_GZIP, d, s), diff) for b, d, s, diff in specs]
+media_type = {media_type!r}
+args = [(Path(b), oci.Descriptor(media_type, d, s), diff) for b, d, s, diff in specs]
 start = time.perf_counter()
 if {mode!r} == "cached":
+    unpack.cached_layers(Path({target!r}), args)
+elif {mode!r} == "one at a time":
     for a in args:
         unpack.cached_layer(Path({target!r}), *a)
 else:
@@ -142,8 +172,9 @@ print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_m
 PEAKS: list[int] = []  # ru_maxrss (KiB) of each of our unpacking children
 
 
-def run_ours(specs, mode: str, target: Path) -> float:
-    code = CHILD.format(repo=str(REPO), specs=json.dumps(specs), mode=mode, target=str(target))
+def run_ours(specs, mode: str, target: Path, media_type: str = oci.MEDIA_TYPE_LAYER_GZIP) -> float:
+    code = CHILD.format(repo=str(REPO), specs=json.dumps(specs), mode=mode, target=str(target),
+                        media_type=media_type)
     result = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(result.stderr)
@@ -177,6 +208,12 @@ def main() -> None:
     print(f"image: {source}, {len(specs)} gzip layers, {compressed / 1e6:.0f} MB compressed,"
           f" {uncompressed / 1e6:.0f} MB uncompressed, {files} paths; uid {os.geteuid()},"
           f" {os.cpu_count()} cpus, median of {options.runs} runs")
+    zstd_layout = zstd_image(layout)
+    zstd_specs = image_layers(zstd_layout) if zstd_layout else []
+    if zstd_specs:
+        print(f"the same layers with zstd -3: {sum(s[2] for s in zstd_specs) / 1e6:.0f} MB")
+    else:
+        print("zstd: not installed, zstd layers not measured (apt-get install zstd)")
     work = Path(tempfile.mkdtemp(prefix="contained-bench-"))
     results: dict[str, list[float]] = {}
     try:
@@ -209,11 +246,26 @@ def main() -> None:
             return cold
 
         contenders = {
-            "ours: per-layer dirs, cold (cached_layer)": cold_then_cached,
+            "ours: per-layer dirs, cold (cached_layers)": cold_then_cached,
+            "ours: per-layer dirs, one at a time": lambda: run_ours(
+                specs, "one at a time", fresh("sequential")),
             "ours: apply_layers into one dir": lambda: run_ours(specs, "apply", fresh("flat")),
             "tar -xzf, layer by layer": tar_layers,
             "umoci raw unpack": umoci,
         }
+        if zstd_specs:
+            def tar_zstd_layers() -> float:
+                dest = fresh("tar-zstd")
+                dest.mkdir()
+                start = time.perf_counter()
+                for spec in zstd_specs:
+                    subprocess.run(["tar", "--zstd", "-xf", spec[0], "-C", str(dest)],
+                                   check=True)
+                return time.perf_counter() - start
+
+            contenders["ours: zstd layers, per-layer dirs, cold"] = lambda: run_ours(
+                zstd_specs, "cached", fresh("zstd"), oci.MEDIA_TYPE_LAYER_ZSTD)
+            contenders["tar --zstd -xf, layer by layer"] = tar_zstd_layers
         names = list(contenders)
         for round_number in range(options.runs):
             # Rotate the order each round, and flush dirty pages before each one: the disk's

@@ -21,6 +21,11 @@ function that runs it (`run` and `exec` take their options from `contained.optio
 `COMMANDS` lists them in help order, so adding a command is adding one function to that list.
 Errors a user can act on are `ContainedError`s: printed as one line ``contained: error: …`` and
 turned into the error's exit status; Ctrl-C exits with 130.
+
+A command imports what it needs when it runs (`run` never loads the registry client's
+http.client and email, ~25 ms): `contained run --rm` is mostly interpreter start and the run
+itself. The CLI is single-threaded, so it forks the request's worker itself (see
+`contained.runtime.client`): no second interpreter.
 """
 
 import argparse
@@ -32,7 +37,6 @@ from pathlib import Path
 
 from contained import options, views
 from contained.errors import ContainedError
-from contained.images import registry
 from contained.images.reference import parse_reference
 from contained.images.store import Store
 from contained.views import format_table, human_size, printable  # noqa: F401 (the CLI's API)
@@ -169,11 +173,15 @@ def add_registry(commands) -> None:
 
 
 def run_registry_start(args) -> int:
+    from contained.images import registry  # http.client, email, ssl: ~25 ms, only here
+
     print(registry.usage(registry.start(port=args.port, seed=args.seed)))
     return 0
 
 
 def run_registry_status(args) -> int:
+    from contained.images import registry
+
     state = registry.status()
     if state is None:
         print("registry not running; start it with `contained registry start`")
@@ -183,6 +191,8 @@ def run_registry_status(args) -> int:
 
 
 def run_registry_stop(args) -> int:
+    from contained.images import registry
+
     state = registry.stop()
     print(f"registry on {state.address} stopped" if state else "registry was not running")
     return 0
@@ -421,9 +431,22 @@ def run_install_kernel(args) -> int:
     return 0
 
 
+def add_build_commit_push(commands) -> None:
+    from contained.build.commands import add_image_commands  # argparse only: light
+
+    add_image_commands(commands)
+
+
+def add_classroom(commands) -> None:
+    from contained.classroom.commands import add_classroom as add  # argparse only: light
+
+    add(commands)
+
+
 COMMANDS: list[Callable] = [add_run, add_exec, add_ps, add_stop, add_rm, add_logs,
                             add_pull, add_images, add_inspect, add_rmi, add_unpack, add_import,
-                            add_registry, add_gc, add_doctor, add_install_kernel]
+                            add_build_commit_push,
+                            add_registry, add_gc, add_doctor, add_install_kernel, add_classroom]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -133,6 +133,18 @@ def gzip_multi(*parts: bytes) -> bytes:
     return b"".join(gzip.compress(part, mtime=0) for part in parts)
 
 
+def zstd_bytes(*parts: bytes, checksum: bool = True, skippable: bytes = b"") -> bytes:
+    """Each part as one zstd frame, back to back (as `zstd` writes concatenated inputs),
+    optionally after a skippable frame holding `skippable`."""
+    import zstandard
+
+    prefix = b""
+    if skippable:
+        prefix = b"\x50\x2a\x4d\x18" + len(skippable).to_bytes(4, "little") + skippable
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=checksum)
+    return prefix + b"".join(compressor.compress(part) for part in parts)
+
+
 def tree(root: Path) -> dict[str, tuple]:
     """A comparable description of a tree: type, mode, owner, size, content hash or link
     target, and which paths share an inode (hardlink groups), for every path under `root`."""

@@ -354,7 +354,7 @@ def test_interrupt_kills_the_container_within_a_second(busybox_home, runner_proc
         "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
         "from contained.runtime import container, spec as s\n"
         f"sp = s.ContainerSpec.from_json({spec.to_json()!r})\n"
-        "container.run_spec(sp)\n")
+        "container.start_spec(sp).wait()\n")
     client = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not _sleepers():

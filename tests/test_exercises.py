@@ -1,4 +1,4 @@
-"""Exercise checkers (contained/workbook/exercises.py) with right and wrong answers, on real files,
+"""Exercise checkers (contained/workbook/exercises/) with right and wrong answers, on real files,
 real overlay mounts and real containers where the checker looks at those."""
 
 import io
@@ -251,8 +251,9 @@ def test_container_checkers(busybox_store):
 @needs_root
 def test_container_file_checker_reads_at_most_the_cap(busybox_store, monkeypatch):
     from contained.runtime import container
+    from contained.workbook.exercises import container_magic
 
-    monkeypatch.setattr(exercises, "CHECKED_FILE_LIMIT", 64 << 10)
+    monkeypatch.setattr(container_magic, "CHECKED_FILE_LIMIT", 64 << 10)
     name = "exercise-big"
     with open(os.devnull) as devnull:
         container.run("busybox", ["sh", "-c", "head -c 300000 /dev/zero > /big; "

@@ -48,8 +48,8 @@ def test_copy_up_and_whiteout_leave_the_lower_untouched(tmp_path):
     # A private mount namespace: nothing is mounted on the host even if the test fails.
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent.parent)!r}); "
             "from contained.runtime import overlay; from pathlib import Path as P; "
-            f"overlay.mount_overlay([P({str(lower)!r})], P({str(upper)!r}), "
-            f"P({str(work)!r}), P({str(merged)!r}))")
+            f"overlay.mount_overlay_step([P({str(lower)!r})], P({str(upper)!r}), "
+            f"P({str(work)!r}), P({str(merged)!r})).run()")
     script = (f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} && "
               f"echo changed > {merged}/file && rm {merged}/gone && cat {merged}/file")
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],

@@ -7,7 +7,7 @@ import re
 import nbformat
 
 from contained import workbook
-from contained.workbook import recordings
+from contained.workbook import lab, recordings
 
 
 def _executed_notebook(path):
@@ -26,7 +26,7 @@ def test_a_root_run_is_recorded_and_shown_labelled(tmp_path, monkeypatch, capsys
     saved = recordings.record(_executed_notebook(tmp_path / "99-x.ipynb"))
     assert saved == tmp_path / "recorded" / "99.json"
     assert json.loads(saved.read_text())["cells"]["99-01"]["text"] == "ran as root\n"
-    monkeypatch.setattr(workbook, "privileged", lambda: False)
+    monkeypatch.setattr(lab, "privileged", lambda: False)
     assert not workbook.needs_root("making a cgroup", "mkdir /sys/fs/cgroup/x", recorded="99-01")
     shown = capsys.readouterr().out
     assert "Not run here (making a cgroup)" in shown and "mkdir /sys/fs/cgroup/x" in shown

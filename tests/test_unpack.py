@@ -4,12 +4,14 @@ Every layer here is built by tests/layerkit.py (how one entry is extracted is te
 test_tar_extract.py).
 """
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,9 +29,10 @@ from layerkit import (
     symlink,
     tree,
     whiteout,
+    zstd_bytes,
 )
 
-from contained.images import oci, unpack
+from contained.images import build, oci, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,16 +158,113 @@ def test_multi_member_gzip_and_uncompressed_layers(tmp_path):
     assert (tmp_path / "dest/plain").read_bytes() == b"p"
 
 
-@pytest.mark.parametrize("media_type, message", [
-    (oci.MEDIA_TYPE_LAYER_ZSTD, "zstd"),
-    ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "media type"),
-])
-def test_unsupported_media_types(tmp_path, media_type, message):
-    layer = layer_blob(tmp_path, SIMPLE, media_type=media_type)
-    if media_type == oci.MEDIA_TYPE_LAYER_ZSTD and unpack.importlib.util.find_spec("zstandard"):
-        pytest.skip("zstandard is installed here: zstd layers are supported")
-    with pytest.raises(unpack.UnsupportedLayerType, match=message):
+def test_foreign_layers_are_refused_by_media_type(tmp_path):
+    layer = layer_blob(tmp_path, SIMPLE,
+                       media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+    with pytest.raises(unpack.UnsupportedLayerType, match="media type"):
         unpack.apply_layers([layer.args()], tmp_path / "dest")
+
+
+# --- zstd layers (application/vnd.oci.image.layer.v1.tar+zstd) --------------------------------
+
+def zstd_layer(directory_path: Path, tar_bytes: bytes, **options):
+    return layer_blob(directory_path, tar_bytes, media_type=oci.MEDIA_TYPE_LAYER_ZSTD, **options)
+
+
+def test_zstd_layers_unpack_to_the_same_tree_as_gzip_ones(tmp_path):
+    gzipped = [layer_blob(tmp_path / "gz", tar).args() for tar in MULTI]
+    zstd = [zstd_layer(tmp_path / "zst", tar, blob_bytes=zstd_bytes(tar)).args() for tar in MULTI]
+    from_gzip = unpack.apply_layers(gzipped, tmp_path / "from-gzip")
+    from_zstd = unpack.apply_layers(zstd, tmp_path / "from-zstd")
+    assert tree(tmp_path / "from-zstd") == tree(tmp_path / "from-gzip")
+    assert [r.entries for r in from_zstd] == [r.entries for r in from_gzip] == [14, 7, 6]
+
+
+def test_zstd_layer_of_several_frames_and_a_skippable_frame_unpacks(tmp_path):
+    half = len(SIMPLE) // 2
+    blob = zstd_bytes(SIMPLE[:half], SIMPLE[half:], checksum=False, skippable=b"note")
+    unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()], tmp_path / "dest")
+    assert (tmp_path / "dest/etc/hostname").read_bytes() == b"box\n"
+
+
+def test_zstd_layer_digest_and_diff_id_are_verified(tmp_path):
+    layer = zstd_layer(tmp_path, SIMPLE, blob_bytes=zstd_bytes(SIMPLE))
+    bad = oci.Descriptor(layer.descriptor.media_type, "sha256:" + "0" * 64, layer.descriptor.size)
+    with pytest.raises(unpack.LayerDigestMismatch):
+        unpack.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "a")
+    with pytest.raises(unpack.LayerDiffIDMismatch):
+        unpack.apply_layers([(layer.blob, layer.descriptor, "sha256:" + "1" * 64)], tmp_path / "b")
+
+
+@pytest.mark.parametrize("cut", [2, 4, 20])
+def test_truncated_zstd_stream_is_refused_even_with_consistent_digests(tmp_path, cut):
+    # Cutting 2 or 4 bytes loses only the frame's checksum: the tar comes out whole and the
+    # diff_id matches, so only following the frames tells the blob is cut short.
+    blob = zstd_bytes(SIMPLE)[:-cut]
+    with pytest.raises(unpack.LayerTruncated):
+        unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
+                            tmp_path / "dest")
+
+
+@pytest.mark.parametrize("garbage", [b"\0\0\0\0", b"garbage!", b"\x28\xb5\x2f"])
+def test_bytes_after_the_zstd_stream_are_refused(tmp_path, garbage):
+    blob = zstd_bytes(SIMPLE) + garbage
+    with pytest.raises((unpack.LayerCorrupt, unpack.LayerTruncated)):
+        unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
+                            tmp_path / "dest")
+
+
+def test_not_zstd_at_all_is_refused(tmp_path):
+    layer = zstd_layer(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE))
+    with pytest.raises(unpack.LayerCorrupt, match="not a zstd frame"):
+        unpack.apply_layers([layer.args()], tmp_path / "dest")
+
+
+def test_zstd_layers_without_the_zstandard_module_say_what_to_install(tmp_path, monkeypatch):
+    layer = zstd_layer(tmp_path, SIMPLE, blob_bytes=zstd_bytes(SIMPLE))
+    monkeypatch.setitem(sys.modules, "zstandard", None)  # makes `import zstandard` fail
+    with pytest.raises(unpack.UnsupportedLayerType, match="pip install zstandard"):
+        unpack.apply_layers([layer.args()], tmp_path / "dest")
+
+
+def test_memory_stays_bounded_on_a_zstd_bomb(tmp_path):
+    # 192 MiB of zeros compress to a few KiB of RLE blocks: each read must stay bounded.
+    import hashlib
+
+    import zstandard
+
+    size = 192 * 1024 * 1024
+    info = tarfile.TarInfo("zeros")
+    info.size = size
+    head, zeros, end = info.tobuf(tarfile.PAX_FORMAT), bytes(1 << 20), bytes(1024)
+    frame = zstandard.ZstdCompressor(level=3).compressobj()
+    diff_id = hashlib.sha256(head)
+    blob = frame.compress(head)
+    for _ in range(size >> 20):
+        blob += frame.compress(zeros)
+        diff_id.update(zeros)
+    blob += frame.compress(end) + frame.flush()  # `end`: the end-of-archive blocks
+    diff_id.update(end)
+    layer = zstd_layer(tmp_path / "blobs", b"", blob_bytes=blob,
+                       diff_id="sha256:" + diff_id.hexdigest())
+    assert len(blob) < 1024 * 1024
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    code = textwrap.dedent(f"""
+        import resource, sys; sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from contained.images import oci, unpack
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        d = oci.Descriptor({oci.MEDIA_TYPE_LAYER_ZSTD!r}, {layer.descriptor.digest!r},
+                           {layer.descriptor.size})
+        unpack.unpack_layer(Path({str(layer.blob)!r}), d, {layer.diff_id!r}, Path({str(dest)!r}))
+        print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    before, after = map(int, result.stdout.split())
+    assert (dest / "zeros").stat().st_size == size
+    assert after - before < 40 * 1024, f"peak grew by {(after - before) // 1024} MiB"
 
 
 def test_bad_digest_syntax_builds_no_path(tmp_path):
@@ -219,6 +319,48 @@ def test_concurrent_cached_layer_calls_unpack_once(tmp_path):
     assert all(p.returncode == 0 for p in procs)
     assert len(inodes) == 1
     assert not list(cache.glob("tmp-*"))
+
+
+def test_cached_layers_unpacks_the_missing_layers_side_by_side(tmp_path, monkeypatch):
+    layers = [layer_blob(tmp_path / "blobs", tar).args() for tar in MULTI]
+    # Two workers pass the barrier only if both are inside unpack_layer at once: one layer
+    # at a time would wait out the timeout instead.
+    together, met = threading.Barrier(2, timeout=10), []
+    real = unpack.unpack_layer
+
+    def meeting(*args, **options):
+        if threading.current_thread() is not threading.main_thread() and not met:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                together.wait()
+                met.append(True)
+        return real(*args, **options)
+
+    monkeypatch.setattr(unpack, "PARALLEL_LAYERS", 2)
+    monkeypatch.setattr(unpack, "unpack_layer", meeting)
+    dirs = unpack.cached_layers(tmp_path / "cache", layers)
+    assert met
+    assert dirs == [unpack.cached_path(tmp_path / "cache", diff_id) for *_, diff_id in layers]
+    assert all(tree(path) for path in dirs)
+
+
+def test_cached_layers_unpacks_a_layer_listed_twice_once(tmp_path, monkeypatch):
+    layer = layer_blob(tmp_path / "blobs", SIMPLE).args()
+    other = layer_blob(tmp_path / "blobs", MULTI[0]).args()
+    calls = []
+    real = unpack.unpack_layer
+    monkeypatch.setattr(unpack, "unpack_layer", lambda *a, **o: calls.append(a) or real(*a, **o))
+    dirs = unpack.cached_layers(tmp_path / "cache", [layer, other, layer])
+    assert len(calls) == 2
+    assert dirs[0] == dirs[2]
+
+
+def test_cached_layers_raise_the_failure_and_leave_no_half_made_layer(tmp_path):
+    good = [layer_blob(tmp_path / "blobs", tar).args() for tar in MULTI]
+    bad = layer_blob(tmp_path / "blobs", SIMPLE, diff_id="sha256:" + "3" * 64).args()
+    with pytest.raises(unpack.LayerDiffIDMismatch):
+        unpack.cached_layers(tmp_path / "cache", [good[0], bad, *good[1:]])
+    assert not (tmp_path / "cache/sha256" / ("3" * 64)).exists()
+    assert not list((tmp_path / "cache").glob("tmp-*"))
 
 
 # --- the real overlay mount --------------------------------------------------------------------

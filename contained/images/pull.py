@@ -164,10 +164,26 @@ def _copy_in(store, source: Source, skopeo_source: str, scratch: Path, action: s
 def _extract_archive(archive: Path, dest: Path, action: str) -> None:
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")  # an archive must not write outside dest
+            members = _layout_members(tar, archive, action)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, members=members, filter="data")
+            else:  # Python < 3.11.4 (Debian 12's 3.11.2) has no filter: checked above instead
+                tar.extractall(dest, members=members)
     except (tarfile.TarError, OSError) as err:
         raise InvalidTarball(f"{action}: {archive} is not a readable OCI archive ({err})"
                              ) from None
+
+
+def _layout_members(tar: tarfile.TarFile, archive: Path, action: str) -> list[tarfile.TarInfo]:
+    """The archive's entries, refused unless each is a file or directory under a relative name
+    without ``..``: an archive must not write outside dest, on every Python."""
+    members = tar.getmembers()
+    for member in members:
+        if (member.name.startswith("/") or ".." in member.name.split("/")
+                or not (member.isfile() or member.isdir())):
+            raise InvalidTarball(f"{action}: {archive} holds {member.name!r}, which an OCI "
+                                 "archive never has (only files and directories inside it)")
+    return members
 
 
 def _not_found_hint(reference: Reference) -> str:

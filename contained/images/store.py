@@ -142,12 +142,18 @@ class Store:
 
     def layer_dirs(self, image: Image) -> list[Path]:
         """The image's layers unpacked (once, cached by diff_id), bottom first, for overlay."""
-        from contained.images import unpack  # loaded on use: listing images needs no unpacker
-
         with self.lock(shared=True):
+            # Every container after the first finds its layers here (unpack.cached_path: a
+            # directory there is complete), without loading the unpacker (~9 ms a CLI run).
+            ready = [self.layer_cache.joinpath(*oci.validate_digest(diff_id))
+                     for _, diff_id in image.layers]
+            if all(path.is_dir() for path in ready):
+                return ready
+            from contained.images import unpack
+
             self.layer_cache.mkdir(mode=0o700, exist_ok=True)
-            return [unpack.cached_layer(self.layer_cache, oci.blob_path(self.layout, d.digest),
-                                        d, diff_id) for d, diff_id in image.layers]
+            return unpack.cached_layers(self.layer_cache, [
+                (oci.blob_path(self.layout, d.digest), d, diff_id) for d, diff_id in image.layers])
 
     def unpack(self, ref: str, dest: Path) -> Image:
         """Flatten the image into `dest` (which must be empty or absent), whiteouts applied."""

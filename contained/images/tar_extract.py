@@ -33,7 +33,6 @@ in apply form (as tar, umoci and containerd do) but shadowed by a directory in t
 xattrs on symlinks and special files are not restored.
 """
 
-import logging
 import os
 import shutil
 import stat
@@ -43,8 +42,6 @@ from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import safepath
-
-log = logging.getLogger(__name__)
 
 #: how many directories' fds the extractor keeps open to avoid re-walking their path
 DIR_CACHE_SIZE = 512
@@ -83,7 +80,10 @@ class LayerReport:
     def warn(self, message: str) -> None:
         if len(self.warnings) < 100:
             self.warnings.append(message)
-            log.warning("layer %s: %s", self.digest, message)
+            # logging loaded here: the runtime imports the unpacker on every `contained` run
+            import logging
+
+            logging.getLogger(__name__).warning("layer %s: %s", self.digest, message)
 
 
 class TarExtractor:

@@ -16,6 +16,11 @@ digests are known is safe because extraction itself trusts nothing: a blob that 
 verification only ever wrote inside the destination, and `cached_layer` then throws the
 half-made directory away.
 
+The decompression itself (gzip, zstd, or none, by media type) is `contained.images.decompress`.
+A container's missing layers are unpacked side by side (`cached_layers`): in per-layer
+directories no layer depends on another, so on two cores the image takes about as long as
+its biggest layer instead of the sum.
+
 OCI whiteouts (``.wh.NAME`` deletes NAME from the layers below; ``.wh..wh..opq`` hides the
 directory's lower contents) have two forms, one implementation (in `tar_extract`):
 
@@ -33,39 +38,36 @@ directory's lower contents) have two forms, one implementation (in `tar_extract`
 
 import errno
 import hashlib
-import importlib.util
 import os
 import queue
 import shutil
 import tarfile
 import tempfile
 import threading
-import zlib
 from pathlib import Path
 
 from contained import filelock
 from contained.images import oci
+from contained.images.decompress import (  # noqa: F401 (the errors are unpack's API too)
+    LayerCorrupt,
+    LayerTruncated,
+    UnsupportedLayerType,
+    decompressor,
+)
 from contained.images.tar_extract import LayerError, LayerReport, TarExtractor
 
-#: bytes read from the blob at a time; decompressed chunks are at most OUTPUT_CHUNK
-READ_CHUNK = 256 * 1024
-OUTPUT_CHUNK = 1024 * 1024
 #: decompressed chunks waiting for the tar parser; bounds memory to a few MiB
 QUEUE_DEPTH = 4
+#: layers `cached_layers` unpacks at once: each keeps about one core busy (a thread inflating
+#: and hashing, the caller's thread parsing and writing), so more than the cores only contends
+PARALLEL_LAYERS = max(1, min(4, os.cpu_count() or 1))
 #: an all-zero block of this size in a regular file becomes a hole
 HOLE_BLOCK = 64 * 1024
 #: tarfile reads pax headers and GNU long names whole: refuse absurd ones instead of
 #: allocating them (a 4 GiB "long name" would otherwise be read into memory)
 MAX_HEADER_READ = 16 * 1024 * 1024
 
-_GZIP_TYPES = {oci.MEDIA_TYPE_LAYER_GZIP, oci.MEDIA_TYPE_DOCKER_LAYER_GZIP}
-_TAR_TYPES = {oci.MEDIA_TYPE_LAYER, "application/vnd.docker.image.rootfs.diff.tar"}
-_ZSTD_TYPES = {oci.MEDIA_TYPE_LAYER_ZSTD}
 _ZEROS = bytes(HOLE_BLOCK)
-
-
-class UnsupportedLayerType(LayerError):
-    """The layer's media type (or its compression) is not one we can unpack."""
 
 
 class LayerSizeMismatch(LayerError, oci.BlobMismatch):
@@ -78,14 +80,6 @@ class LayerDigestMismatch(LayerError, oci.BlobMismatch):
 
 class LayerDiffIDMismatch(LayerError, oci.BlobMismatch):
     """The uncompressed tar's sha256 differs from the config's diff_id."""
-
-
-class LayerTruncated(LayerError):
-    """The compressed or the tar stream ends early."""
-
-
-class LayerCorrupt(LayerError):
-    """The compressed or tar stream is malformed, or has bytes after its end."""
 
 
 def unpack_layer(blob: Path, descriptor: oci.Descriptor, diff_id: str, dest: Path, *,
@@ -123,7 +117,7 @@ def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: s
     """
     algorithm, encoded = oci.validate_digest(diff_id)
     cache = Path(cache)
-    final = cache / algorithm / encoded
+    final = cached_path(cache, diff_id)
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +145,43 @@ def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: s
             remove_tree(tmp)
             raise
     return final
+
+
+def cached_layers(cache: Path, layers: list[tuple[Path, oci.Descriptor, str]]) -> list[Path]:
+    """Every layer's `cached_layer` directory, bottom first; the missing ones unpacked side by
+    side, up to PARALLEL_LAYERS at a time.
+
+    Per-layer directories make layers independent (a layer's whiteouts become markers in its
+    own directory, applied by the overlay mount, not deletions in the layers below), so they
+    can be unpacked in any order. Each layer is still verified in its one pass. Threads, not
+    processes: zlib, zstd, sha256 and file writes release the GIL, and this may run inside a
+    Jupyter kernel, where forking is not allowed. The first failure is raised once the layers
+    already under way have finished (each cleans up after itself); the rest are not started.
+    """
+    cache = Path(cache)
+    # One job per diff_id: an image may hold the same layer twice (two empty layers, say).
+    missing = list({layer[2]: layer for layer in layers
+                    if not cached_path(cache, layer[2]).is_dir()}.values())
+    if len(missing) > 1:
+        # Loaded here: the runtime imports this module (remove_tree) on every `contained` run.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(missing), PARALLEL_LAYERS),
+                                thread_name_prefix="unpack") as pool:
+            futures = [pool.submit(cached_layer, cache, *layer) for layer in missing]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                raise
+    return [cached_layer(cache, *layer) for layer in layers]
+
+
+def cached_path(cache: Path, diff_id: str) -> Path:
+    """Where `cached_layer` keeps the layer with this diff_id (a directory there is complete)."""
+    algorithm, encoded = oci.validate_digest(diff_id)
+    return Path(cache) / algorithm / encoded
 
 
 def apply_layers(layers: list[tuple[Path, oci.Descriptor, str]], dest: Path) -> list[LayerReport]:
@@ -202,7 +233,7 @@ class _VerifiedStream:
         self.descriptor = descriptor
         self.diff_id = diff_id
         self.label = descriptor.digest
-        self._decompress = _decompressor(descriptor)
+        self._decompress = decompressor(descriptor)
         self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
         self._stop = threading.Event()
         self._chunk = memoryview(b"")
@@ -361,79 +392,6 @@ class _VerifiedStream:
                 pass
         self._thread.join()
         os.close(self._fd)
-
-
-def _decompressor(descriptor: oci.Descriptor):
-    media_type = descriptor.media_type
-    if media_type in _GZIP_TYPES:
-        return _gunzip
-    if media_type in _TAR_TYPES:
-        return _plain
-    if media_type in _ZSTD_TYPES:
-        if importlib.util.find_spec("zstandard") is not None:
-            return _unzstd
-        raise UnsupportedLayerType(
-            f"layer {descriptor.digest} is zstd-compressed and this Python has no zstd module:"
-            " copy the image with `skopeo copy --dest-compress-format gzip` or install zstandard")
-    raise UnsupportedLayerType(f"layer {descriptor.digest} has media type {media_type!r}, which"
-                               " is not a tar, tar+gzip or tar+zstd layer: use a Linux image")
-
-
-def _plain(read, label):
-    while chunk := read(OUTPUT_CHUNK):
-        yield chunk
-
-
-def _gunzip(read, label):
-    """Inflate gzip members one after another (pigz and friends write several); anything
-    after the last member that is not another gzip member is an error."""
-    member = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = b""
-    try:
-        while True:
-            if not pending:
-                pending = read(READ_CHUNK)
-                if not pending:
-                    tail = member.flush()
-                    if tail:
-                        yield tail
-                    if not member.eof:
-                        raise LayerTruncated(f"layer {label}: the gzip stream ends early;"
-                                             " the blob is truncated, pull the image again")
-                    return
-            output = member.decompress(pending, OUTPUT_CHUNK)
-            pending = member.unconsumed_tail
-            if output:
-                yield output
-            if member.eof:
-                pending = member.unused_data + pending
-                if not pending:
-                    pending = read(READ_CHUNK)
-                    if not pending:
-                        return
-                if not pending.startswith(b"\x1f\x8b"):
-                    raise LayerCorrupt(f"layer {label} has bytes after its gzip stream:"
-                                       " the blob is corrupt; pull the image again")
-                member = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    except zlib.error as err:
-        raise LayerCorrupt(f"layer {label} is not valid gzip ({err}):"
-                           " the blob is corrupt; pull the image again") from None
-
-
-def _unzstd(read, label):
-    import zstandard  # only when installed: not a dependency
-
-    class _Reader:
-        def read(self, size=-1):
-            return read(READ_CHUNK if size < 0 else size)
-
-    try:
-        yield from zstandard.ZstdDecompressor().read_to_iter(
-            _Reader(), read_size=READ_CHUNK, write_size=OUTPUT_CHUNK, read_across_frames=True)
-    except zstandard.ZstdError as err:
-        raise LayerCorrupt(f"layer {label} is not valid zstd ({err}):"
-                           " the blob is corrupt; pull the image again") from None
-
 
 
 # --- driving the extractor: one tar entry at a time -------------------------------------------

@@ -238,11 +238,6 @@ def start(image: str, command: list[str] | None = None, *, name: str | None = No
                       runner_=runner_, named=name is not None)
 
 
-def run_spec(spec: ContainerSpec, **options) -> RunResult:
-    """Run a throwaway container from a ready spec and wait for it."""
-    return start_spec(spec, **options).wait()
-
-
 def start_spec(spec: ContainerSpec, *, stdin=None, stdout=None, stderr=None, explain=None,
                runner_: Runner | None = None, named: bool = True) -> "Execution":
     if named:

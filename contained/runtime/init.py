@@ -213,7 +213,7 @@ def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> 
     end SIGKILLs the command: a notebook's interrupt, or a kernel that died.
     """
     for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, lambda signum, frame: _signal(child.pid, signum))
+        signal.signal(sig, lambda signum, _frame: _signal(child.pid, signum))
     wakeup = _sigchld_wakeup() if caller is not None else None
     while True:
         try:

@@ -111,8 +111,3 @@ def _fuse_step(options: str, base: Path | None, target: Path, prefix: str) -> St
 
     return Step(f"{prefix}{shlex.join(command)}",
                 "overlayfs in user space (FUSE), for kernels that refuse it here", run)
-
-
-def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount an overlay now (used by notebook 03 and the tests)."""
-    mount_overlay_step(lowers, upper, work, target).run()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from contained import syscalls
 from contained.errors import ContainedError
+from contained.images import safepath
 from contained.images.oci import DEFAULT_PATH
 
 #: Docker's default capabilities (moby oci/caps/defaults.go), in moby's order. Everything else,
@@ -293,15 +294,12 @@ def _reopen_for_reading(handle: int, info: os.stat_result, root: Path, path: str
 
 
 def _open_in_root(root: Path, path: str, flags: int) -> int:
-    """open(2) of `path` with every symlink and ".." kept inside `root`; raises OSError."""
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        return syscalls.openat2(root_fd, path, flags, 0,
-                                syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(Path(root, path.lstrip("/")))) from None
-    finally:
-        os.close(root_fd)
+    """open(2) of `path` with every symlink and ".." kept inside `root`; raises OSError.
+
+    The one openat2 wrapper is safepath's, which falls back to its own walk where the kernel
+    (or a seccomp filter) has no openat2; a symlink loop there is an UnsafePath (one line).
+    """
+    return safepath.open_in_root(root, path, flags | os.O_CLOEXEC, 0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,7 +93,12 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
         raise BadOption(f"invalid --net {net!r}: use none, host or bridge")
     if publish and net != "bridge":
         raise BadOption("-p/--publish needs --net bridge")
+    if net == "bridge" and os.geteuid() != 0:
+        raise BadOption("--net bridge needs root (a bridge and veths on the host, NAT): use "
+                        "--net none, or ask for a root-capable machine")
     seccomp_profile = seccomp.from_security_options(security_opt)
+    if os.geteuid() != 0 and _asks_for_limits(memory, cpus, pids_limit):
+        cgroups.check_delegated()  # one line now, rather than a failed mkdir in the runner
     store = store or Store()
     resolved = store.image(image)
     config = resolved.config
@@ -136,6 +141,12 @@ def _cpus(value) -> float | None:
     if value is None or value == "":
         return None
     return cgroups.parse_cpus(str(value))
+
+
+def _asks_for_limits(memory, cpus, pids_limit) -> bool:
+    """Whether -m, --cpus or a --pids-limit other than -1 was given."""
+    given = [value for value in (memory, cpus, pids_limit) if value not in (None, "")]
+    return any(str(value) != str(UNLIMITED_PIDS) for value in given)
 
 
 #: ``--pids-limit -1``: no process limit (Docker's and podman's spelling)

@@ -2,6 +2,6 @@
 
 import sys
 
-from contained.workbook import main
+from contained.workbook.execute import main
 
 sys.exit(main())

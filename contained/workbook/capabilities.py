@@ -101,7 +101,7 @@ def report(status: str | None = None, highest: int | None = None) -> str:
 
 def table(status: str | None = None, highest: int | None = None):
     """Every capability with a yes/no for the effective and bounding sets."""
-    from contained.workbook import Table
+    from contained.workbook.tables import Table
 
     found = masks(status)
     highest = last_cap() if highest is None else highest

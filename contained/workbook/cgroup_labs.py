@@ -1,5 +1,13 @@
-"""Notebook 02's experiments beyond a hard limit: CPU weights when groups compete, and memory
-limits that slow a group down instead of killing it.
+"""Notebook 02's helpers: processes in a cgroup made by hand, and the experiments beyond a hard
+limit (CPU weights when groups compete, memory limits that slow a group down instead of killing).
+
+Used by notebook 02 (and 05's ``create_cgroup``), through the `contained.workbook` facade or as
+``cgroup_labs``. Making a group and putting a process in it, step by step::
+
+    mkdir /sys/fs/cgroup/lab02                       # create_cgroup prints each of its steps
+    echo 33554432 > /sys/fs/cgroup/lab02/memory.max  # v1: .../memory/lab02/memory.limit_in_bytes
+    sh -c 'echo $$ > /sys/fs/cgroup/lab02/cgroup.procs; exec CMD'   # start_in_cgroup
+    cat /sys/fs/cgroup/lab02/pids.events             # failed_forks: the "max" counter
 
 A hard limit (memory.max, cpu.max, pids.max) is a wall. The other knobs share or push back:
 
@@ -13,6 +21,7 @@ Like the rest of the workbook's helpers, everything runs as subprocesses (the ke
 notebook is threaded: it never forks Python children itself).
 """
 
+import shlex
 import subprocess
 import sys
 import time
@@ -23,6 +32,87 @@ from contained.runtime import cgroups
 #: cpu.weight's default (v2), and what v1's cpu.shares calls the same weight
 DEFAULT_WEIGHT, DEFAULT_SHARES = 100, 1024
 BUSY_LOOP = "/bin/busybox sh -c 'while :; do :; done'"
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes in a cgroup made by hand
+
+
+def cgroup_commands(name: str, limits) -> str:
+    """The shell commands that create cgroup `name` with `limits` on this machine (nothing
+    is touched: reading the plan needs no privileges)."""
+
+    _, steps = cgroups.Cgroup.plan(name, limits)
+    return "\n".join(step.shell for step in steps)
+
+
+def create_cgroup(name: str, limits):
+    """Create cgroup `name` with `limits`, printing each step as the shell command it equals.
+
+    Returns the `contained.runtime.cgroups.Cgroup`; call its ``remove()`` when done.
+    """
+
+    group, steps = cgroups.Cgroup.plan(name, limits)
+    try:
+        for step in steps:
+            print(f"$ {step.shell}")
+            step.run()
+    except BaseException:
+        group.remove()
+        raise
+    return group
+
+
+def failed_forks(group) -> int:
+    """How many times a fork in the group failed because of pids.max (pids.events "max")."""
+    for path in group.paths:
+        events = path / "pids.events"
+        if events.exists():
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+    return 0
+
+
+def start_in_cgroup(group, command: str) -> subprocess.Popen:
+    """Start `command` (bash) as a process that first joins `group` in every cgroup tree.
+
+    The shell writes its own pid into each ``cgroup.procs`` (what ``echo $$ > cgroup.procs``
+    does) and only then execs the command, so everything the command forks is inside too. If
+    joining fails, the command never runs.
+    """
+    join = " && ".join(f"echo $$ > {shlex.quote(str(p))}" for p in group.procs_files)
+    script = f"set -e; {join}; exec {command}"
+    return subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                            errors="replace")
+
+
+def sample_usage(group, seconds: float, interval: float = 0.1, until=None) -> list[tuple]:
+    """Read the group's usage every `interval` seconds: [(elapsed seconds, Usage), ...].
+
+    Stops after `seconds`, or earlier when ``until()`` returns true.
+    """
+    samples = []
+    start = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - start
+        samples.append((elapsed, group.usage()))
+        if elapsed >= seconds or (until is not None and until()):
+            return samples
+        time.sleep(interval)
+
+
+def mean_cpu(samples: list[tuple], skip: float = 0.5) -> float:
+    """Average CPUs used after the first `skip` seconds (start-up is noisy)."""
+    kept = [(t, u) for t, u in samples if t >= skip] or samples
+    (t0, u0), (t1, u1) = kept[0], kept[-1]
+    return (u1.cpu_seconds - u0.cpu_seconds) / (t1 - t0) if t1 > t0 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Beyond a hard limit: weights and soft limits
 
 
 def controller_dir(group, controller: str) -> Path:
@@ -48,12 +138,6 @@ def set_cpu_weight(group, weight: int) -> None:
         write(group, "cpu", "cpu.shares", str(weight * DEFAULT_SHARES // DEFAULT_WEIGHT))
 
 
-def _start(group, command: str) -> subprocess.Popen:
-    from contained import workbook
-
-    return workbook.start_in_cgroup(group, command)
-
-
 def contention(weights: tuple[int, int] = (100, 300), seconds: float = 3.0, cpu: int = 0,
                interval: float = 0.1) -> dict:
     """Two groups, A and B, with CPU weights `weights`, each running a busy loop pinned to the
@@ -66,7 +150,7 @@ def contention(weights: tuple[int, int] = (100, 300), seconds: float = 3.0, cpu:
             set_cpu_weight(group, weight)
         for group in groups:
             print(f"$ taskset -c {cpu} {BUSY_LOOP}    # in {group.name}")
-            processes.append(_start(group, f"taskset -c {cpu} {BUSY_LOOP}"))
+            processes.append(start_in_cgroup(group, f"taskset -c {cpu} {BUSY_LOOP}"))
         samples: tuple[list, list] = ([], [])
         start = time.monotonic()
         while (elapsed := time.monotonic() - start) < seconds:
@@ -80,10 +164,8 @@ def contention(weights: tuple[int, int] = (100, 300), seconds: float = 3.0, cpu:
 
 def share_of_b(result: dict, skip: float = 0.5) -> float:
     """B's part of the CPU time both groups used after the first `skip` seconds."""
-    from contained import workbook
-
-    used_a = workbook.mean_cpu(result["a"], skip)
-    used_b = workbook.mean_cpu(result["b"], skip)
+    used_a = mean_cpu(result["a"], skip)
+    used_b = mean_cpu(result["b"], skip)
     return used_b / (used_a + used_b) if used_a + used_b else 0.0
 
 
@@ -107,7 +189,7 @@ def soft_memory_limit(limit: str = "16M", allocate_mb: int = 48, timeout: float 
                    f"chunks = [b'x' * (1 << 20) for _ in range({allocate_mb})]; "
                    f"print(f'got {allocate_mb} MB in {{time.monotonic() - start:.2f}} s')\"")
         started = time.monotonic()
-        process = _start(group, program)
+        process = start_in_cgroup(group, program)
         try:
             output, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

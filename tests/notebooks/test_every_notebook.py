@@ -1,4 +1,4 @@
-"""The workbook, executed end to end with nbclient (contained/workbook/__init__.py's execute_all).
+"""The workbook, executed end to end with nbclient (contained/workbook/execute.py's execute_all).
 
 As root: every notebook runs top to bottom, and the outputs that matter are checked (the
 hostname inside differs from the host's, `uname -r` matches it, the OOM kill is reported, copy-up

@@ -38,6 +38,11 @@ Where each part lives: `host` finds the trees and names the parent, `limits` par
 limits and holds readings, `v2` and `v1` are the two versions behind one interface (`V2Tree`,
 `V1Tree`), `group` is a container's `Cgroup` and `gc`, `files` reads and writes control files.
 Device rules (v1's devices controller, and what stands for them on v2) are explained in `v1`.
+
+Rootless, a container gets a group only where root delegated one to its user (`contained
+classroom delegate USER`, as systemd's ``Delegate=yes``): ``contained-user-UID`` in every tree,
+with ``server`` (the student's own processes) and ``containers`` (theirs to write, its limits
+the student's budget); the home's parent is then ``contained-user-UID/containers/contained-TAG``.
 """
 
 from contained.runtime.cgroups.files import CgroupError, CgroupInUse, ControllerMissing
@@ -45,12 +50,20 @@ from contained.runtime.cgroups.group import KILL_TIMEOUT, Cgroup, gc
 from contained.runtime.cgroups.host import (
     CONTROLLERS,
     DEFAULT_PARENT,
+    DELEGATED_CONTAINERS,
+    DELEGATED_SERVER,
     PARENT_ENV,
     V1_CONTROLLERS,
     BadCgroupName,
     CgroupHost,
+    NotDelegated,
     can_limit,
+    check_delegated,
+    delegated_name,
+    delegated_roots,
+    delegation_problem,
     detect,
+    host_euid,
     parent_is_shared,
     parent_name,
     parent_paths,
@@ -79,4 +92,7 @@ __all__ = [
     "CgroupHost", "CgroupInUse", "ControllerMissing", "Limits", "Usage", "can_limit",
     "cpu_rates", "detect", "gc", "parent_is_shared", "parent_name", "parent_paths",
     "parse_cpus", "parse_memory", "parse_pids",
+    # groups root delegates to a user (`contained classroom delegate`)
+    "DELEGATED_CONTAINERS", "DELEGATED_SERVER", "NotDelegated", "check_delegated",
+    "delegated_name", "delegated_roots", "delegation_problem", "host_euid",
 ]

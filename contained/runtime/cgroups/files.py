@@ -38,7 +38,7 @@ class CgroupInUse(CgroupError):
 def hint(error: OSError) -> str:
     """What to do about a failed cgroup file operation, from its errno."""
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "run as root or enable cgroup delegation"
+        return "run as root, or have root delegate a cgroup to you (`contained classroom delegate`)"
     if error.errno == errno.ENOENT:
         return "the controller is not enabled for this group; see `contained doctor`"
     if error.errno == errno.EBUSY:

@@ -21,6 +21,7 @@ from contained.runtime.cgroups.host import (
     CgroupHost,
     check_name,
     detect,
+    host_euid,
     is_group_name,
     parent_name,
     parent_paths,
@@ -245,10 +246,10 @@ class Cgroup:
 
     def remove(self) -> None:
         """Kill whatever is left in the group, then remove its directories. Idempotent."""
-        if any(path.is_dir() for path in self.paths):
-            self.kill()
-        for path in self.paths:
-            files.rmdir(path)
+        if not any(path.is_dir() for path in self.paths):
+            return  # removed already
+        for step in self.remove_steps():
+            step.run()
 
     def remove_steps(self) -> list[Step]:
         """The steps of remove(): stop what is left, then rmdir each directory."""
@@ -261,7 +262,7 @@ class Cgroup:
 
 def _layout(name: str, host: CgroupHost) -> dict[str, Path]:
     """The directories a new group gets: what its limits, measures and stopping need."""
-    parent = parent_name()
+    parent = parent_name(host)
     dirs: dict[str, Path] = {}
     if host.unified is not None:
         # even with no controllers, a v2 group lists every process and kills them all at once
@@ -274,14 +275,15 @@ def _layout(name: str, host: CgroupHost) -> dict[str, Path]:
     v2_stops = "v2" in dirs and (host.can_kill or host.can_freeze)
     if not v2_stops and "freezer" in host.v1_mounts:
         dirs["freezer"] = host.v1_mounts["freezer"] / parent / name
-    if "devices" in host.v1_mounts:
+    if "devices" in host.v1_mounts and host_euid() == 0:
+        # rootless, its rules would need CAP_SYS_ADMIN: nodev mounts stand in (see `v1`)
         dirs["devices"] = host.v1_mounts["devices"] / parent / name
     return dirs
 
 
 def _every_dir(name: str, host: CgroupHost) -> dict[str, Path]:
     """Every directory a group of this name may have, whatever layout made it."""
-    parent = parent_name()
+    parent = parent_name(host)
     dirs = {"v2": host.unified / parent / name} if host.unified is not None else {}
     for controller in V1_CONTROLLERS:
         if controller in host.v1_mounts:

@@ -126,12 +126,15 @@ def _problems(host: CgroupHost) -> list[str]:
                 f"nor mounted as a v1 tree, so --{'cpus' if name == 'cpu' else name} limits "
                 f"will not work; check the kernel's boot options (cgroup_enable={name})"
             )
-    for root in roots(host):
-        if not os.access(root, os.W_OK):
-            problems.append(
-                f"cannot create groups in {root}: not writable; run as root or enable "
-                "cgroup delegation"
-            )
+    if host_euid() != 0:
+        problem = delegation_problem(host)  # rootless: only a delegated group will do
+        if problem is not None:
+            problems.append(problem)
+    else:
+        for root in roots(host):
+            if not os.access(root, os.W_OK):
+                problems.append(f"cannot create groups in {root}: not writable (read-only "
+                                "mount?); see `mount | grep cgroup`")
     if (
         host.where("memory") == "v1"
         and _has_swap()
@@ -168,11 +171,16 @@ def roots(host: CgroupHost) -> list[Path]:
 # --- the parent every group lives under ------------------------------------------------------
 
 
-def parent_name() -> str:
+def parent_name(host: CgroupHost | None = None) -> str:
     """The directory every container's group lives under: $CONTAINED_CGROUP_PARENT, or
-    contained-TAG for this home (see `contained.runtime.cgroups`)."""
+    contained-TAG for this home (see `contained.runtime.cgroups`). Rootless, where root
+    delegated a group to this user (`contained classroom delegate`), that name is nested in it:
+    ``contained-user-UID/containers/contained-TAG``."""
     parent = os.environ.get(PARENT_ENV) or f"{DEFAULT_PARENT}-{home.home_tag()}"
     check_name(parent, "cgroup parent")
+    uid = host_euid()
+    if uid != 0 and _delegated_dirs(host or detect(), uid):
+        return f"{delegated_name(uid)}/{DELEGATED_CONTAINERS}/{parent}"
     return parent
 
 
@@ -184,21 +192,122 @@ def parent_is_shared() -> bool:
 def parent_paths(host: CgroupHost | None = None) -> list[Path]:
     """The parent directory in every tree (they may not exist)."""
     host = host or detect()
-    parent = parent_name()
+    parent = parent_name(host)
     return [root / parent for root in roots(host)]
 
 
 def can_limit(controller: str, host: CgroupHost | None = None) -> bool:
     """Whether this process can make a group that limits `controller`: the host has it, and
     its tree's parent (the tree's root while there is no parent yet) is writable — always for
-    root, for anyone else only where the tree was delegated to them."""
+    root, for anyone else only where root delegated a group to them (`delegation_problem`)."""
     host = host or detect()
     where = host.where(controller)
     if where is None:
         return False
+    if host_euid() != 0:
+        return delegation_problem(host) is None
     root = host.unified if where == "v2" else host.v1_mounts[controller]
-    parent = root / parent_name()
+    parent = root / parent_name(host)
     return os.access(parent if parent.exists() else root, os.W_OK)
+
+
+# --- groups root delegated to a user (`contained classroom delegate`) -------------------------
+
+#: root makes contained-user-UID in every tree a rootless container uses; in it, SERVER holds
+#: the student's own processes (their Jupyter server), CONTAINERS their containers' groups
+DELEGATED_PREFIX = "contained-user-"
+DELEGATED_CONTAINERS = "containers"
+DELEGATED_SERVER = "server"
+
+
+class NotDelegated(ContainedError):
+    """Rootless limits were asked for, and root delegated no cgroup to this user."""
+
+
+def delegated_name(uid: int) -> str:
+    """The group root delegates to user `uid`, in every tree: contained-user-UID."""
+    return f"{DELEGATED_PREFIX}{uid}"
+
+
+def delegated_roots(host: CgroupHost) -> list[Path]:
+    """The trees a rootless container's group has a directory in: the v2 tree and the v1 trees
+    of its controllers (never devices: its rules need CAP_SYS_ADMIN, and a rootless container
+    relies on nodev mounts instead)."""
+    found = [host.unified] if host.unified is not None else []
+    wanted = list(CONTROLLERS) + ([] if host.unified is not None else ["cpuacct", "freezer"])
+    for controller in wanted:
+        mount = host.v1_mounts.get(controller)
+        if mount is not None and host.where(controller) != "v2" and mount not in found:
+            found.append(mount)
+    return found
+
+
+def _delegated_dirs(host: CgroupHost, uid: int) -> list[Path]:
+    """contained-user-UID/containers in every tree, if root made them all; else []."""
+    dirs = [root / delegated_name(uid) / DELEGATED_CONTAINERS for root in delegated_roots(host)]
+    return dirs if dirs and all(path.is_dir() for path in dirs) else []
+
+
+def delegation_problem(host: CgroupHost | None = None) -> str | None:
+    """Why this (rootless) process cannot limit its containers, in one sentence; None if it can:
+    its delegated groups exist and are its own, and, on cgroup v2, it runs inside them (moving
+    PID 1 between two groups needs write access to their common ancestor)."""
+    host = host or detect()
+    uid = host_euid()
+    user = _user_name(uid)
+    dirs = _delegated_dirs(host, uid)
+    if not dirs or not all(os.access(path, os.W_OK) for path in dirs):
+        return (f"limits (-m, --cpus, --pids-limit) without root need a cgroup delegated to "
+                f"you: ask your teacher to run `sudo contained classroom delegate {user}`, "
+                "or run as root")
+    if host.unified is not None:
+        own = _own_v2_group()
+        top = "/" + delegated_name(uid)
+        if own is None or not (own == top or own.startswith(top + "/")):
+            return (f"your cgroup is delegated but this process is not inside it ({own}): ask "
+                    f"your teacher to run `sudo contained classroom delegate {user} --move "
+                    f"{os.getpid()}` (JupyterHub's contained spawner does it for every server)")
+    return None
+
+
+def check_delegated(host: CgroupHost | None = None) -> None:
+    """Refuse rootless limits, in one line, where no cgroup was delegated (`delegation_problem`)."""
+    problem = delegation_problem(host)
+    if problem is not None:
+        raise NotDelegated(problem)
+
+
+def host_euid() -> int:
+    """This process's effective uid on the host, also inside a user namespace (where it is 0)."""
+    euid = os.geteuid()
+    try:
+        lines = Path("/proc/self/uid_map").read_text().splitlines()
+    except OSError:
+        return euid
+    for line in lines:
+        inside, outside, count = (int(number) for number in line.split())
+        if inside <= euid < inside + count:
+            return outside + euid - inside
+    return euid
+
+
+def _own_v2_group() -> str | None:
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def is_group_name(name: str) -> bool:
