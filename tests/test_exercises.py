@@ -480,6 +480,8 @@ def test_whiteout_made_by_a_rootless_overlay():
         owner = (lab / "upper" / "notes.txt").stat().st_uid
         assert owner == (65534 if as_user else os.getuid())
     finally:
+        # the overlay leaves work/work mode 000: a normal user must open it up to remove it
+        subprocess.run(["chmod", "-R", "u+rwX", str(base)], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
