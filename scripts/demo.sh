@@ -61,7 +61,7 @@ show "$contained" run -m 16M busybox sh -c 'x=$(head -c 67108864 /dev/zero | tr 
 heading "9. what it does, as shell commands (the tutorial's steps, completed)"
 show "$contained" run --dry-run busybox true
 
-heading "10. the workbook, executed offline: notebooks 00-08 into $out/workbook"
+heading "10. the workbook, executed offline: notebooks 00-09 into $out/workbook"
 rm -rf "$out/workbook"
 show .venv/bin/python -m contained.workbook "$out/workbook" notebooks/0[0-7]-*.ipynb
 # 08 builds a bridge with NAT rules: here it runs in a network namespace of its own, so the
@@ -73,6 +73,7 @@ show unshare --net --mount --propagation private -- sh -c \
      exec .venv/bin/python -m contained.workbook "$1" notebooks/08-networking.ipynb' \
     sh "$out/workbook"
 [ "$made_run_netns" = no ] || rmdir /run/netns 2>/dev/null || true
+show .venv/bin/python -m contained.workbook "$out/workbook" notebooks/09-*.ipynb
 
 heading "11. nothing left behind: what a crash could leave, and the empty cgroup parent"
 show "$contained" gc
