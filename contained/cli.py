@@ -233,35 +233,13 @@ def run_run(args) -> int:
         if args.rm:
             raise ContainedError("-d and --rm together would remove the container at once; "
                                  "use one of them")
-        print(run_detached(args.image, command, name=args.name, explain=explain,
-                           runner_=runner, **spec_options).id)
+        print(container.run_detached(args.image, command, name=args.name, explain=explain,
+                                     runner_=runner, **spec_options).id)
         return 0
     return _attached(args, lambda stdin, stdout, stderr: container.start(
         args.image, command, name=args.name, remove=args.rm or None, explain=explain,
         runner_=runner, stdin=stdin, stdout=stdout, stderr=stderr, **_terminal(args),
         **spec_options))
-
-
-def run_detached(image: str, command: list[str] | None, *, name: str | None, explain=None,
-                 runner_=None, **spec_options):
-    """``run -d``: create a kept container and start `command` in it with nothing attached
-    (/dev/null in, the container's log out); return the container at once."""
-    from contained.runtime import container
-
-    created = container.create(image, command, name=name, explain=explain, runner_=runner_,
-                               **spec_options)
-    if command:
-        exec_detached(created.name, command, runner_=runner_)
-    return created
-
-
-def exec_detached(name: str, command: list[str], **exec_options) -> None:
-    """``exec -d``: start `command` with /dev/null in and the container's log out."""
-    from contained.runtime import container
-
-    with open(Path(container.get(name).spec.directory) / "log", "ab") as log:
-        container.start_exec(name, command, stdin=_null(), stdout=log, stderr=log,
-                             detach=True, **exec_options).wait_started()
 
 
 def _terminal(args) -> dict:
@@ -279,12 +257,6 @@ def _attached(args, start) -> int:
     if result.message:
         print(f"contained: {result.message}", file=sys.stderr)
     return result.status
-
-
-def _null():
-    import os
-
-    return os.open(os.devnull, os.O_RDWR)
 
 
 def add_exec(commands) -> None:
@@ -305,7 +277,7 @@ def run_exec(args) -> int:
     exec_options = {**options.process_options(args),
                     "explain": sys.stderr if args.explain else None}
     if args.detach:
-        exec_detached(args.container, args.command, **exec_options)
+        container.exec_detached(args.container, args.command, **exec_options)
         return 0
     return _attached(args, lambda stdin, stdout, stderr: container.start_exec(
         args.container, args.command, stdin=stdin, stdout=stdout, stderr=stderr,

@@ -45,11 +45,6 @@ UPWARD_IMPORTS = {
     ("contained.runtime.steps", "network"),
     ("contained.runtime.runner", "network"),
     ("contained.runtime.container", "network"),
-    # `%%container -d` and `%container exec -d` reuse the CLI's detached run and exec
-    # (cli.run_detached, cli.exec_detached): to move below the notebook side.
-    ("contained.jupyter.magics", "cli"),
-    # The workbook escapes file names from layers with the CLI's `printable`: to move down.
-    ("contained.workbook.tables", "cli"),
 }
 
 #: What the network package may use from the runtime: the `Step` every step is made of.

@@ -284,18 +284,16 @@ class ContainerMagics(Magics):
     def detach(self, args, command: list[str], existing) -> None:
         """-d: the cell runs in the background of a kept container (created if need be), its
         output in the container's log (`contained logs NAME`), as `contained run -d` does."""
-        from contained import cli
-
         if args.rm:
             raise failure("-d and --rm together would remove the container at once; use one")
         if existing is not None:
-            cli.exec_detached(existing.name, command, **options.process_options(args))
+            container.exec_detached(existing.name, command, **options.process_options(args))
             print(existing.id)
             return
-        print(cli.run_detached(args.image, command, name=args.name,
-                               explain=sys.stderr if args.explain else None,
-                               **options.process_options(args),
-                               **options.creation_options(args)).id)
+        print(container.run_detached(args.image, command, name=args.name,
+                                     explain=sys.stderr if args.explain else None,
+                                     **options.process_options(args),
+                                     **options.creation_options(args)).id)
 
     def dry_run(self, args, command: list[str], existing) -> None:
         if existing is not None:
@@ -389,9 +387,7 @@ class ContainerMagics(Magics):
         if args.tty:
             print(NO_TERMINAL, file=sys.stderr)
         if args.detach:
-            from contained import cli
-
-            cli.exec_detached(args.name, args.cmd, **options.process_options(args))
+            container.exec_detached(args.name, args.cmd, **options.process_options(args))
             return
 
         def start(stdin, stdout, stderr, explain):

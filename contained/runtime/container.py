@@ -294,6 +294,25 @@ def _null_stdio() -> tuple[int, int, int]:
 _NULL_FD: int | None = None
 
 
+def run_detached(image: str, command: list[str] | None, *, name: str | None, explain=None,
+                 runner_: Runner | None = None, **spec_options) -> Container:
+    """``run -d``: create a kept container and start `command` in it with nothing attached
+    (/dev/null in, the container's log out); return the container at once."""
+    created = create(image, command, name=name, explain=explain, runner_=runner_,
+                     **spec_options)
+    if command:
+        exec_detached(created.name, command, runner_=runner_)
+    return created
+
+
+def exec_detached(name: str, command: list[str], **exec_options) -> None:
+    """``exec -d``: start `command` with /dev/null in and the container's log out; return
+    once it runs."""
+    with open(Path(get(name).spec.directory) / "log", "ab") as log:
+        start_exec(name, command, stdin=_null_stdio()[0], stdout=log, stderr=log,
+                   detach=True, **exec_options).wait_started()
+
+
 def exec_(name: str, command: list[str], **options) -> RunResult:
     """Run a command inside a running named container and wait for it (``docker exec``)."""
     return start_exec(name, command, **options).wait()

@@ -36,7 +36,7 @@ class Table:
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
     def __str__(self) -> str:
-        from contained.cli import printable  # a file name from a layer may hold escapes
+        from contained.views import printable  # a file name from a layer may hold escapes
 
         table = [self.headers] + [[printable(str(c)) for c in row] for row in self.rows]
         widths = [max(len(row[i]) for row in table) for i in range(len(self.headers))]
