@@ -548,3 +548,29 @@ def test_dry_run_of_a_bridged_container_shows_the_network_steps(busybox_home):
     assert text.index("unshare --pid") < text.index("type veth") < text.index("pivot_root")
     assert "dport 8080 dnat to" in text
     assert not (busybox_home / "network" / "contained0.json").exists()  # nothing leased
+
+
+def test_gc_removes_layer_directories_only_when_no_image_and_no_container_uses_them(
+        busybox_home, runner_process):
+    """`rmi` keeps unpacked layers (a container may run on them); `gc` removes those no image
+    and no recorded container uses, as the store's docstring promises."""
+    from contained.images.store import Store
+
+    store = Store(busybox_home)
+    orphan = store.layer_cache / "sha256" / ("e" * 64)
+    orphan.mkdir(parents=True)
+    (orphan / "f").write_text("x")
+    kept = container.create("busybox", name="layers-kept", runner_=runner_process)
+    try:
+        in_use = [Path(p) for p in kept.spec.lowers]
+        store.remove("busybox")  # the running container's layers are now no image's
+        container.gc()
+        assert not orphan.exists()
+        assert all(path.is_dir() for path in in_use)
+    finally:
+        container.remove("layers-kept", force=True)
+        from contained.images import busybox as host_busybox
+
+        host_busybox.import_busybox(store)  # the module's other tests use it
+    container.gc()
+    assert all(path.is_dir() for path in in_use)  # the image is back: its layers are used

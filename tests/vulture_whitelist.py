@@ -67,4 +67,3 @@ registry.seed_main
 # notebooks). Kept, not deleted, because tests assert on them; the lead decides (see the report).
 container.exec_  # docker exec as a function: start_exec(...).wait(), the twin of run()
 namespaces.namespaces_of  # a process's namespaces by kind, for comparing host and container
-store.Store.unused_layer_dirs  # documented as what `contained gc` removes; gc does not call it

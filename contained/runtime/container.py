@@ -26,6 +26,7 @@ from pathlib import Path
 from contained import filelock, home, network, procfs
 from contained.errors import ContainedError, ContainerNotRunning
 from contained.images import unpack
+from contained.images.store import Store
 from contained.runtime import cgroups, client, init, process, server, state, steps, wire
 from contained.runtime.client import Execution, Request, Runner, RunResult
 from contained.runtime.spec import ContainerSpec
@@ -478,4 +479,23 @@ def gc() -> list[str]:
             keep, ours=None if ours is None else ours.__contains__)]
         if network.lease_files():
             removed += [f"network {name}" for name in network.gc({c.name for c in running})]
+        removed += _collect_layers(listed)
+    return removed
+
+
+def _collect_layers(listed: list[Container]) -> list[str]:
+    """Unpacked layers no image uses (`rmi` keeps them) and no recorded container stands on."""
+    store = Store(home.home_path())
+    if not store.layer_cache.is_dir():
+        return []
+    in_use = {lower for container in listed for lower in container.spec.lowers}
+    try:
+        unused = store.unused_layer_dirs()
+    except ContainedError:
+        return []  # an unreadable index: `contained images` says what is wrong; keep all
+    removed = []
+    for path in unused:
+        if str(path) not in in_use:
+            unpack.remove_tree(path)
+            removed.append(f"layer {path.parent.name}:{path.name[:12]}")
     return removed
