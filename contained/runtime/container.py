@@ -485,17 +485,11 @@ def gc() -> list[str]:
 
 def _collect_layers(listed: list[Container]) -> list[str]:
     """Unpacked layers no image uses (`rmi` keeps them) and no recorded container stands on."""
-    store = Store(home.home_path())
-    if not store.layer_cache.is_dir():
-        return []
-    in_use = {lower for container in listed for lower in container.spec.lowers}
+    store, in_use = Store(home.home_path()), {p for c in listed for p in c.spec.lowers}
     try:
-        unused = store.unused_layer_dirs()
+        unused = store.unused_layer_dirs() if store.layer_cache.is_dir() else []
     except ContainedError:
         return []  # an unreadable index: `contained images` says what is wrong; keep all
-    removed = []
-    for path in unused:
-        if str(path) not in in_use:
-            unpack.remove_tree(path)
-            removed.append(f"layer {path.parent.name}:{path.name[:12]}")
-    return removed
+    for path in (path for path in unused if str(path) not in in_use):
+        unpack.remove_tree(path)
+    return [f"layer {p.parent.name}:{p.name[:12]}" for p in unused if str(p) not in in_use]
