@@ -11,7 +11,7 @@ reported. A name belongs here only with the reason nothing in contained/ calls i
 import contained
 from contained import views
 from contained.classroom import jupyterhub
-from contained.images import build, registry, store, unpack
+from contained.images import build, registry, unpack
 from contained.jupyter import failures, magics, widgets
 from contained.runtime import container, namespaces, steps
 from contained.workbook import exercises, lab, tables
