@@ -57,6 +57,21 @@ def user_namespaces_allowed() -> bool:
                           capture_output=True).returncode == 0
 
 
+def run_as_nobody(home: Path, scenario: str):
+    """Run `scenario` (Python) as nobody with contained on PYTHONPATH; its last line, as JSON."""
+    if not user_namespaces_allowed():
+        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
+    site_packages = site.getsitepackages()[0] if sys.prefix != sys.base_prefix else ""
+    env = {"HOME": str(home), "CONTAINED_HOME": str(home / "contained"),
+           "PYTHONPATH": f"{ROOT}:{site_packages}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
+         *[f"{k}={v}" for k, v in env.items()], str(SYSTEM_PYTHON), "-c", scenario],
+        capture_output=True, text=True, timeout=120, cwd=home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 @pytest.fixture
 def nobody_home():
     """A home for nobody (pytest's tmp_path is under a root-only directory)."""
@@ -70,18 +85,7 @@ def nobody_home():
 @pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3 (the venv's "
                     "interpreter may live where nobody cannot read it)")
 def test_nobody_runs_throwaway_and_named_containers(nobody_home):
-    if not user_namespaces_allowed():
-        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
-    home = nobody_home
-    site_packages = site.getsitepackages()[0] if sys.prefix != sys.base_prefix else ""
-    env = {"HOME": str(home), "CONTAINED_HOME": str(home / "contained"),
-           "PYTHONPATH": f"{ROOT}:{site_packages}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    done = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
-         *[f"{k}={v}" for k, v in env.items()], str(SYSTEM_PYTHON), "-c", SCENARIO],
-        capture_output=True, text=True, timeout=120, cwd=home)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.splitlines()[-1])
+    out = run_as_nobody(nobody_home, SCENARIO)
     status, text = out["run"]
     assert status == 0
     uid, hostname, caps, written = text.split("\n")[:4]
@@ -125,18 +129,7 @@ print(json.dumps(out))
 def test_a_failed_rootless_cell_leaves_the_next_ones_working(nobody_home):
     """Issue 16: a rootless spare decided "rootless" after entering its user namespace (where
     it is uid 0), so every spare failed, and the cell after a failing one found a broken one."""
-    if not user_namespaces_allowed():
-        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
-    home = nobody_home
-    site_packages = site.getsitepackages()[0] if sys.prefix != sys.base_prefix else ""
-    env = {"HOME": str(home), "CONTAINED_HOME": str(home / "contained"),
-           "PYTHONPATH": f"{ROOT}:{site_packages}", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    done = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env", "-i",
-         *[f"{k}={v}" for k, v in env.items()], str(SYSTEM_PYTHON), "-c", SPARES_SCENARIO],
-        capture_output=True, text=True, timeout=120, cwd=home)
-    assert done.returncode == 0, done.stderr[-2000:]
-    plain, limited, *after = json.loads(done.stdout.splitlines()[-1])
+    plain, limited, *after = run_as_nobody(nobody_home, SPARES_SCENARIO)
     assert plain == [0, "ok\n"]
     assert limited[0] == "error" and "cgroup" in limited[1].lower()
     assert after == [[0, "ok\n"], [0, "ok\n"]]
