@@ -6,13 +6,14 @@ What a user at a shell waits for: interpreter start, imports, argument parsing, 
 CLI forks the request's worker in-process: no second interpreter), exit. Contenders take
 turns, round after round, each after an idle pause; medians. For reference, in the same run:
 the bare interpreter (`python -I -c pass`, the floor of any Python CLI), `contained --help`
-(imports only), and `podman run --rm` where podman is installed (flags from
+(imports only), `contained ps`, and `podman run --rm` where podman is installed (flags from
 ../shared/NOTES.md; `scripts/setup.sh --bench` installs it). The issue's target: contained
 ≤ 0.5× podman. Import time by module: `python -X importtime -m contained --help`.
 Figures on a shared 2-core machine are noisy: read the ratios.
 """
 
 import argparse
+import compileall
 import os
 import shutil
 import subprocess
@@ -47,6 +48,11 @@ def main() -> int:
     parent = f"contained-bench-cli-{os.getpid()}"
     env = dict(os.environ, CONTAINED_HOME=str(scratch / "home"), CONTAINED_CGROUP_PARENT=parent)
     os.environ.update(env)
+    # Byte-compiled up front, both trees alike: with PYTHONDONTWRITEBYTECODE set (or a fresh
+    # copy), a tree nobody compiled pays its compilation on every run.
+    trees = [Path(__file__).resolve().parent.parent, *filter(None, [args.baseline])]
+    for tree in trees:
+        compileall.compile_dir(tree / "contained", quiet=1)
     podman = None
     try:
         import_busybox(Store(scratch / "home"))
@@ -57,6 +63,7 @@ def main() -> int:
         contenders = {
             "python -I -c pass": run([sys.executable, "-I", "-c", "pass"]),
             "contained --help": run([*CONTAINED, "--help"]),
+            "contained ps": run([*CONTAINED, "ps"]),
             "contained run --rm busybox /bin/true": run(
                 [*CONTAINED, "run", "--rm", "busybox", "/bin/true"]),
         }
@@ -65,6 +72,7 @@ def main() -> int:
                         " from contained.cli import main; sys.exit(main())",
                         str(args.baseline.resolve())]
             contenders["baseline: contained --help"] = run([*baseline, "--help"])
+            contenders["baseline: contained ps"] = run([*baseline, "ps"])
             contenders["baseline: contained run --rm busybox /bin/true"] = run(
                 [*baseline, "run", "--rm", "busybox", "/bin/true"])
         if Podman.installed():
@@ -81,9 +89,9 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     print(f"whole process, median of {args.runs} interleaved runs, {args.pause:g} ms idle before"
           " each")
-    print(f"{'what':<40}{'ms':>8}")
+    print(f"{'what':<50}{'ms':>8}")
     for what, ms in medians.items():
-        print(f"{what:<40}{ms:>8.1f}")
+        print(f"{what:<50}{ms:>8.1f}")
     ours = medians["contained run --rm busybox /bin/true"]
     theirs = medians.get("podman run --rm busybox /bin/true")
     if theirs:

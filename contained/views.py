@@ -91,9 +91,9 @@ def shorten(text: str, width: int) -> str:
 def listed_containers(all_: bool = False) -> list:
     """The containers `ps` lists: running ones (all with `all_`), never a throwaway whose
     command has ended and whose runner is tearing it down (it is gone in a moment)."""
-    from contained.runtime import container
+    from contained.runtime import listing  # state only, not the runtime: ~30 ms a `ps`
 
-    return [item for item in container.containers()
+    return [item for item in listing.containers()
             if not _being_torn_down(item) and (all_ or item.running)]
 
 
@@ -107,8 +107,6 @@ def _being_torn_down(item) -> bool:
 
 
 def ps_table(all_: bool = False, no_trunc: bool = False, size: bool = False) -> Table:
-    from contained.runtime import container
-
     header = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES") \
         + (("SIZE",) if size else ())
     rows = []
@@ -118,8 +116,14 @@ def ps_table(all_: bool = False, no_trunc: bool = False, size: bool = False) -> 
                      command if no_trunc else shorten(command, COMMAND_WIDTH),
                      ago(time.time() - item.created), "Up" if item.running else "Exited",
                      item.name)
-                    + ((human_size(container.writable_size(item)),) if size else ()))
+                    + ((human_size(_writable_size(item)),) if size else ()))
     return Table(header, rows)
+
+
+def _writable_size(item) -> int:
+    from contained.runtime import container
+
+    return container.writable_size(item)
 
 
 def ago(seconds: float) -> str:

@@ -46,6 +46,7 @@ APT_PACKAGES=(
     fuse-overlayfs uidmap crun hyperfine debootstrap
     libseccomp2 gcc libc6-dev  # seccomp filters; the static helpers tests build (gcc -static)
     chromium chromium-driver  # tests/browser drives JupyterLab in it (no browser downloads here)
+    podman runc  # tests/test_build.py: an image built here runs under a second, real runtime
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

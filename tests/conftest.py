@@ -190,3 +190,17 @@ def runner_process(busybox_home):
     helper = Runner()
     yield helper
     helper.close()
+
+
+def remove_cgroup_tree(parent: str) -> None:
+    """rmdir a foreign tool's (emptied) cgroup parent, deepest first, in every mounted tree:
+    podman makes its groups in every v1 controller (blkio, cpuset...), not only contained's."""
+    from pathlib import Path
+
+    root = Path("/sys/fs/cgroup")
+    for tree in [root, *(t for t in root.iterdir() if t.is_dir() and not t.is_symlink())]:
+        top = tree / parent
+        if top.is_dir():
+            for path in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
+                path.rmdir()
+            top.rmdir()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, remove_cgroup_tree
 
 from contained.build import builder as containerbuild
 from contained.build import commit
@@ -111,7 +111,7 @@ def test_a_rebuild_reuses_every_layer_and_a_changed_copy_source_rebuilds_from_th
     logs = []
     first = build(context, "cached:1", logs)
     again = build(context, "cached:1", logs)
-    assert again.layers == first.layers  # the config differs only in its `created` times
+    assert again.layers == first.layers
     assert logs[1].count("using cache") == 3 and "--> layer" not in logs[1]
     (context / "app.txt").write_text("v2\n")
     changed = build(context, "cached:2", logs)
@@ -120,6 +120,49 @@ def test_a_rebuild_reuses_every_layer_and_a_changed_copy_source_rebuilds_from_th
     assert run_output("cached:2", ["cat", "/copy"]) == (0, "v2\n")
     no_cache = build(context, "cached:3", logs, no_cache=True)
     assert "using cache" not in logs[3] and no_cache.layers[0] == first.layers[0]
+
+
+def test_a_fully_cached_rebuild_without_source_date_epoch_gives_the_same_image_digest(
+        busybox_home, tmp_path):
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo one > /one\n"
+                            "ENV GREETING=hi\nCOPY f /f\nCMD [\"cat\", \"/f\"]\n", {"f": "x\n"})
+    first = build(context, "same:1")
+    time.sleep(1.1)  # a second later: "now" in the config's `created` times has moved
+    again = build(context, "same:2")
+    assert again.digest == first.digest and again.config_digest == first.config_digest
+    changed = build(context, "same:3", no_cache=True)
+    assert changed.digest != first.digest
+
+
+def test_gc_drops_build_cache_entries_whose_layers_an_rmi_removed(busybox_home, tmp_path):
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo gone > /gone\n")
+    image = build(context, "collected:1")
+    layer = image.layers[-1][0].digest
+    cache = busybox_home / "build-cache"
+
+    def entries_naming_the_layer():
+        return [p for p in cache.glob("*.json") if layer in p.read_text()]
+
+    assert len(entries_naming_the_layer()) == 2  # the RUN step's and the image's
+    kept = {p for p in cache.glob("*.json")} - set(entries_naming_the_layer())
+    Store(busybox_home).remove("collected:1")
+    removed = container.gc()
+    assert entries_naming_the_layer() == []
+    assert sum(name.startswith("build-cache ") for name in removed) == 2
+    assert {p for p in kept if p.exists()} == kept  # entries of images still stored stay
+    logs = []
+    build(context, "collected:2", logs)
+    assert "using cache" not in logs[0] and "--> layer" in logs[0]
+
+
+def test_workdir_for_a_non_root_user_is_made_by_root_before_the_user_applies(
+        busybox_home, tmp_path):
+    logs = []
+    build(write_context(tmp_path / "ctx", "FROM busybox\nUSER 1000:1000\nWORKDIR /srv/app\n"
+                        "RUN pwd && id -u\n"), "workdir:1", logs)
+    assert "/srv/app\n1000\n" in logs[0]
+    status, output = run_output("workdir:1", ["stat", "-c", "%u", "/srv/app"])
+    assert (status, output) == (0, "0\n")  # root's, as Docker makes it; USER applies after
 
 
 def test_copy_adds_files_directories_globs_and_honours_the_ignore_file(busybox_home, tmp_path):
@@ -241,27 +284,41 @@ def test_push_to_the_session_registry_publishes_it_and_pull_brings_it_back(
     assert [d for _, d in pulled.layers] == [d for _, d in built.layers]
 
 
-def test_an_image_built_here_runs_under_podman(busybox_home, tmp_path):
+@pytest.fixture
+def podman():
+    """Debian's podman with a state directory of its own (short: podman refuses a runroot over
+    50 characters) and its containers under a cgroup parent of ours; all removed afterwards.
+    Yields podman's argv, the options `run`/`build` take here (no network, this host's
+    ulimits, the parent) and the state directory."""
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install podman); not installed in CI")
+        pytest.skip("podman is not installed (apt-get install podman runc)")
+    short = Path(tempfile.mkdtemp(prefix="cpod-", dir="/tmp"))
+    parent = f"contained-test-podman-{os.getpid()}"
+    argv = ["podman", "--root", str(short / "root"), "--runroot", str(short / "run"),
+            "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--runtime", "runc"]
+    run_options = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit",
+                   "nproc=4096:4096", "--cgroup-parent", f"/{parent}"]
+    try:
+        yield argv, run_options, short
+    finally:
+        subprocess.run([*argv, "rm", "--all", "--force"], capture_output=True, timeout=120)
+        subprocess.run([*argv, "rmi", "-a", "-f"], capture_output=True, timeout=120)
+        subprocess.run([*argv, "system", "reset", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)
+        remove_cgroup_tree(parent)
+
+
+def test_an_image_built_here_runs_under_podman(busybox_home, tmp_path, podman):
+    argv, run_options, _ = podman
     build(write_context(tmp_path / "ctx", DELETING), "interop:1")
     archive = tmp_path / "interop.tar"
     push.push("interop:1", f"oci-archive:{archive}")
-    # podman refuses a runroot over 50 characters: pytest's tmp_path is longer.
-    short = Path(tempfile.mkdtemp(prefix="cpod-", dir="/tmp"))
-    podman = ["podman", "--root", str(short / "root"), "--runroot", str(short / "run"),
-              "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--runtime", "runc"]
-    try:
-        pulled = subprocess.run([*podman, "pull", f"oci-archive:{archive}"],
-                                capture_output=True, text=True, timeout=120)
-        assert pulled.returncode == 0, pulled.stderr
-        image_id = pulled.stdout.split()[-1]  # the archive carries no name: run it by its ID
-        done = subprocess.run([*podman, "run", "--rm", "--pull", "never", "--network", "none",
-                               "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-                               image_id], capture_output=True, text=True, timeout=120)
-    finally:
-        subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True, timeout=120)
-        shutil.rmtree(short, ignore_errors=True)
+    pulled = subprocess.run([*argv, "pull", f"oci-archive:{archive}"],
+                            capture_output=True, text=True, timeout=120)
+    assert pulled.returncode == 0, pulled.stderr
+    image_id = pulled.stdout.split()[-1]  # the archive carries no name: run it by its ID
+    done = subprocess.run([*argv, "run", "--rm", "--pull", "never", *run_options, image_id],
+                          capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[-1] == "ok", done.stderr
     assert "gone" not in done.stdout  # deleted files and directories stay deleted there too
 
@@ -286,7 +343,7 @@ def test_cli_build_explains_each_step_and_commit_and_push_print_where(busybox_ho
     out, err = capfd.readouterr()
     assert out.startswith("cli:1 sha256:")
     assert "STEP 2/2: RUN echo hi > /hi" in err
-    assert "+ contained run --net none <the layers so far> /bin/sh -c 'echo hi > /hi'" in err
+    assert "+ contained run --net none -w / <the layers so far> /bin/sh -c 'echo hi > /hi'" in err
     assert "+ tar --sort=name" in err
     archive = tmp_path / "cli.tar"
     assert cli.main(["push", "cli:1", f"docker-archive:{archive}:cli:1"]) == 0
@@ -303,30 +360,21 @@ def test_cli_build_explains_each_step_and_commit_and_push_print_where(busybox_ho
 PODMAN_MOUNT_POINTS = {"etc/hostname", "run"}
 
 
-def test_podman_build_of_the_same_containerfile_gives_the_same_file_tree(busybox_home, tmp_path):
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install podman); not installed in CI")
+def test_podman_build_of_the_same_containerfile_gives_the_same_file_tree(busybox_home, tmp_path,
+                                                                       podman):
+    argv, run_options, short = podman
     context = write_context(tmp_path / "ctx", DELETING.replace(
         "FROM busybox", "FROM docker.io/library/busybox:latest") + "COPY f /f\n", {"f": "x\n"})
     build(context, "ours:1")
-    short = Path(tempfile.mkdtemp(prefix="cpod-", dir="/tmp"))
-    podman = ["podman", "--root", str(short / "root"), "--runroot", str(short / "run"),
-              "--cgroup-manager", "cgroupfs", "--events-backend", "none", "--runtime", "runc"]
-    try:
-        push.push("busybox", f"oci-archive:{short}/busybox.tar")
-        image_id = subprocess.run([*podman, "pull", f"oci-archive:{short}/busybox.tar"],
-                                  capture_output=True, text=True, check=True).stdout.split()[-1]
-        subprocess.run([*podman, "tag", image_id, "docker.io/library/busybox:latest"], check=True)
-        subprocess.run([*podman, "build", "--network", "none", "--pull=never", "--ulimit",
-                        "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "-t", "theirs:1",
-                        str(context)], check=True, capture_output=True, timeout=300)
-        subprocess.run([*podman, "save", "--format", "oci-archive", "-o",
-                        f"{short}/theirs.tar", "localhost/theirs:1"], check=True,
-                       capture_output=True)
-        Store(busybox_home).pull(f"oci-archive:{short}/theirs.tar:localhost/theirs:1")
-    finally:
-        subprocess.run([*podman, "rmi", "-a", "-f"], capture_output=True, timeout=120)
-        shutil.rmtree(short, ignore_errors=True)
+    push.push("busybox", f"oci-archive:{short}/busybox.tar")
+    image_id = subprocess.run([*argv, "pull", f"oci-archive:{short}/busybox.tar"],
+                              capture_output=True, text=True, check=True).stdout.split()[-1]
+    subprocess.run([*argv, "tag", image_id, "docker.io/library/busybox:latest"], check=True)
+    subprocess.run([*argv, "build", "--pull=never", *run_options, "-t", "theirs:1",
+                    str(context)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*argv, "save", "--format", "oci-archive", "-o", f"{short}/theirs.tar",
+                    "localhost/theirs:1"], check=True, capture_output=True)
+    Store(busybox_home).pull(f"oci-archive:{short}/theirs.tar:localhost/theirs:1")
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     Store(busybox_home).unpack("ours:1", ours)
     Store(busybox_home).unpack("localhost/theirs:1", theirs)

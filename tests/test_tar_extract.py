@@ -32,7 +32,7 @@ from layerkit import (
     whiteout,
 )
 
-from contained.images import tar_extract, unpack
+from contained.images import tar_extract, trees, unpack
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -326,7 +326,7 @@ def open_tmp():
     path = Path(tempfile.mkdtemp(prefix="contained-test-"))
     path.chmod(0o755)
     yield path
-    unpack.remove_tree(path)
+    trees.remove_tree(path)
 
 
 @needs_root

@@ -44,7 +44,7 @@ def test_a_throwaway_whose_pid_1_ended_is_being_torn_down_and_not_listed(monkeyp
     assert not procfs.running(dead.init_pid)
     assert views._being_torn_down(dead)
     assert not any(views._being_torn_down(c) for c in (live, setting_up, named))
-    monkeypatch.setattr("contained.runtime.container.containers",
+    monkeypatch.setattr("contained.runtime.listing.containers",
                         lambda: [dead, live, setting_up, named])
     assert views.listed_containers() == [live, setting_up]
     assert views.listed_containers(all_=True) == [live, setting_up, named]

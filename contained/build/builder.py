@@ -17,8 +17,9 @@ The cache: every layer step has a key, the hash of the previous step's key (the 
 at the FROM image's digest), the instruction, the environment it runs in, and for COPY/ADD the
 digest of what it copies (names, modes and contents, not mtimes). ``HOME/build-cache/KEY.json``
 names the layer it made; a step whose key is there (and whose blob is still in the store) is not
-run again. A failed step raises before anything is tagged, and its container and staging
-directory are removed whatever happened.
+run again; the final config is reused too when only its `created` times would differ, so a
+fully cached rebuild has the same digest (`contained.images.buildcache`). A failed step raises
+before anything is tagged, and its container and staging directory are removed whatever happened.
 """
 
 import dataclasses
@@ -37,10 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
-from contained.images import containerfile, oci, upperlayer
+from contained.images import buildcache, containerfile, oci, upperlayer
 from contained.images.containerfile import Instruction
 
-CACHE_DIR = "build-cache"
 LAYER_STEPS = ("RUN", "COPY", "ADD")
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 
@@ -105,7 +105,9 @@ def build(options: BuildOptions, store=None):
     for number, instruction in enumerate(instructions, start=1):
         builder.say(f"STEP {number}/{len(instructions)}: {instruction.text}")
         builder.step(state, instruction)
-    image = upperlayer.tag_image(store, state.layers, state.config, options.tag)
+    # The same config as the build whose layers were all reused: the same image digest.
+    config = builder.cache.config(state.config, state.layers)
+    image = upperlayer.tag_image(store, state.layers, config, options.tag)
     builder.say(f"--> {image.name} {image.digest} ({builder.counts[False]} layer steps run, "
                 f"{builder.counts[True]} cached, {time.monotonic() - started:.2f} s)")
     return image
@@ -114,7 +116,7 @@ def build(options: BuildOptions, store=None):
 class _Builder:
     def __init__(self, store, options: BuildOptions, context: Path, ignore):
         self.store, self.options, self.context, self.ignore = store, options, context, ignore
-        self.cache = Path(store.home) / CACHE_DIR
+        self.cache = buildcache.BuildCache(store, enabled=not options.no_cache)
         self.counts = {False: 0, True: 0}   # layer steps run, and taken from the cache
 
     def say(self, line: str) -> None:
@@ -227,30 +229,11 @@ class _Builder:
                                  self.options.epoch], sort_keys=True))
 
     def _cached(self, key: str):
-        if self.options.no_cache:
-            return None
-        path = self.cache / f"{key}.json"
-        try:
-            entry = json.loads(path.read_text())
-            descriptor = oci.Descriptor.from_json(entry["layer"])
-            diff_id = entry["diff_id"]
-            oci.validate_digest(diff_id)
-        except (OSError, ValueError, KeyError, ContainedError):
-            return None
-        if not oci.blob_path(self.store.layout, descriptor.digest).is_file():
-            return None  # an rmi collected it: build the step again
-        self.say(f"--> using cache {key[:12]} (layer {descriptor.digest[:19]})")
-        self._count(cached=True)
-        return descriptor, diff_id
-
-    def _remember(self, key: str, layer) -> None:
-        descriptor, diff_id = layer
-        self.cache.mkdir(mode=0o700, exist_ok=True)
-        entry = {"layer": {"mediaType": descriptor.media_type, "digest": descriptor.digest,
-                           "size": descriptor.size}, "diff_id": diff_id}
-        tmp = self.cache / f".{key}.{os.getpid()}"
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, self.cache / f"{key}.json")
+        layer = self.cache.layer(key)  # None too when an rmi removed its blob: run it again
+        if layer is not None:
+            self.say(f"--> using cache {key[:12]} (layer {layer[0].digest[:19]})")
+            self._count(cached=True)
+        return layer
 
     def _count(self, cached: bool) -> None:
         self.counts[cached] += 1
@@ -264,7 +247,7 @@ class _Builder:
                                                 epoch=self.options.epoch, chown=chown,
                                                 exclude=exclude)
         layer = (built.descriptor, built.diff_id)
-        self._remember(key, layer)
+        self.cache.remember_layer(key, layer)
         self._count(cached=False)
         self.say(f"--> layer {built.descriptor.digest[:19]} ({built.descriptor.size} bytes)")
         return layer
@@ -288,10 +271,6 @@ class _Builder:
             lowers = [str(unpack.cached_layer(self.store.layer_cache,
                                               oci.blob_path(self.store.layout, d.digest), d, i))
                       for d, i in state.layers]
-        workdir = state.runtime.get("WorkingDir") or "/"
-        if workdir != "/":
-            # Docker creates WORKDIR if the image lacks it; the step's shell does the same.
-            argv = ["/bin/sh", "-c", 'mkdir -p "$0" && cd "$0" && exec "$@"', workdir, *argv]
         spec = container.build_spec(state.base, argv, net=self.options.net, store=self.store,
                                     hostname="build")
         # The layers so far, not the FROM image's only; kept after the command ends
@@ -299,11 +278,13 @@ class _Builder:
         # ARG values are in RUN's environment (not in the image's), under ENV, as in Docker.
         declared = {item.partition("=")[0] for item in state.env}
         env = state.env + [f"{k}={v}" for k, v in state.variables.items() if k not in declared]
+        # WORKDIR is made by the runtime, as root, before USER applies (as Docker does):
+        # a non-root USER could not create /srv itself.
         spec = dataclasses.replace(spec, lowers=lowers, env=env or spec.env,
                                    user=state.runtime.get("User") or "", remove=False,
-                                   working_dir="/")
-        self.explain(f"contained run --net {self.options.net} <the layers so far> "
-                     + " ".join(_quote(a) for a in argv),
+                                   working_dir=state.runtime.get("WorkingDir") or "/")
+        self.explain(f"contained run --net {self.options.net} -w {spec.working_dir} "
+                     "<the layers so far> " + " ".join(_quote(a) for a in argv),
                      f"# then {spec.directory}/upper becomes the layer")
         try:
             out = self.options.output if self.options.output is not None else sys.stderr

@@ -55,7 +55,7 @@ from pathlib import Path
 from contained import filelock
 from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
-from contained.images import build, oci, pull
+from contained.images import oci
 from contained.images.layout import (
     REF_NAME,
     Image,
@@ -198,11 +198,15 @@ class Store:
         `tls_verify` None means: off for loopback registries (plain HTTP), on elsewhere.
         `progress` None means: skopeo's progress output when stderr is a terminal.
         """
+        from contained.images import pull  # skopeo, tarfile: not loaded by `run` or `ps`
+
         return pull.pull(self, ref, registries_conf=registries_conf, tls_verify=tls_verify,
                          progress=progress)
 
     def add_image(self, layer_tars: list[bytes], name: str, config: dict | None = None) -> Image:
         """Build an image from uncompressed layer tars (bottom first) and tag it `name`."""
+        from contained.images import build
+
         reference = parse_reference(name)
         tagged = store_name(reference)
         with self.lock():
@@ -215,6 +219,8 @@ class Store:
     def import_tarball(self, tarball: Path, name: str) -> Image:
         """A root filesystem tarball (plain or gzipped) → a single-layer image, like
         ``docker import``. The tarball is read into memory."""
+        from contained.images import pull
+
         return pull.import_tarball(self, tarball, name)
 
     def remove(self, ref: str) -> None:

@@ -41,7 +41,6 @@ import errno
 import hashlib
 import os
 import queue
-import shutil
 import tarfile
 import tempfile
 import threading
@@ -56,6 +55,7 @@ from contained.images.decompress import (  # noqa: F401 (the errors are unpack's
     decompressor,
 )
 from contained.images.tar_extract import LayerError, LayerReport, TarExtractor
+from contained.images.trees import remove_tree
 
 #: decompressed chunks waiting for the tar parser; bounds memory to a few MiB
 QUEUE_DEPTH = 4
@@ -192,31 +192,6 @@ def apply_layers(layers: list[tuple[Path, oci.Descriptor, str]], dest: Path) -> 
     dest.mkdir(parents=True, exist_ok=True)
     return [unpack_layer(blob, descriptor, diff_id, dest, whiteouts="apply")
             for blob, descriptor, diff_id in layers]
-
-
-def remove_tree(path: Path) -> None:
-    """Remove an unpacked layer or root, even if it has read-only directories (unprivileged)."""
-    path = Path(path)
-    if not path.exists() and not path.is_symlink():
-        return
-    try:
-        shutil.rmtree(path)
-    except PermissionError:
-        # Only a non-root user gets here: make our own directories writable, never following
-        # a symlink. Each one is opened up before it is listed (overlayfs leaves a mode-000
-        # work/work behind that could not even be listed otherwise).
-        _open_up(path)
-        shutil.rmtree(path)
-
-
-def _open_up(directory: Path) -> None:
-    os.chmod(directory, 0o700)
-    with os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _open_up(Path(entry.path))
-
-
 
 
 # --- the verified stream: bytes in, hashes checked, tar bytes out ------------------------------

@@ -1,5 +1,5 @@
-"""Plots for the notebooks: a container's memory, CPU and processes over time, an image's layer
-sizes, and the bridge network.
+"""Plots for the notebooks: a container's memory, CPU and processes over time, and an image's
+layer sizes (notebook 08's bridge diagram is contained/workbook/figures.py's).
 
 Taught in notebooks 02 (cgroups: watch a limit being hit) and 04 (images: what the layers
 weigh), and shown by ``%%container --stats``, ``%container stats NAME`` and
@@ -17,7 +17,6 @@ imported only here, and this module only when a plot is asked for.
 import io
 
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch
 
 from contained.runtime import cgroups
 from contained.units import format_size
@@ -27,36 +26,58 @@ LIMIT_STYLE = {"color": "tab:red", "linestyle": "--", "linewidth": 1.2}
 
 
 def stats_figure(samples: list, title: str = "") -> Figure:
-    """Memory (MiB) and CPU (% of one CPU) over a run, with the limits as dashed lines.
+    """Memory (MiB), CPU (% of one CPU) and, under a pids limit, processes over a run, each
+    limit a dashed line.
 
-    `samples` are (seconds since start, `cgroups.Usage`) pairs. CPU use is the growth
-    of the cgroup's CPU time between samples, so the first point has no CPU value.
+    `samples` are (seconds since start, `cgroups.Usage`) pairs. CPU use is the growth of the
+    cgroup's CPU time between samples, so the first point has no CPU value. A panel with
+    nothing to show is left out rather than drawn empty: memory when every reading is 0 and
+    there is no limit (no memory controller), CPU with fewer than two samples, processes
+    without a pids limit.
     """
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    memory_axes, cpu_axes = figure.subplots(2, 1, sharex=True)
-    times = [t for t, _ in samples]
-    memory_axes.plot(times, [u.memory / MIB for _, u in samples], marker=".", label="used")
-    limit = samples[-1][1].memory_limit if samples else None
-    if limit:
-        memory_axes.axhline(limit / MIB, **LIMIT_STYLE, label=f"limit {limit / MIB:g} MiB")
-    memory_axes.set_ylabel("memory (MiB)")
-    memory_axes.set_ylim(bottom=0)
-    memory_axes.legend(loc="upper left")
-
-    cpu_times, cpu_percent = cpu_series(samples)
-    cpu_axes.plot(cpu_times, cpu_percent, marker=".", color="tab:green", label="used")
-    cpu_limit = samples[-1][1].cpu_limit if samples else None
-    if cpu_limit:
-        cpu_axes.axhline(cpu_limit * 100, **LIMIT_STYLE, label=f"limit {cpu_limit:g} CPUs")
-    cpu_axes.set_ylabel("CPU (% of one CPU)")
-    cpu_axes.set_xlabel("seconds")
-    cpu_axes.set_ylim(bottom=0)
-    cpu_axes.legend(loc="upper left")
+    panels = _stats_panels(samples)
+    figure = Figure(figsize=(8, 0.6 + 2.0 * max(1, len(panels))), layout="constrained")
     if title:
         figure.suptitle(title)
-    if not samples:
-        memory_axes.set_title("no samples: the command ended before the first reading")
+    if not panels:
+        figure.text(0.5, 0.5, "no samples: the command ended before a reading could be plotted"
+                    if len(samples) < 2 else "nothing to plot: no usage was measured",
+                    ha="center", va="center", color="grey")
+        return figure
+    axes_list = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, (label, times, values, limit, limit_label, color) in zip(axes_list, panels,
+                                                                      strict=True):
+        axes.plot(times, values, marker=".", color=color, label="used")
+        if limit:
+            axes.axhline(limit, **LIMIT_STYLE, label=limit_label)
+        axes.set_ylabel(label)
+        axes.set_ylim(bottom=0)
+        axes.legend(loc="upper left")
+    axes_list[-1].set_xlabel("seconds")
     return figure
+
+
+def _stats_panels(samples: list) -> list[tuple]:
+    """(y label, times, values, limit, limit's label, colour) of each panel worth drawing."""
+    if not samples:
+        return []
+    last = samples[-1][1]
+    times = [t for t, _ in samples]
+    panels = []
+    memory = [u.memory / MIB for _, u in samples]
+    if any(memory) or last.memory_limit:
+        limit = last.memory_limit / MIB if last.memory_limit else None
+        panels.append(("memory (MiB)", times, memory, limit, f"limit {limit or 0:g} MiB",
+                       "tab:blue"))
+    cpu_times, cpu_percent = cpu_series(samples)
+    if cpu_times:
+        limit = last.cpu_limit * 100 if last.cpu_limit else None
+        panels.append(("CPU (% of one CPU)", cpu_times, cpu_percent, limit,
+                       f"limit {last.cpu_limit or 0:g} CPUs", "tab:green"))
+    if last.pids_limit:
+        panels.append(("processes", times, [u.pids for _, u in samples], last.pids_limit,
+                       f"pids.max {last.pids_limit}", "tab:purple"))
+    return panels
 
 
 def cpu_series(samples: list) -> tuple[list[float], list[float]]:
@@ -141,38 +162,3 @@ def show_figure(figure: Figure) -> None:
 
     display(Image(data=to_png(figure), format="png"))
 
-
-def _box(axes, x, y, width, height, text, color):
-    axes.add_patch(FancyBboxPatch((x, y), width, height, boxstyle="round,pad=0.02",
-                                  facecolor=color, edgecolor="black"))
-    axes.text(x + width / 2, y + height / 2, text, ha="center", va="center", fontsize=9)
-
-
-def bridge_figure(state: dict) -> Figure:
-    """The host with its bridge on the left, one container per veth on the right."""
-    count = max(1, len(state["veths"]))
-    figure = Figure(figsize=(9, 1.2 + 1.1 * count), layout="constrained")
-    axes = figure.subplots()
-    axes.set_xlim(0, 10)
-    axes.set_ylim(0, 1.1 * count + 0.6)
-    axes.axis("off")
-    top = 1.1 * count + 0.3
-    axes.add_patch(FancyBboxPatch((0.1, 0.1), 3.6, top - 0.1, boxstyle="round,pad=0.02",
-                                  facecolor="#f3f3f3", edgecolor="grey", linestyle="--"))
-    axes.text(0.25, top - 0.05, "host network namespace", va="top", fontsize=8, color="grey")
-    bridge_y = top / 2 - 0.35
-    _box(axes, 0.5, bridge_y, 2.4, 0.7, f"{state['bridge']}\n(bridge) {state['gateway']}",
-         "#cfe2ff")
-    for i, veth in enumerate(state["veths"]):
-        y = top - 0.95 - 1.1 * i
-        _box(axes, 6.2, y, 3.5, 0.8, f"container {veth['name']}\neth0 {veth['ip']}", "#d1e7dd")
-        axes.plot([2.9, 6.2], [bridge_y + 0.35, y + 0.4], color="black")
-        axes.text(4.5, (bridge_y + 0.35 + y + 0.4) / 2 + 0.08, f"veth pair: {veth['veth']} ↔ eth0",
-                  ha="center", fontsize=8, rotation=0)
-        for j, port in enumerate(veth["ports"]):
-            axes.text(6.25, y - 0.12 - 0.18 * j, f"published {port}", fontsize=8,
-                      color="tab:red", va="top")
-    if not state["veths"]:
-        axes.text(7.5, top / 2, "no container on the bridge", ha="center", color="grey")
-    figure.suptitle("--net bridge: what the kernel has now")
-    return figure

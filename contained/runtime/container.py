@@ -20,15 +20,16 @@ import signal
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import filelock, home, network, procfs
+from contained import filelock, home, network
 from contained.errors import ContainedError, ContainerNotRunning
-from contained.images import unpack
+from contained.images import buildcache
 from contained.images.store import Store
+from contained.images.trees import remove_tree
 from contained.runtime import cgroups, client, init, process, server, state, steps, wire
 from contained.runtime.client import Execution, Request, Runner, RunResult
+from contained.runtime.listing import Container, containers
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.specs import BadOption, build_spec
 
@@ -64,25 +65,6 @@ class ContainerRunning(ContainedError):
     """The operation needs a stopped container."""
 
 
-@dataclass
-class Container:
-    """A container as `contained ps` lists it."""
-
-    id: str
-    name: str
-    image: str
-    command: list[str]
-    created: float
-    persistent: bool
-    running: bool
-    init_pid: int | None = None
-    spec: ContainerSpec | None = field(default=None, repr=False)
-
-    @property
-    def status(self) -> str:
-        return "running" if self.running else "exited"
-
-
 # ---------------------------------------------------------------------------------------------
 # State on disk
 
@@ -110,30 +92,6 @@ def _live_spares() -> set[str]:
     """Cgroups that runners made ahead of time and still hold."""
     return {entry.name for parent in cgroups.parent_paths() if parent.exists()
             for entry in parent.iterdir() if server.is_live_spare(entry.name)}
-
-
-def _container_from_state(data: dict) -> Container:
-    spec = ContainerSpec.from_dict(data["spec"])
-    if spec.persistent:
-        running = procfs.alive(data.get("init_pid"), data.get("init_start_time"))
-    else:
-        running = any(procfs.alive(data.get(f"{who}_pid"), data.get(f"{who}_start_time"))
-                      for who in ("owner", "runner", "init"))
-    return Container(id=spec.id, name=spec.name, image=spec.image, command=spec.args,
-                     created=data.get("created", 0.0), persistent=spec.persistent,
-                     running=running, init_pid=data.get("init_pid"), spec=spec)
-
-
-def containers() -> list[Container]:
-    """Every container with state on disk, newest first (`contained ps -a`)."""
-    directory = state.containers_dir()
-    if not directory.exists():
-        return []
-    found = []
-    for entry in directory.iterdir():
-        if entry.is_dir() and (data := state.read(entry.name)) is not None:
-            found.append(_container_from_state(data))
-    return sorted(found, key=lambda c: c.created, reverse=True)
 
 
 def writable_size(item: Container) -> int:
@@ -422,7 +380,7 @@ def _remove_files(spec: ContainerSpec) -> None:
         group.remove()
     directory = Path(spec.directory)
     if directory.is_dir():
-        unpack.remove_tree(directory)
+        remove_tree(directory)
 
 
 def _abandoned(directory: Path) -> bool:
@@ -469,10 +427,10 @@ def gc() -> list[str]:
                 # Dot entries are the runners' own: .lock, .staging where spares build,
                 # .spare-PID-START a spare's directory made ahead (see server.Prepared).
                 if entry.name.startswith(".spare-") and not server.is_live_spare(entry.name[1:]):
-                    unpack.remove_tree(entry)
+                    remove_tree(entry)
                 elif entry.is_dir() and not entry.name.startswith(".") \
                         and state.read(entry.name) is None and _abandoned(entry):
-                    unpack.remove_tree(entry)  # half-created, no state
+                    remove_tree(entry)  # half-created, no state
         running = [c for c in listed if c.running]
         keep = {_cgroup_name(c.id) for c in running} | _live_spares()
         removed += [f"cgroup {name}" for name in cgroups.gc(
@@ -480,6 +438,7 @@ def gc() -> list[str]:
         if network.lease_files():
             removed += [f"network {name}" for name in network.gc({c.name for c in running})]
         removed += _collect_layers(listed)
+        removed += buildcache.collect(Store(home.home_path()))  # entries an rmi left dangling
     return removed
 
 
@@ -491,5 +450,5 @@ def _collect_layers(listed: list[Container]) -> list[str]:
     except ContainedError:
         return []  # an unreadable index: `contained images` says what is wrong; keep all
     for path in (path for path in unused if str(path) not in in_use):
-        unpack.remove_tree(path)
+        remove_tree(path)
     return [f"layer {p.parent.name}:{p.name[:12]}" for p in unused if str(p) not in in_use]

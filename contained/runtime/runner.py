@@ -35,7 +35,7 @@ from pathlib import Path
 
 from contained import network, procfs
 from contained.errors import ContainedError
-from contained.images import unpack
+from contained.images.trees import remove_tree
 from contained.runtime import init, pid1, state, steps, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
@@ -136,7 +136,7 @@ def tear_down(spec: ContainerSpec, group, pid: int | None) -> None:
     if spec.net == "bridge":
         actions.append(lambda: network.detach(spec.name))
     if spec.remove:
-        actions += [group.remove, lambda: unpack.remove_tree(Path(spec.directory))]
+        actions += [group.remove, lambda: remove_tree(Path(spec.directory))]
     failures = []
     for action in actions:
         try:

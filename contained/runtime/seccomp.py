@@ -32,9 +32,11 @@ import functools
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 from contained import syscalls
 from contained.errors import ContainedError
+from contained.runtime import seccomp_cache
 from contained.runtime.plan import Step
 from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
 from contained.runtime.seccomp_profile import (  # noqa: F401 — the profile side, re-exported
@@ -90,8 +92,14 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-SOCK_FILTER_SIZE = 8             # sizeof(struct sock_filter)
-BPF_MAXINSNS = 4096              # the kernel refuses longer programs
+class _Version(ctypes.Structure):
+    """struct scmp_version (<seccomp.h>)"""
+
+    _fields_ = [("major", ctypes.c_uint), ("minor", ctypes.c_uint), ("micro", ctypes.c_uint)]
+
+
+SOCK_FILTER_SIZE = seccomp_cache.SOCK_FILTER_SIZE
+BPF_MAXINSNS = seccomp_cache.BPF_MAXINSNS
 
 
 @functools.cache
@@ -113,7 +121,8 @@ def _library() -> ctypes.CDLL:
             ("seccomp_rule_add_array", ctypes.c_int,
              [ctx, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp)]),
             ("seccomp_export_pfc", ctypes.c_int, [ctx, ctypes.c_int]),
-            ("seccomp_export_bpf", ctypes.c_int, [ctx, ctypes.c_int])):
+            ("seccomp_export_bpf", ctypes.c_int, [ctx, ctypes.c_int]),
+            ("seccomp_version", ctypes.POINTER(_Version), [])):
         function = getattr(lib, name)
         function.restype, function.argtypes = restype, argtypes
     return lib
@@ -150,12 +159,15 @@ class Filter:
     redo for every container (15-50 ms on a 2-core machine, for Docker's profile). A runner
     builds and compiles the default filter once, ahead of time, and its forks inherit the
     program; `load` only hands it to the kernel (under a millisecond). crun caches compiled
-    filters for the same reason.
+    filters for the same reason, and so do we: given a `cache` directory, the program is
+    read from there if it was compiled before (`contained.runtime.seccomp_cache`).
     """
 
-    def __init__(self, profile: Profile, capabilities=DOCKER_DEFAULT_CAPABILITIES):
+    def __init__(self, profile: Profile, capabilities=DOCKER_DEFAULT_CAPABILITIES,
+                 cache: Path | None = None):
         check_available()
         self.profile = profile
+        self.cache = cache
         self.lib = _library()
         self.ctx = self.lib.seccomp_init(profile.default_action)
         if not self.ctx:
@@ -167,14 +179,22 @@ class Filter:
         # calls are always allowed by running the program for each, loads it twice as fast.
         # (libseccomp before 2.5 lacks it and keeps the list.)
         self.lib.seccomp_attr_set(self.ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        arches, rules = profile.arches(native_arch()), profile.rules_for(capabilities)
         try:
-            for arch in profile.arches(native_arch()):
+            for arch in arches:
                 self._add_arch(arch)
-            for rule in profile.rules_for(capabilities):
+            for rule in rules:
                 self._add_rule(rule)
         except BaseException:
             self.release()
             raise
+        version = self.lib.seccomp_version().contents
+        # Everything the program depends on (rules_for already applied the kernel version,
+        # the architecture and the capabilities; they are in the key all the same).
+        self.cache_key = seccomp_cache.cache_key(
+            (version.major, version.minor, version.micro), native_arch(), docker_arch(),
+            syscalls.kernel_version(), sorted(capabilities), profile.default_action, arches, rules,
+            SCMP_FLTATR_CTL_OPTIMIZE)
 
     def _add_arch(self, name: str) -> None:
         token = self.lib.seccomp_arch_resolve_name(name.encode())
@@ -212,7 +232,17 @@ class Filter:
 
     @functools.cached_property
     def program(self) -> bytes:
-        """The BPF program libseccomp generates for this filter (struct sock_filter[])."""
+        """The BPF program libseccomp generates for this filter (struct sock_filter[]), from
+        the cache when it holds one that checks out, else compiled (and then cached)."""
+        if self.cache is None:
+            return self._compile()
+        program = seccomp_cache.read(self.cache, self.cache_key)
+        if program is None:
+            program = self._compile()
+            seccomp_cache.write(self.cache, self.cache_key, program)
+        return program
+
+    def _compile(self) -> bytes:
         with tempfile.TemporaryFile() as out:
             result = self.lib.seccomp_export_bpf(self.ctx, out.fileno())
             if result < 0:
@@ -271,9 +301,10 @@ def default_filter() -> Filter:
     """Docker's default profile for Docker's default capabilities, built once per process.
 
     A runner builds and compiles it before it forks anything (`contained.runtime.server.serve`), so
-    that each container's PID 1 only has to load it.
+    that each container's PID 1 only has to load it; the compiled program is cached in the
+    store's home, for the next process.
     """
-    built = Filter(default_profile())
+    built = Filter(default_profile(), cache=seccomp_cache.cache_directory())
     built.program  # noqa: B018 — compiled now, not in each container
     return built
 
@@ -288,6 +319,9 @@ def step(setting: str, capabilities=DOCKER_DEFAULT_CAPABILITIES) -> Step:
                     "every system call reaches the kernel; only capabilities limit root")
     try:
         built = _filter_for(setting, tuple(capabilities))
+        # Compiled (or read from the cache) here, in the runner: not in each PID 1, which
+        # has no access to the cache once its root is switched.
+        built.program  # noqa: B018
     except ContainedError as error:
         # --dry-run still shows the plan; a run stops at this step, with this one line.
         return Step(f"# seccomp: cannot be set up here: {error}", "",
@@ -305,7 +339,7 @@ def step(setting: str, capabilities=DOCKER_DEFAULT_CAPABILITIES) -> Step:
 def _filter_for(setting: str, capabilities: tuple[str, ...]) -> Filter:
     if setting == DEFAULT and capabilities == DOCKER_DEFAULT_CAPABILITIES:
         return default_filter()  # built ahead of time, by the runner
-    return Filter(profile_for(setting), capabilities)
+    return Filter(profile_for(setting), capabilities, cache=seccomp_cache.cache_directory())
 
 
 def _fail(error: ContainedError):

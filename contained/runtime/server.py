@@ -23,7 +23,7 @@ from pathlib import Path
 
 from contained import procfs, syscalls
 from contained.errors import ContainedError
-from contained.images import unpack
+from contained.images.trees import remove_tree
 from contained.runtime import (
     cgroups,
     init,
@@ -203,7 +203,7 @@ class Prepared:
             pid = pid1.fork_pid_one(ROOTLESS, spare_pid_one)
         except BaseException:
             group.remove()
-            unpack.remove_tree(skeleton)
+            remove_tree(skeleton)
             raise
         link_init.close()
         prepared = cls(group, pid, link, skeleton)
@@ -239,7 +239,7 @@ class Prepared:
             else:
                 os.waitpid(self.pid, 0)
             runner.tear_down(spec, self.group, None)
-            unpack.remove_tree(self.skeleton)  # still there if the container had its own
+            remove_tree(self.skeleton)  # still there if the container had its own
             wire.send_event(reply, wire.Cleaned())
             return 0
         except BaseException as error:  # noqa: BLE001 — reported, never a silent death
@@ -262,7 +262,7 @@ class Prepared:
         runner.kill(self.pid)
         runner.reap(self.pid)
         self.group.remove()
-        unpack.remove_tree(self.skeleton)
+        remove_tree(self.skeleton)
 
 
 def _make_skeleton(path: Path) -> None:

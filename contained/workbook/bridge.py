@@ -5,7 +5,8 @@ The shell commands they stand for::
 
     ip -j addr show                        # bridge_state: the bridge and its gateway,
     ip link show master BRIDGE             #   the veths plugged into it,
-    cat HOME/network/BRIDGE.json           #   and each container's lease (address, ports)
+    cat HOME/network/BRIDGE.json           #   each container's lease (address, ports)
+    sysctl net.ipv4.conf.BRIDGE.route_localnet   # and whether 127.0.0.1 may be routed out
     wget -q -O - http://127.0.0.1:PORT/    # fetch (no proxy; retried while the server starts)
 """
 
@@ -40,7 +41,8 @@ def bridge_state(bridge: str | None = None) -> dict:
     links = json.loads(sh_output("ip -j addr show"))
     found = [link for link in links if link["ifname"] == bridge]
     if not found:
-        return {"bridge": None, "gateway": None, "veths": []}
+        return {"bridge": None, "gateway": None, "veths": [], "subnet": None,
+                "route_localnet": None}
     gateway = next((a["local"] + "/" + str(a["prefixlen"]) for a in found[0]["addr_info"]
                     if a["family"] == "inet"), "?")
     plugged = {link["ifname"] for link in links if link.get("master") == bridge}
@@ -48,9 +50,20 @@ def bridge_state(bridge: str | None = None) -> dict:
     leases = json.loads(path.read_text())["leases"] if path.exists() else {}
     veths = [{"veth": lease["veth"], "name": name, "ip": lease["ip"],
               "ports": [f"{ip}:{host}→{port}/{proto}"
-                        for ip, host, port, proto in lease["publish"]]}
+                        for ip, host, port, proto in lease["publish"]],
+              "publish": [list(rule) for rule in lease["publish"]]}
              for name, lease in sorted(leases.items()) if lease["veth"] in plugged]
-    return {"bridge": bridge, "gateway": gateway, "veths": veths}
+    return {"bridge": bridge, "gateway": gateway, "veths": veths,
+            "subnet": network.NetworkConfig(bridge=bridge).subnet,
+            "route_localnet": _route_localnet(bridge)}
+
+
+def _route_localnet(bridge: str) -> str | None:
+    """sysctl net.ipv4.conf.BRIDGE.route_localnet: "1" lets 127.0.0.1 be routed to the bridge."""
+    try:
+        return Path(f"/proc/sys/net/ipv4/conf/{bridge}/route_localnet").read_text().strip()
+    except OSError:
+        return None
 
 
 def _network_state_path() -> Path:

@@ -65,7 +65,8 @@ def executed(tmp_path_factory):
             os.rmdir("/run/netns")
     yield {"status": run.returncode, "stderr": run.stderr + run.stdout,
            "leftover_cgroups": leftover, "host_changed": host_view() != before,
-           "outputs": _outputs(base / "out" / NOTEBOOK.name)}
+           "outputs": _outputs(base / "out" / NOTEBOOK.name),
+           "executed": base / "out" / NOTEBOOK.name}
 
 
 def test_runs_without_errors_and_leaves_nothing(executed):
@@ -101,6 +102,14 @@ def test_bridge_by_name_from_the_host_and_explained(executed):
     explained = text[text.index("--explain --net bridge"):]
     assert explained.index("unshare --pid") < explained.index("type veth peer name eth0") \
         < explained.index("ip route add default via 10.77.0.1") < explained.index("+ hostname")
+
+
+def test_the_bridge_diagram_cell_shows_a_png(executed):
+    book = nbformat.read(executed["executed"], as_version=4)
+    cell = next(cell for cell in book.cells if cell.get("id") == "fd66dda0")
+    assert "figures.bridge_diagram(state)" in cell.source
+    pngs = [output for output in cell.outputs if "image/png" in output.get("data", {})]
+    assert len(pngs) == 1, cell.outputs
 
 
 def test_exercises_left_empty_say_not_yet(executed):
