@@ -169,32 +169,52 @@ class Filter:
         self.profile = profile
         self.cache = cache
         self.lib = _library()
-        self.ctx = self.lib.seccomp_init(profile.default_action)
-        if not self.ctx:
-            raise BadProfile(f"{profile.source}: libseccomp refused its default action")
-        self.allowed: set[str] = set()   # names of this architecture's calls, for --explain
-        self.refused: set[str] = set()
-        # A binary tree of call numbers instead of a list: each call is checked in a few
-        # jumps instead of a few hundred, and the kernel, which works out at load time which
-        # calls are always allowed by running the program for each, loads it twice as fast.
-        # (libseccomp before 2.5 lacks it and keeps the list.)
-        self.lib.seccomp_attr_set(self.ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
-        arches, rules = profile.arches(native_arch()), profile.rules_for(capabilities)
-        try:
-            for arch in arches:
-                self._add_arch(arch)
-            for rule in rules:
-                self._add_rule(rule)
-        except BaseException:
-            self.release()
-            raise
+        self.ctx = None
+        self.arches, self.rules = profile.arches(native_arch()), profile.rules_for(capabilities)
+        # Names of this architecture's calls, for --explain and the summary.
+        self.allowed, self.refused = self._tally()
         version = self.lib.seccomp_version().contents
         # Everything the program depends on (rules_for already applied the kernel version,
         # the architecture and the capabilities; they are in the key all the same).
         self.cache_key = seccomp_cache.cache_key(
             (version.major, version.minor, version.micro), native_arch(), docker_arch(),
-            syscalls.kernel_version(), sorted(capabilities), profile.default_action, arches, rules,
-            SCMP_FLTATR_CTL_OPTIMIZE)
+            syscalls.kernel_version(), sorted(capabilities), profile.default_action,
+            self.arches, self.rules, SCMP_FLTATR_CTL_OPTIMIZE)
+        if cache is None:
+            self._build()  # a bad profile says so now; with a cache, when first compiled
+
+    def _tally(self) -> tuple[set[str], set[str]]:
+        allowed, refused = set(), set()
+        for rule in self.rules:
+            if rule.action == self.profile.default_action:
+                continue
+            for name in rule.names:
+                # A pseudo number (< 0) stands for another architecture's call.
+                if self.lib.seccomp_syscall_resolve_name(name.encode()) >= 0:
+                    (allowed if rule.action == SCMP_ACT_ALLOW else refused).add(name)
+        return allowed, refused
+
+    def _build(self) -> None:
+        """The libseccomp filter (~5 ms for Docker's profile): only to compile or print it,
+        so a program read from the cache never needs it."""
+        if self.ctx:
+            return
+        self.ctx = self.lib.seccomp_init(self.profile.default_action)
+        if not self.ctx:
+            raise BadProfile(f"{self.profile.source}: libseccomp refused its default action")
+        # A binary tree of call numbers instead of a list: each call is checked in a few
+        # jumps instead of a few hundred, and the kernel, which works out at load time which
+        # calls are always allowed by running the program for each, loads it twice as fast.
+        # (libseccomp before 2.5 lacks it and keeps the list.)
+        self.lib.seccomp_attr_set(self.ctx, SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        try:
+            for arch in self.arches:
+                self._add_arch(arch)
+            for rule in self.rules:
+                self._add_rule(rule)
+        except BaseException:
+            self.release()
+            raise
 
     def _add_arch(self, name: str) -> None:
         token = self.lib.seccomp_arch_resolve_name(name.encode())
@@ -227,8 +247,6 @@ class Filter:
                 if result < 0:
                     raise BadProfile(f"{self.profile.source}: the rule for {name} is refused "
                                      f"by libseccomp: {os.strerror(-result)}")
-            if number >= 0:  # a pseudo number stands for another architecture's call
-                (self.allowed if rule.action == SCMP_ACT_ALLOW else self.refused).add(name)
 
     @functools.cached_property
     def program(self) -> bytes:
@@ -243,6 +261,7 @@ class Filter:
         return program
 
     def _compile(self) -> bytes:
+        self._build()
         with tempfile.TemporaryFile() as out:
             result = self.lib.seccomp_export_bpf(self.ctx, out.fileno())
             if result < 0:
@@ -276,6 +295,7 @@ class Filter:
 
     def pfc(self) -> str:
         """The filter in libseccomp's Pseudo Filter Code: readable, one test per line."""
+        self._build()
         with tempfile.TemporaryFile() as out:
             result = self.lib.seccomp_export_pfc(self.ctx, out.fileno())
             if result < 0:

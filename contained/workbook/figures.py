@@ -1,10 +1,13 @@
-"""Figures for notebooks 02 and 03, drawn from what the cells really did.
+"""Figures for notebooks 02, 03 and 08, drawn from what the cells really did.
 
 - `overlay_figure`: the overlay stack of notebook 03 — lower, upper (with its whiteouts and
   opaque directories) and the merged view that results — drawn from the directories themselves
   (what ``find lower upper`` lists, and ``ls merged`` showed while mounted).
 - `pids_comparison_figure`: notebook 02's fork bomb with and without ``pids.max``.
 - `contention_figure`: two groups with different CPU weights sharing one CPU.
+- `bridge_diagram`: notebook 08's bridge from ``workbook.bridge_state()`` (``ip -j addr``, the
+  lease file, ``sysctl net.ipv4.conf.BRIDGE.route_localnet``), with the paths through
+  ``nft list table ip BRIDGE``: a published port's DNAT, masquerade out, the loopback drop.
 
 matplotlib's object API only (`Figure`, never pyplot), like contained/jupyter/plots.py; show a
 figure with ``plots.show_figure``.
