@@ -6,6 +6,7 @@ overlay is mounted inside it, and no cgroup is needed when no limit is asked for
 """
 
 import json
+import os
 import shutil
 import site
 import subprocess
@@ -133,3 +134,30 @@ def test_a_failed_rootless_cell_leaves_the_next_ones_working(nobody_home):
     assert plain == [0, "ok\n"]
     assert limited[0] == "error" and "cgroup" in limited[1].lower()
     assert after == [[0, "ok\n"], [0, "ok\n"]]
+
+
+HOST_NET_SCENARIO = r'''
+import json, os
+from contained.runtime import container
+from contained.images.store import Store
+from contained.images.busybox import import_busybox
+
+import_busybox(Store())
+read, write = os.pipe()
+result = container.run("busybox", ["sh", "-c", "ls /sys/class/net; touch /sys/x 2>&1; true"],
+                       stdout=write, stderr=write, net="host",
+                       runner_=container.Runner(in_process=True))
+os.close(write)
+print(json.dumps([result.status, os.read(read, 65536).decode()]))
+'''
+
+
+@needs_root
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3")
+def test_rootless_host_network_sees_the_hosts_interfaces_through_a_read_only_sys(nobody_home):
+    """Issue 16: only the owner of a network namespace may mount sysfs, so rootless --net host
+    failed mounting it; the host's /sys is bound in read-only instead."""
+    status, output = run_as_nobody(nobody_home, HOST_NET_SCENARIO)
+    assert status == 0, output
+    assert "lo" in output.split() and set(output.split()) & set(os.listdir("/sys/class/net"))
+    assert "Read-only file system" in output

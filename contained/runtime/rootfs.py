@@ -101,6 +101,7 @@ class RootfsSpec:
     chroot: bool = False
     hosts_file: Path | None = None
     fuse: bool = False  # fuse-overlayfs instead of the kernel's overlay (see overlay.use_fuse)
+    host_sys: bool = False  # bind the host's /sys: rootless --net host may not mount sysfs
 
 
 def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
@@ -118,7 +119,7 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
     if staged:
         steps += [_move_step(staged, root, path) for path in STAGED]
     else:
-        steps += _proc_sys_steps(root) + _dev_steps(root)
+        steps += _proc_sys_steps(root, spec.host_sys) + _dev_steps(root)
     steps += _etc_steps(spec)
     steps += [_volume_step(root, volume) for volume in spec.volumes]
     steps.append(Step(f"mkdir -p {root}{spec.working_dir}", "the image's WorkingDir must exist",
@@ -190,12 +191,17 @@ def _mount_step(shell: str, why: str, root: Path, path: str, source: str, fstype
                                                    flags, data))
 
 
-def _proc_sys_steps(root: Path) -> list[Step]:
+def _proc_sys_steps(root: Path, host_sys: bool = False) -> list[Step]:
     secure = MS_NOSUID | MS_NODEV | MS_NOEXEC
     steps = [
         _mount_step(f"mount -t proc -o nosuid,nodev,noexec proc {root}/proc",
                     "ps and top read /proc; this one shows only the new PID namespace",
                     root, "/proc", "proc", "proc", secure),
+        Step(f"mount --rbind /sys {root}/sys && mount -o remount,bind,ro,nosuid,nodev,noexec "
+             f"{root}/sys  # and every mount below it",
+             "rootless --net host: only the owner of a network namespace may mount sysfs, so "
+             "the host's /sys is bound in, read-only all the way down (as podman does)",
+             lambda: _bind_host_sys(root)) if host_sys else
         _mount_step(f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {root}/sys",
                     "programs expect /sys; read-only so the host's devices can't be changed",
                     root, "/sys", "sysfs", "sysfs", secure | MS_RDONLY),
@@ -323,6 +329,13 @@ def _volume_step(root: Path, volume: Volume) -> Step:
                 f"remount,bind,{ro}nodev {root}{volume.container}",
                 f"a host directory shared with the container; {ro}nodev for every mount in it "
                 "too (mount_setattr with AT_RECURSIVE)", run)
+
+
+def _bind_host_sys(root: Path) -> None:
+    target = str(_inside(root, "/sys"))
+    syscalls.mount("/sys", target, None, MS_BIND | MS_REC)
+    syscalls.mount_setattr(target, syscalls.MOUNT_ATTR_RDONLY | syscalls.MOUNT_ATTR_NOSUID
+                           | syscalls.MOUNT_ATTR_NODEV | syscalls.MOUNT_ATTR_NOEXEC)
 
 
 def _restrict_volume(target: str, volume: Volume) -> None:

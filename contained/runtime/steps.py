@@ -276,7 +276,7 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
         hosts_file=directory / "hosts" if spec.net == "bridge" else None,
         volumes=[rootfs.Volume(h, c, bool(ro)) for h, c, ro in spec.volumes],
         working_dir=spec.working_dir or "/", chroot=spec.chroot,
-        fuse=overlay.use_fuse(spec.rootless))
+        fuse=overlay.use_fuse(spec.rootless), host_sys=spec.rootless and spec.net == "host")
 
 
 def spare_steps(staging: Path) -> list[Step]:
