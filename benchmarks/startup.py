@@ -37,6 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import back_to_back, interleaved_medians, needs_root  # noqa: E402
+from peers import remove_cgroup_parent  # noqa: E402
 
 from contained import syscalls  # noqa: E402
 from contained.images.busybox import import_busybox  # noqa: E402
@@ -104,6 +105,8 @@ def main() -> int:
         return 1
     scratch = Path(tempfile.mkdtemp(prefix="contained-bench-"))
     os.environ["CONTAINED_HOME"] = str(scratch / "home")
+    # A parent of its own, removed at the end: a home's default one would outlive the home.
+    parent = os.environ["CONTAINED_CGROUP_PARENT"] = f"contained-bench-startup-{os.getpid()}"
     holder = None
     runner = container.Runner()
     try:
@@ -155,7 +158,9 @@ def main() -> int:
         if holder:
             holder.kill()
             holder.wait()
+        container.gc()
         shutil.rmtree(scratch, ignore_errors=True)
+        remove_cgroup_parent(parent)
 
     # crun's figures below are net of the nsenter wrapper it needs on a hybrid-cgroup host.
     wrapper = latency.pop("wrapped", 0.0) - latency.pop("bare", 0.0)
