@@ -204,3 +204,31 @@ def remove_cgroup_tree(parent: str) -> None:
             for path in sorted((p for p in top.rglob("*") if p.is_dir()), reverse=True):
                 path.rmdir()
             top.rmdir()
+
+
+def processes_of(uid: int) -> list[int]:
+    """Every process the (throwaway) user with this uid runs."""
+    def owner(pid: str) -> int | None:
+        try:
+            return os.stat(f"/proc/{pid}").st_uid
+        except FileNotFoundError:
+            return None
+
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit() and owner(entry) == uid]
+
+
+def kill_processes_of(uid: int) -> None:
+    """SIGKILL every process of a throwaway user (by uid, which nothing else has) until none is
+    left, for up to 5 s."""
+    import signal
+
+    for _ in range(100):
+        pids = processes_of(uid)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)

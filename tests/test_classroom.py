@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import kill_processes_of, needs_root
 
 from contained.classroom import delegation
 from contained.runtime import cgroups
@@ -97,32 +97,10 @@ def student():
     try:
         yield account
     finally:
-        _kill_processes_of(account.pw_uid)
+        kill_processes_of(account.pw_uid)
         delegation.undelegate(name)
         subprocess.run(["userdel", name], check=True)
         shutil.rmtree(home, ignore_errors=True)
-
-
-def _kill_processes_of(uid: int) -> None:
-    """SIGKILL every process of the throwaway user (by uid, which nothing else has)."""
-    for _ in range(50):
-        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
-                and _owner(entry) == uid]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def _owner(pid: str) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except FileNotFoundError:
-        return None
 
 
 def run_as(account, keys: str, joined: bool = True) -> dict:

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import kill_processes_of, needs_root, processes_of
 
 from contained import home as homes
 from contained.classroom import delegation, hub
@@ -197,7 +197,7 @@ c.Spawner.start_timeout = 90
 
     def remove_students(self) -> None:
         for uid in self.uids:
-            _kill_processes_of(uid)
+            kill_processes_of(uid)
         for name in self.students:
             try:
                 delegation.undelegate(name)
@@ -207,32 +207,6 @@ c.Spawner.start_timeout = 90
         subprocess.run(["groupdel", self.group], capture_output=True)
         os.environ.pop(delegation.CONFIG_ENV, None)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _kill_processes_of(uid: int) -> None:
-    for _ in range(100):
-        pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
-                and _owner(entry) == uid]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-
-
-def _owner(pid: str) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}").st_uid
-    except FileNotFoundError:
-        return None
-
-
-def processes_of(uid: int) -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
-            and _owner(entry) == uid]
 
 
 class Kernel:
