@@ -189,13 +189,8 @@ class _UpperWalker:
             # Sockets cannot be stored in a tar (Docker drops them too).
 
     def _add_subdirectory(self, tar, dir_fd, name, path, info) -> None:
+        fd = _open_seen(name, OPEN_DIR, dir_fd, path, info)
         try:
-            fd = os.open(name, OPEN_DIR, dir_fd=dir_fd)
-        except OSError as error:  # ELOOP: swapped for a symlink since lstat; never followed
-            raise CommitFailed(f"cannot open {path} in the upper directory ({error.strerror}): "
-                               "stop the container before committing") from error
-        try:
-            _same_file(fd, info, path)
             xattrs = _xattrs(fd, path)
             opaque = any(xattrs.get(attr) == b"y" for attr in OPAQUE_XATTRS)
             children = os.listdir(fd)
@@ -218,13 +213,8 @@ class _UpperWalker:
             tar.addfile(entry)
             return
         self.hardlinks[key] = path
+        fd = _open_seen(name, OPEN_FILE, dir_fd, path, info)
         try:
-            fd = os.open(name, OPEN_FILE, dir_fd=dir_fd)
-        except OSError as error:  # ELOOP: swapped for a symlink since lstat; never followed
-            raise CommitFailed(f"cannot open {path} in the upper directory ({error.strerror}): "
-                               "stop the container before committing") from error
-        try:
-            _same_file(fd, info, path)
             entry = self._info(path, tarfile.REGTYPE, info)
             entry.size = info.st_size
             entry.pax_headers.update(_pax_xattrs(_xattrs(fd, path)))
@@ -251,6 +241,22 @@ class _UpperWalker:
 def _is_whiteout(info: os.stat_result) -> bool:
     """overlayfs's whiteout: a character device 0:0 (Documentation/filesystems/overlayfs.rst)."""
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
+
+
+def _open_seen(name: str, flags: int, dir_fd: int, path: str, seen: os.stat_result) -> int:
+    """Open `name` (never following a symlink: OPEN_DIR/OPEN_FILE hold O_NOFOLLOW) and make
+    sure it is what lstat saw; a container still running may swap entries meanwhile."""
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as error:  # ELOOP: swapped for a symlink since lstat; never followed
+        raise CommitFailed(f"cannot open {path} in the upper directory ({error.strerror}): "
+                           "stop the container before committing") from error
+    try:
+        _same_file(fd, seen, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _same_file(fd: int, seen: os.stat_result, path: str) -> None:
