@@ -5,10 +5,13 @@
 What a user at a shell waits for: interpreter start, imports, argument parsing, the run (the
 CLI forks the request's worker in-process: no second interpreter), exit. Contenders take
 turns, round after round, each after an idle pause; medians. For reference, in the same run:
-the bare interpreter (`python -I -c pass`, the floor of any Python CLI), `contained --help`
-(imports only), `contained ps`, and `podman run --rm` where podman is installed (flags from
-../shared/NOTES.md; `scripts/setup.sh --bench` installs it). The issue's target: contained
-≤ 0.5× podman. Import time by module: `python -X importtime -m contained --help`.
+the bare interpreter (`python -I -c pass`, the floor of any Python CLI), the interpreter as the
+console script starts it (`python -c pass`: site and the venv's .pth files), the same plus the
+modules `run` imports, `contained --help`, `contained ps`, and `podman run --rm` where podman is
+installed (flags from ../shared/NOTES.md; `scripts/setup.sh --bench` installs it). The last
+lines split `run --rm` into interpreter start, imports, and the rest (parsing, the container,
+exit). The issue's target: contained ≤ 0.5× podman. Import time by module:
+`python -X importtime .venv/bin/contained run --rm busybox /bin/true`.
 Figures on a shared 2-core machine are noisy: read the ratios.
 """
 
@@ -32,6 +35,11 @@ from contained.images.store import Store  # noqa: E402
 #: the console script a user runs (the venv's), else the same through `python -m contained`
 _SCRIPT = Path(sys.executable).parent / "contained"
 CONTAINED = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "contained"]
+START = "python -c pass (the console script's start)"
+IMPORTS = "python -c pass + run's imports"
+#: what `contained run` imports, then the console script's exit (no interpreter teardown)
+RUN_IMPORTS = ("import os, contained.cli, contained.runtime.container, contained.runtime.relay;"
+               " os._exit(0)")
 
 
 def main() -> int:
@@ -62,6 +70,8 @@ def main() -> int:
 
         contenders = {
             "python -I -c pass": run([sys.executable, "-I", "-c", "pass"]),
+            START: run([sys.executable, "-c", "pass"]),
+            IMPORTS: run([sys.executable, "-c", RUN_IMPORTS]),
             "contained --help": run([*CONTAINED, "--help"]),
             "contained ps": run([*CONTAINED, "ps"]),
             "contained run --rm busybox /bin/true": run(
@@ -93,6 +103,8 @@ def main() -> int:
     for what, ms in medians.items():
         print(f"{what:<50}{ms:>8.1f}")
     ours = medians["contained run --rm busybox /bin/true"]
+    print(f"run --rm = {medians[START]:.0f} ms start + {medians[IMPORTS] - medians[START]:.0f} ms "
+          f"imports + {ours - medians[IMPORTS]:.0f} ms parsing, the container and exit")
     theirs = medians.get("podman run --rm busybox /bin/true")
     if theirs:
         print(f"contained / podman = {ours / theirs:.2f}   (target ≤ 0.5)")

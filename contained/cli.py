@@ -23,22 +23,21 @@ Errors a user can act on are `ContainedError`s: printed as one line ``contained:
 turned into the error's exit status; Ctrl-C exits with 130.
 
 A command imports what it needs when it runs (`run` never loads the registry client's
-http.client and email, ~25 ms): `contained run --rm` is mostly interpreter start and the run
-itself. The CLI is single-threaded, so it forks the request's worker itself (see
-`contained.runtime.client`): no second interpreter.
+http.client and email, ~25 ms, nor the image writer's tarfile), only its own parser is built, and
+the console script exits without the interpreter's teardown: `contained run --rm` is mostly
+interpreter start, the runtime's imports and the run itself. The CLI is single-threaded, so it
+forks the request's worker itself (see `contained.runtime.client`): no second interpreter.
 """
 
 import argparse
 import errno
-import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from contained import options, views
 from contained.errors import ContainedError
-from contained.images.reference import parse_reference
-from contained.images.store import Store
 from contained.views import format_table, human_size, printable  # noqa: F401 (the CLI's API)
 
 EXIT_INTERRUPTED = 130
@@ -63,8 +62,15 @@ def add_pull(commands) -> None:
     parser.set_defaults(func=run_pull)
 
 
+def _store():
+    """The image store, imported only by the commands that use it (`ps` does not)."""
+    from contained.images.store import Store
+
+    return Store()
+
+
 def run_pull(args) -> int:
-    image = Store().pull(args.image, registries_conf=args.registries_conf,
+    image = _store().pull(args.image, registries_conf=args.registries_conf,
                          tls_verify=args.tls_verify, progress=False if args.quiet else None)
     print(f"{image.reference.familiar} {image.digest}")
     return 0
@@ -97,7 +103,9 @@ def add_inspect(commands) -> None:
 
 
 def run_inspect(args) -> int:
-    print(json.dumps(Store().image(args.image).describe(), indent=2))
+    import json
+
+    print(json.dumps(_store().image(args.image).describe(), indent=2))
     return 0
 
 
@@ -109,7 +117,9 @@ def add_rmi(commands) -> None:
 
 
 def run_rmi(args) -> int:
-    store = Store()
+    from contained.images.reference import parse_reference
+
+    store = _store()
     for name in args.images:
         store.remove(name)
         print(f"Untagged: {parse_reference(name).familiar}")
@@ -125,7 +135,7 @@ def add_unpack(commands) -> None:
 
 
 def run_unpack(args) -> int:
-    image = Store().unpack(args.image, args.dest)
+    image = _store().unpack(args.image, args.dest)
     print(f"unpacked {image.reference.familiar} ({len(image.layers)} layers) into {args.dest}")
     return 0
 
@@ -143,7 +153,7 @@ def add_import(commands) -> None:
 
 
 def run_import(args) -> int:
-    store = Store()
+    store = _store()
     if args.source == "busybox":
         from contained.images.busybox import DEFAULT_NAME, import_busybox
 
@@ -158,44 +168,9 @@ def run_import(args) -> int:
 
 
 def add_registry(commands) -> None:
-    parser = commands.add_parser(
-        "registry", help="a local registry on 127.0.0.1 that serves the store's images")
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    start = actions.add_parser("start", help="start it (default port 5000, or a free one) and "
-                                             "push the store's images to it")
-    start.add_argument("--port", type=int, help="port on 127.0.0.1")
-    start.add_argument("--no-seed", dest="seed", action="store_false",
-                       help="do not push the store's images")
-    start.set_defaults(func=run_registry_start)
-    actions.add_parser("status", help="is it running, and how to use it").set_defaults(
-        func=run_registry_status)
-    actions.add_parser("stop", help="stop it").set_defaults(func=run_registry_stop)
+    from contained.images.registry_commands import add_registry as add  # argparse only: light
 
-
-def run_registry_start(args) -> int:
-    from contained.images import registry  # http.client, email, ssl: ~25 ms, only here
-
-    print(registry.usage(registry.start(port=args.port, seed=args.seed)))
-    return 0
-
-
-def run_registry_status(args) -> int:
-    from contained.images import registry
-
-    state = registry.status()
-    if state is None:
-        print("registry not running; start it with `contained registry start`")
-        return 1
-    print(registry.usage(state))
-    return 0
-
-
-def run_registry_stop(args) -> int:
-    from contained.images import registry
-
-    state = registry.stop()
-    print(f"registry on {state.address} stopped" if state else "registry was not running")
-    return 0
+    add(commands)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +250,9 @@ def run_exec(args) -> int:
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
     exec_options = {**options.process_options(args),
-                    "explain": sys.stderr if args.explain else None}
+                    "explain": sys.stderr if args.explain else None,
+                    # The CLI is single-threaded: its own fork joins the container.
+                    "runner_": container.Runner(in_process=True)}
     if args.detach:
         container.exec_detached(args.container, args.command, **exec_options)
         return 0
@@ -421,19 +398,63 @@ COMMANDS: list[Callable] = [add_run, add_exec, add_ps, add_stop, add_rm, add_log
                             add_registry, add_gc, add_doctor, add_install_kernel, add_classroom]
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: the function that registers each command, to build only the parser asked for (a command
+#: missing here still works: its parser is found among all of them, a few ms later)
+ADDED_BY = {"run": add_run, "exec": add_exec, "ps": add_ps, "stop": add_stop, "rm": add_rm,
+            "logs": add_logs, "pull": add_pull, "images": add_images, "inspect": add_inspect,
+            "rmi": add_rmi, "unpack": add_unpack, "import": add_import,
+            "build": add_build_commit_push, "commit": add_build_commit_push,
+            "push": add_build_commit_push, "registry": add_registry, "gc": add_gc,
+            "doctor": add_doctor, "install-kernel": add_install_kernel, "classroom": add_classroom}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line, only its command's parser (building all
+    twenty-odd subparsers costs more than the rest of `contained ps`)."""
     parser = argparse.ArgumentParser(
         prog="contained", description="Containers built by hand, then used: images, overlay, "
                                       "namespaces, cgroups.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
+    for add in _adders_for(argv):
         add(commands)
     return parser
 
 
+def _adders_for(argv: list[str] | None) -> list[Callable]:
+    """[the command's add function] when argv starts with a known command, else all of them
+    (--help, a typo: argparse lists every command)."""
+    add = ADDED_BY.get(argv[0]) if argv else None
+    return [add] if add in COMMANDS else COMMANDS
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
+    """Entry point of the console script; returns the exit status (the console script,
+    argv None, exits right away instead: see `_exit_now`)."""
+    status = _main(sys.argv[1:] if argv is None else argv)
+    if argv is None:
+        _exit_now(status)
+    return status
+
+
+def _exit_now(status: int) -> None:
+    """Exit without the interpreter's teardown (~10 ms of freeing modules, for nobody), unless
+    something is left to run at exit: an atexit handler (weakref.finalize's, logging's) or a
+    thread. A stdout whose reader left is status 1, not a traceback."""
+    import atexit
+
+    threading = sys.modules.get("threading")
+    if getattr(atexit, "_ncallbacks", lambda: 1)() or (threading and threading.active_count() > 1):
+        return
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # `contained images | head`, or a stream already closed
+        status = status or 1
+    os._exit(status)
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -10,7 +10,6 @@ column and control characters stay escaped. The shell commands they stand for::
     contained doctor      (see contained.doctor)
 """
 
-import html
 import shlex
 import time
 
@@ -39,6 +38,8 @@ class Table:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
+        import html  # only a notebook renders HTML: the CLI skips html.entities' big table
+
         head = "".join(f'<th style="{NO_WRAP}">{html.escape(printable(c))}</th>'
                        for c in self.header)
         body = "".join("<tr>" + "".join(f'<td style="{NO_WRAP}">{html.escape(printable(c))}</td>'
@@ -58,6 +59,8 @@ class Lines:
     __repr__ = __str__
 
     def _repr_html_(self) -> str:
+        import html
+
         return f"<pre>{html.escape(str(self))}</pre>"
 
 

@@ -44,7 +44,7 @@ APT_PACKAGES=(
     skopeo docker-registry busybox-static umoci
     util-linux iproute2 nftables iptables procps
     fuse-overlayfs uidmap crun hyperfine debootstrap
-    libseccomp2 gcc libc6-dev  # seccomp filters; the static helpers tests build (gcc -static)
+    libseccomp2 gcc libc6-dev  # seccomp filters; the tiny C init (gcc -static); test helpers
     chromium chromium-driver  # tests/browser drives JupyterLab in it (no browser downloads here)
     podman runc  # tests/test_build.py: an image built here runs under a second, real runtime
 )
@@ -77,6 +77,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
 else
     echo "setup.sh: Python packages in .venv: up to date"
 fi
+# A named container's PID 1 (contained/runtime/tiny_init.c), compiled once beside its source;
+# without it each home compiles its own on first use, or PID 1 stays Python.
+step "compiling the tiny init for named containers (gcc -static)" \
+    .venv/bin/python -m contained.runtime.tiny_init
 # The classroom's hub (tests/test_classroom_hub.py, `contained classroom init`) needs npm's
 # configurable-http-proxy: into the project (.npm-prefix), not globally; without npm the test skips.
 CHP=.npm-prefix/node_modules/.bin/configurable-http-proxy

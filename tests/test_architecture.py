@@ -45,6 +45,9 @@ UPWARD_IMPORTS = {
     ("contained.runtime.steps", "network"),
     ("contained.runtime.runner", "network"),
     ("contained.runtime.container", "network"),
+    # A rootless --net bridge is checked when the spec is built (slirp4netns, /dev/net/tun),
+    # so the one-line error comes before any runner starts (imported there, on use).
+    ("contained.runtime.specs", "network"),
 }
 
 #: What the network package may use from the runtime: the `Step` every step is made of.

@@ -1,5 +1,6 @@
 """The `contained` command's image subcommands: output, one-line errors, exit statuses."""
 
+import atexit
 import json
 import os
 import subprocess
@@ -316,3 +317,43 @@ def test_run_takes_docker_s_combined_and_long_spellings(capsys):
     assert (args.rm, args.net, args.interactive, args.tty, args.pids_limit) == \
         (True, "none", True, True, 20)
     assert args.command == ["sh", "-c", "true"]
+
+
+def test_a_command_line_builds_only_its_own_command_s_parser():
+    every = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert every == set(cli.ADDED_BY)
+    for name in every:
+        alone = set(cli.build_parser([name, "x"])._subparsers._group_actions[0].choices)
+        assert name in alone and len(alone) <= 3, (name, alone)
+    for argv in (["--help"], ["nope"], []):
+        assert set(cli.build_parser(argv)._subparsers._group_actions[0].choices) == every
+
+
+def test_the_console_script_exits_at_once_only_when_nothing_waits_for_the_exit():
+    def waiting():
+        pass
+
+    atexit.register(waiting)
+    try:
+        assert cli._exit_now(0) is None  # returned: the normal exit runs the handler
+    finally:
+        atexit.unregister(waiting)
+
+
+def test_a_console_script_whose_reader_left_exits_1_without_a_traceback(home):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([str(VENV_CONTAINED), "images"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=30,
+                              env={**os.environ, "CONTAINED_HOME": str(home)})
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
+def test_the_console_script_flushes_what_it_printed_before_it_exits(home):
+    done = subprocess.run([str(VENV_CONTAINED), "images"], capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "CONTAINED_HOME": str(home)})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split() == ["REPOSITORY", "TAG", "DIGEST", "SIZE"]

@@ -38,7 +38,7 @@ out["run"] = [result.status, os.read(read, 65536).decode()]
 container.create("busybox", name="kept", runner_=runner)
 read, write = os.pipe()
 result = container.exec_("kept", ["sh", "-c", "echo kept > /root/f; cat /root/f; ps -o pid,comm"],
-                         stdout=write)
+                         stdout=write, runner_=runner)
 os.close(write)
 out["exec"] = [result.status, os.read(read, 65536).decode()]
 try:

@@ -15,5 +15,7 @@ service with ``Delegate=yes``. In the shell, for student ``ada`` (uid 1001) on c
 
 Where each part lives: `delegation` (the groups, the budget, moving a process in, removing
 them), `hub` (`contained classroom init`: the hub's config and the machine's check),
-`jupyterhub` (the spawner hook the hub loads), `commands` (the ``contained classroom`` CLI).
+`jupyterhub` (the spawner hook the hub loads), `tljh` (the same on The Littlest JupyterHub,
+where systemd delegates each student's unit: ``Delegate=yes``), `commands` (the ``contained
+classroom`` CLI).
 """

@@ -3,10 +3,14 @@
 Part of `contained.classroom`. They correspond to::
 
     contained classroom init                  write jupyterhub_config.py, check the machine
+    contained classroom init --tljh           write TLJH's config snippet (Delegate=yes), check
+    contained classroom init --dry-run        print the config instead of writing anything
     contained classroom delegate ada          mkdir + chown ada's cgroups (see `delegation`)
     contained classroom delegate ada --move PID     echo PID > .../server/cgroup.procs
     contained classroom undelegate ada        kill her containers, rmdir her cgroups
 """
+
+from pathlib import Path
 
 
 def add_classroom(commands) -> None:
@@ -16,8 +20,14 @@ def add_classroom(commands) -> None:
                     "their containers' limits (-m, --cpus, --pids-limit) work without root.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     init = actions.add_parser("init", help="write jupyterhub_config.py and check the machine")
-    init.add_argument("--dir", default="/etc/jupyterhub", metavar="DIR",
-                      help="where to write jupyterhub_config.py (default /etc/jupyterhub)")
+    init.add_argument("--dir", metavar="DIR",
+                      help="where to write the config (default /etc/jupyterhub, with --tljh "
+                           "/opt/tljh/config/jupyterhub_config.d)")
+    init.add_argument("--tljh", action="store_true",
+                      help="for The Littlest JupyterHub: a snippet giving each student's "
+                           "systemd unit Delegate=yes and the budget as the unit's limits")
+    init.add_argument("--dry-run", action="store_true",
+                      help="print the config and check the machine; write nothing")
     init.add_argument("--port", type=int, default=8000, help="the hub's port on 127.0.0.1")
     init.add_argument("--admin", action="append", default=[], metavar="USER",
                       help="a hub admin (repeatable)")
@@ -74,12 +84,36 @@ def run_undelegate(args) -> int:
 def run_init(args) -> int:
     from contained.classroom import delegation, hub
 
-    path = delegation.save_budget(_budget(args))
-    print(f"wrote {path}")
-    config = hub.write_config(args.dir, port=args.port, admins=args.admin)
-    print(f"wrote {config}")
-    checks = hub.check_machine()
+    if args.tljh:
+        return _init_tljh(args)
+    directory = args.dir or "/etc/jupyterhub"
+    if args.dry_run:
+        print(hub.render_config(Path(directory), port=args.port, admins=args.admin))
+        config = Path(directory) / hub.CONFIG_NAME
+    else:
+        print(f"wrote {delegation.save_budget(_budget(args))}")
+        config = hub.write_config(directory, port=args.port, admins=args.admin)
+        print(f"wrote {config}")
+    ok = _print_checks(hub.check_machine())
+    print(f"start the hub: jupyterhub -f {config}")
+    return 0 if ok else 1
+
+
+def _init_tljh(args) -> int:
+    from contained.classroom import hub, tljh
+
+    budget = _budget(args)
+    limits = {"memory": budget.memory, "cpus": budget.cpus, "pids": budget.pids}
+    if args.dry_run:
+        print(tljh.render(**limits))
+    else:
+        print(f"wrote {tljh.write_config(args.dir or tljh.TLJH_CONFIG_DIR, **limits)}")
+    ok = _print_checks(hub.check_machine(tljh=True))
+    print("then: sudo tljh-config reload hub (servers started from then on get it)")
+    return 0 if ok else 1
+
+
+def _print_checks(checks) -> bool:
     for ok, sentence in checks:
         print(("ok    " if ok else "FIX   ") + sentence)
-    print(f"start the hub: jupyterhub -f {config}")
-    return 0 if all(ok for ok, _ in checks) else 1
+    return all(ok for ok, _ in checks)

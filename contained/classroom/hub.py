@@ -7,7 +7,10 @@ student), the hub on 127.0.0.1 (put a TLS proxy in front, or an SSH tunnel), and
 their server inside it. In the shell::
 
     contained classroom init --memory 2G --cpus 1 --pids 512   # this
+    contained classroom init --dry-run                          # print it, write nothing
     jupyterhub -f /etc/jupyterhub/jupyterhub_config.py         # then start the hub
+
+For The Littlest JupyterHub, ``init --tljh`` writes its config snippet instead: `tljh`.
 """
 
 import os
@@ -57,18 +60,23 @@ def write_config(directory: str | os.PathLike, port: int = 8000, admins=(),
                  python: str = sys.executable) -> Path:
     """Write jupyterhub_config.py into `directory` (mode 0600: it may grow secrets); the
     students' servers run `python` (every student must be able to run it)."""
-    from contained.classroom import delegation
-
     directory = Path(directory)
+    text = render_config(directory, port, admins, group, state, python)
     directory.mkdir(parents=True, exist_ok=True)
-    state = Path(state) if state else directory
-    text = TEMPLATE.format(port=port, group=group, admins=set(admins), python=python,
-                           proxy=str(proxy_command()), state=state,
-                           budget_file=delegation.config_path())
     path = directory / CONFIG_NAME
     path.touch(mode=0o600)
     path.write_text(text)
     return path
+
+
+def render_config(directory: Path, port: int = 8000, admins=(), group: str = STUDENTS_GROUP,
+                  state: str | os.PathLike | None = None, python: str = sys.executable) -> str:
+    """The text `write_config` writes (`contained classroom init --dry-run` prints it)."""
+    from contained.classroom import delegation
+
+    return TEMPLATE.format(port=port, group=group, admins=set(admins), python=python,
+                           proxy=str(proxy_command()), state=Path(state) if state else directory,
+                           budget_file=delegation.config_path())
 
 
 def proxy_command() -> str:
@@ -79,8 +87,14 @@ def proxy_command() -> str:
 # --- the machine check -----------------------------------------------------------------------
 
 
-def check_machine() -> list[tuple[bool, str]]:
-    """(ok, sentence) for each thing a classroom needs; a failed one says what to do."""
+def check_machine(tljh: bool = False) -> list[tuple[bool, str]]:
+    """(ok, sentence) for each thing a classroom needs; a failed one says what to do. With
+    `tljh`, for The Littlest JupyterHub: systemd delegates instead of us, its Python serves."""
+    if tljh:
+        from contained.classroom import tljh as littlest
+
+        return [_user_namespaces(), littlest.systemd_running(), littlest.systemd_delegation(),
+                _homes(), _login_defs(), littlest.contained_for_students()]
     return [_user_namespaces(), _delegation(), _homes(), _login_defs(), _hub_installed(),
             _python_for_students()]
 

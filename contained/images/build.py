@@ -11,12 +11,10 @@ Everything here is deterministic: the same input gives the same digests on every
 what makes "busybox:latest" reproducible offline.
 """
 
-import gzip
 import hashlib
 import io
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,8 @@ def sha256_digest(data: bytes) -> str:
 
 def tar_directory(root: Path) -> bytes:
     """A reproducible tar of `root`: sorted names, mtime 0, owner 0:0, no user/group names."""
+    import tarfile  # here, not at the top: every `contained run` reads a layout, few write one
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in _walk_sorted(Path(root)):
@@ -63,6 +63,8 @@ def _walk_sorted(root: Path):
 
 def gzip_bytes(data: bytes) -> bytes:
     """gzip with no name and mtime 0, so the digest depends on the content only."""
+    import gzip
+
     return gzip.compress(data, compresslevel=6, mtime=0)
 
 

@@ -24,6 +24,7 @@ One module per idea:
 - `ports`: ``-p`` values (`parse_publish`) and checking a host port is free.
 - `names`: /etc/hosts (containers find each other by name) and /etc/resolv.conf.
 - `tools`: running ``ip``, ``nft``, ``iptables`` and ``nsenter``.
+- `slirp`: rootless ``--net bridge``: no bridge, slirp4netns connects the namespace instead.
 
 This package exports what the runtime, the CLI and the notebooks use, and `doctor`, which says
 what would stop any of it from working on this host.
@@ -32,8 +33,10 @@ what would stop any of it from working on this host.
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.network import slirp
 from contained.network.bridge import (
     CONTAINER_INTERFACE,
     AlreadyAttached,
@@ -92,8 +95,17 @@ __all__ = [
     "NetworkToolMissing", "PortInUse", "PortSpec", "SubnetChanged", "SubnetFull", "SubnetInUse",
     "check_name", "check_subnet", "detach", "doctor", "gc", "hosts_entries", "hosts_file",
     "lease_files", "parse_publish", "plan_attach", "refresh_hosts_files", "resolv_conf",
-    "state_path", "write_hosts_file",
+    "slirp", "state_path", "unplug", "write_hosts_file",
 ]
+
+
+def unplug(container: str, directory: str | os.PathLike, rootless: bool) -> None:
+    """Undo a --net bridge container's network: its lease, veth and port rules (`detach`),
+    or, rootless, its slirp4netns (`slirp.detach`). Safe to call twice."""
+    if rootless:
+        slirp.detach(Path(directory))
+    else:
+        detach(container)
 
 
 def doctor(config: NetworkConfig | None = None) -> list[str]:
@@ -103,8 +115,8 @@ def doctor(config: NetworkConfig | None = None) -> list[str]:
         config = config or NetworkConfig()
     except ContainedError as error:
         return [str(error)]
-    if os.geteuid() != 0:
-        problems.append("--net bridge needs root (CAP_NET_ADMIN) to create the bridge and veths")
+    if os.geteuid() != 0:  # rootless: slirp4netns instead of the bridge, veths and NAT
+        return slirp.problems()
     for tool in ("ip", "nsenter"):
         if installed(tool) is None:
             problems.append(f"`{tool}` is missing: apt-get install {PACKAGES[tool]}")

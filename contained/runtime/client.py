@@ -24,7 +24,7 @@ from contained import home, isolated
 from contained.errors import ContainedError
 from contained.runtime import init, runner, server, wire
 from contained.runtime.spec import ContainerSpec
-from contained.runtime.status import EXIT_KILLED, oom_message
+from contained.runtime.status import EXIT_KILLED
 
 #: the runner's name for the error that says it died without a result
 RUNNER_DIED = "RunnerDied"
@@ -331,15 +331,12 @@ class Execution:
     `RunResult` once there is one (or None); `wait()` blocks; `kill()` ends the command.
     """
 
-    def __init__(self, request: Request, spec: ContainerSpec, group=None, remove_files=None):
+    def __init__(self, request: Request, spec: ContainerSpec, remove_files=None):
         self.request = request
         self.spec = spec
         # What removes a throwaway container's files should its runner die first (the
         # lifecycle's `_remove_files`).
         self._remove_files = remove_files
-        # For exec: PID 1 does not watch memory, so compare the cgroup's OOM count around it.
-        self._group = group
-        self._oom_before = group.oom_kills() if group is not None else 0
 
     def fileno(self) -> int:
         return self.request.fileno()
@@ -376,11 +373,7 @@ class Execution:
             return RunResult(EXIT_KILLED, message=f"killed: container {self.spec.name} stopped "
                              "while the command ran", container=self.spec.name, id=self.spec.id)
         ended = self.request.outcome()
-        result = RunResult(ended.status, ended.oom, ended.message, self.spec.name, self.spec.id)
-        if self._group is not None and self._group.oom_kills() > self._oom_before:
-            result.status, result.oom = EXIT_KILLED, True
-            result.message = oom_message(self.spec.memory)
-        return result
+        return RunResult(ended.status, ended.oom, ended.message, self.spec.name, self.spec.id)
 
     def _clean_up(self) -> None:
         # The runner removes a throwaway container; this catches a runner that died first.

@@ -15,9 +15,9 @@ shared by every process: the CLI and a notebook see the same containers. A lock 
 name allocation and removal.
 """
 
+import json
 import os
 import signal
-import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,8 +27,8 @@ from contained.errors import ContainedError, ContainerNotRunning
 from contained.images import buildcache
 from contained.images.store import Store
 from contained.images.trees import remove_tree
-from contained.runtime import cgroups, client, init, process, server, state, steps, wire
-from contained.runtime.client import Execution, Request, Runner, RunResult
+from contained.runtime import cgroups, client, process, server, state, steps
+from contained.runtime.client import Execution, Runner, RunResult
 from contained.runtime.listing import Container, containers
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.specs import BadOption, build_spec
@@ -78,14 +78,9 @@ def _locked():
         yield
 
 
-def _cgroup_name(container_id: str) -> str:
-    """Named after the container, or a spare's that the runner had made ahead of time."""
-    return (state.read(container_id) or {}).get("cgroup") or container_id
-
-
 def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
     """A container's cgroup, if it has one now."""
-    return cgroups.Cgroup.open(_cgroup_name(container_id))
+    return cgroups.Cgroup.open(state.cgroup_name(container_id))
 
 
 def _live_spares() -> set[str]:
@@ -284,9 +279,9 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
                tty_size: list[int] | None = None) -> Execution:
     """Like `exec_`, but return at once with an `Execution` (`tty` as in `start`).
 
-    The request goes straight to the container's PID 1 (its control socket), which forks the
-    command inside every namespace and the cgroup; no runner is involved, and nothing forks
-    here. With ``detach=True`` the command keeps running when the caller goes away.
+    The runner (its worker, or the CLI's own fork) joins the container's cgroup and
+    namespaces and starts the command there (`contained.runtime.enter`), as ``nsenter``
+    would. With ``detach=True`` the command keeps running when the caller goes away.
     """
     container = get(name)
     if not container.running or not container.persistent:
@@ -302,22 +297,14 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
     if explain is not None and explain is not False:
         for step in steps.exec_steps(container.init_pid, spec, list(command), working_dir):
             os.write(client.explain_fd(explain), f"+ {step.explain()}\n".encode())
-    request = {"op": "exec", "detached": detach, "spec": {
-        "args": list(command), "env": process.merge_environment(spec.env, list(env)),
-        "working_dir": working_dir, "user": spec.user if user is None else user,
-        "tty": tty, "tty_size": list(tty_size) if tty and tty_size else None}}
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with init.short_path(Path(spec.directory) / "control.sock") as address:
-            sock.connect(address)
-        wire.send_request(sock, request, list(client.stdio_fds(stdin, stdout, stderr)))
-    except OSError as error:
-        sock.close()
-        raise ContainerNotRunning(f"container {container.name} does not answer "
-                                  f"({error.strerror}): `contained rm -f {container.name}` "
-                                  "and run it again") from error
-    group = cgroup_of(spec.id) if not spec.rootless else None
-    return Execution(Request(sock), spec, group)
+    request = json.dumps({
+        "container": spec.id, "args": list(command),
+        "env": process.merge_environment(spec.env, list(env)), "working_dir": working_dir,
+        "user": spec.user if user is None else user,
+        "tty": tty, "tty_size": list(tty_size) if tty and tty_size else None})
+    submitted = (runner_ or Runner.shared()).submit(
+        "exec", request, client.stdio_fds(stdin, stdout, stderr), detached=detach)
+    return Execution(submitted, spec)
 
 
 def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
@@ -333,7 +320,7 @@ def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
     if group is not None:
         group.remove()
     if container.spec.net == "bridge":
-        network.detach(container.name)
+        network.unplug(container.name, container.spec.directory, container.spec.rootless)
     return get(container.id)
 
 
@@ -398,7 +385,7 @@ def _own_cgroup_names(listed: list[Container]) -> set[str]:
     """The cgroup names this home can prove its own, for a parent other homes share: its
     containers' (recorded, or named after a directory of its own) and its spares' (named
     after the directory each spare makes ahead, ``.spare-PID-START``)."""
-    names = {_cgroup_name(c.id) for c in listed}
+    names = {state.cgroup_name(c.id) for c in listed}
     directory = state.containers_dir()
     if directory.exists():
         for entry in directory.iterdir():
@@ -415,6 +402,8 @@ def gc() -> list[str]:
     """
     removed = []
     with _locked():
+        # first, while the directories holding their records are all still there
+        removed += [f"slirp4netns of {c[:12]}" for c in network.slirp.gc(state.containers_dir())]
         listed = containers()
         ours = _own_cgroup_names(listed) if cgroups.parent_is_shared() else None
         for container in listed:
@@ -432,7 +421,7 @@ def gc() -> list[str]:
                         and state.read(entry.name) is None and _abandoned(entry):
                     remove_tree(entry)  # half-created, no state
         running = [c for c in listed if c.running]
-        keep = {_cgroup_name(c.id) for c in running} | _live_spares()
+        keep = {state.cgroup_name(c.id) for c in running} | _live_spares()
         removed += [f"cgroup {name}" for name in cgroups.gc(
             keep, ours=None if ours is None else ours.__contains__)]
         if network.lease_files():

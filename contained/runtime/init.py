@@ -10,11 +10,12 @@ it forwards; and when it exits, the kernel kills everything else in the namespac
 
 Our init is the runner's Python process, forked and renamed ``contained-init``; before it
 starts anything it joins a new session keyring, drops to Docker's default capabilities and
-no_new_privs, and loads the seccomp filter (`contained.runtime.seccomp`), which it keeps while it
-serves, and which everything it starts inherits. For a named
-container it also serves ``exec``: a command sent on the container's control socket is forked
-by PID 1 itself, so it is born inside every namespace and the cgroup — nothing to join, which
-is the slow part of ``nsenter`` + a cgroup write.
+no_new_privs, and loads the seccomp filter (`contained.runtime.seccomp`), which everything it
+starts inherits. A throwaway container's PID 1 stays Python: it waits for its one command and
+reports how it ended. A named container's PID 1, once set up, executes the tiny C init
+(`idle`, `contained.runtime.tiny_init`), which keeps its confinement and costs ~0.1 MiB instead
+of ~15: commands come in with ``exec``, which joins the container from outside
+(`contained.runtime.enter`), as ``nsenter`` does.
 
 PID 1 holds host resources (its sockets to the runner and caller), so the container must not
 reach it: it is non-dumpable, as runc's init (`seal`), so /proc/1/fd, mem, environ, root and
@@ -31,7 +32,8 @@ its own, so the container has no controlling terminal of the host. The descripto
 - the cgroup's OOM counter file (a spare's PID 1 reports OOM kills itself; opened before
   pivot_root, read-only);
 - the explain descriptor, for ``--explain`` only (it prints the last step);
-- a named container's control socket (the listener `exec` connects to), and its connections;
+- a named container's PID 1, in the end: only the tiny init's file (close-on-exec) and the pipe
+  it closes once sealed (`idle`);
 - a pipe of its own that wakes it when a child exits (SIGCHLD, for select).
 """
 
@@ -44,7 +46,6 @@ import socket
 import struct
 import subprocess
 import termios
-from contextlib import contextmanager
 from pathlib import Path
 
 from contained import syscalls
@@ -206,11 +207,13 @@ def restore_default_signals() -> None:
 # ---------------------------------------------------------------------------------------------
 # A throwaway container: PID 1 waits for its one command
 
-def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> int:
+def reap_until(child: subprocess.Popen, caller: socket.socket | None = None,
+               group: bool = False) -> int:
     """Forward signals to the command, reap every zombie, return the command's status.
 
     With `caller` (the socket of whoever waits for the result), the KILL marker on it or its
-    end SIGKILLs the command: a notebook's interrupt, or a kernel that died.
+    end SIGKILLs the command (with `group`, its whole process group: an exec'd command leads
+    one): a notebook's interrupt, or a kernel that died.
     """
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, lambda signum, _frame: _signal(child.pid, signum))
@@ -229,7 +232,7 @@ def reap_until(child: subprocess.Popen, caller: socket.socket | None = None) -> 
             _drain(wakeup)
             if caller in ready:
                 _wants_kill(_recv(caller))  # KILL, or nothing: the caller has gone
-                _signal(child.pid, signal.SIGKILL)
+                _signal(child.pid, signal.SIGKILL, group)
                 caller = None  # from now on a plain wait
 
 
@@ -249,127 +252,57 @@ def _signal(pid: int, signum: int, group: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# A named container: PID 1 holds the namespaces and runs what `exec` sends
+# A named container: PID 1 holds the namespaces, reaps, and stops them all on SIGTERM
 
-def control_socket(directory: Path) -> socket.socket:
-    """The listening socket `exec` connects to (in the container's 0700 directory)."""
-    path = directory / "control.sock"
-    path.unlink(missing_ok=True)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with short_path(path) as name:
-        listener.bind(name)
-    os.chmod(path, 0o600)
-    listener.listen(16)
-    return listener
+#: where the tiny init finds the pipe it closes once it is sealed (`idle`)
+SEALED_FD = 3
 
 
-@contextmanager
-def short_path(path: Path):
-    """`path` as a name that fits a Unix socket address (108 bytes), via an open directory.
+def idle(binary: int | None, sealed: int) -> None:
+    """PID 1 of a named container, from now on: the tiny C init (`contained.runtime.tiny_init`)
+    when `binary` is its descriptor, else the same loop in Python. Never returns.
 
-    Container directories are deep (a 64-hex-digit id under CONTAINED_HOME); the directory's
-    descriptor names it in a few bytes, without chdir (which would affect every thread).
+    `sealed` (the pipe to the runner) is handed over as descriptor 3; the init closes it once
+    it is non-dumpable again (execve makes a process dumpable), and only then does the runner
+    say the container is created: no container process exists before PID 1 is sealed. All
+    else PID 1 had is closed: stdio become /dev/null (a cell must not wait on its pipes).
     """
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
-def detach_stdio(keep: tuple[int, ...]) -> None:
-    """A long-lived PID 1 must not hold the caller's pipes open (a cell would never end)."""
     null_stdio()
-    close_fds_except(keep)
+    if binary == SEALED_FD:
+        binary = os.dup(binary)  # close-on-exec, like the original
+    os.dup2(sealed, SEALED_FD, inheritable=True)
+    close_fds_except((SEALED_FD, binary))
+    if binary is not None:
+        try:
+            os.execve(binary, [TITLE], {})
+        except OSError:
+            pass  # a kernel or filter that refuses it: the Python loop does the same job
+    os.close(SEALED_FD)
+    _idle_in_python()
 
 
-def serve_exec(listener: socket.socket) -> None:
-    """PID 1 of a named container, forever: exec requests in, zombies out, SIGTERM ends all.
-
-    Each request (JSON + the caller's stdin/stdout/stderr as SCM_RIGHTS) becomes a child in
-    its own session; its status goes back on the same connection. The KILL marker or the
-    caller going away kills the child's process group, unless the request was detached.
-    """
+def _idle_in_python() -> None:
+    """`tiny_init.c`'s loop: reap every zombie; SIGTERM or SIGINT stops everything."""
     wakeup_read = _sigchld_wakeup()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    children: dict[int, tuple[socket.socket, bool, subprocess.Popen]] = {}
-    while True:
-        if stopping:
-            _stop_everything()
-        watched = [listener, wakeup_read] + [conn for conn, _, _ in children.values()]
+    while not stopping:
         try:
-            ready, _, _ = select.select(watched, [], [])
+            select.select([wakeup_read], [], [])
         except InterruptedError:
-            continue
-        if wakeup_read in ready:
-            _drain(wakeup_read)
-        if listener in ready:
-            _accept(listener, children)
-        for pid, (conn, detached, _) in list(children.items()):
-            if conn in ready and not detached and _wants_kill(_recv(conn)):
-                _signal(pid, signal.SIGKILL, group=True)
-        _reap(children)
+            pass
+        _drain(wakeup_read)
+        _reap_all()
+    _stop_everything()
 
 
-def _accept(listener: socket.socket, children: dict) -> None:
-    conn, _ = listener.accept()
+def _reap_all() -> None:
     try:
-        received = wire.receive_request(conn)
-    except (OSError, ValueError):
-        conn.close()
-        return
-    if received is None:
-        conn.close()
-        return
-    request, fds = received
-    try:
-        spec = request["spec"]
-        stdio = tuple(fds[:3])
-        if spec.get("tty"):
-            stdio = (_send_terminal(conn, spec.get("tty_size")),) * 3
-            fds.append(stdio[0])  # closed below, once the command has it
-        child = spawn_command(spec["args"], spec["env"], spec["working_dir"], spec["user"],
-                              new_session=True, stdio=stdio, terminal=bool(spec.get("tty")))
-    except CommandFailed as error:
-        wire.send_event(conn, wire.Error.of(error))
-        conn.close()
-        return
-    except BaseException as error:  # noqa: BLE001 — one bad request must not end PID 1
-        wire.send_event(conn, wire.Error("ExecFailed", describe(error), EXIT_SETUP_FAILED))
-        conn.close()
-        return
-    finally:
-        for fd in fds:
-            os.close(fd)
-    wire.send_event(conn, wire.Started(pid=child.pid))
-    children[child.pid] = (conn, bool(request.get("detached")), child)
-
-
-def _send_terminal(conn: socket.socket, size: list[int] | None) -> int:
-    """Open a pty for an ``exec -t``, pass its master to the caller; return the slave."""
-    master, slave = open_terminal(size)
-    try:
-        wire.send_event_with_fds(conn, [master], wire.Tty())
-    finally:
-        os.close(master)
-    return slave
-
-
-def _reap(children: dict) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid in children:
-            conn, _, child = children.pop(pid)
-            child.returncode = exit_code(status)
-            wire.send_event(conn, wire.Exit(child.returncode))
-            conn.close()
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
 
 
 def _stop_everything() -> None:
@@ -380,11 +313,7 @@ def _stop_everything() -> None:
             os.kill(-1, 0)
         except ProcessLookupError:
             os._exit(0)
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        except ChildProcessError:
-            pass
+        _reap_all()
         select.select([], [], [], 0.05)
 
 

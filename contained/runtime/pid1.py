@@ -4,7 +4,8 @@ Taught in notebooks 05 and 06. In shell terms this is what happens between ``uns
 --fork`` and the command: the runner forks PID 1 (`fork_pid_one`); PID 1 runs its phases of
 the plan (`contained.runtime.steps`: namespaces, then inside), waiting for the runner where
 the plan says so (`contained.runtime.wire.Marker`); then it starts the command and stays as its
-init (`contained.runtime.init`: reaping, signal forwarding, exec for named containers).
+init (`contained.runtime.init`: reaping, signal forwarding), or, for a named container, becomes
+the tiny C init (`contained.runtime.tiny_init`).
 
 PID 1 reports to whoever waits: to the runner that forked it, on a pipe (`RunnerReport`), or,
 for a spare's PID 1, to the caller itself (`CallerReport`). A spare's PID 1 is forked before
@@ -69,20 +70,52 @@ def sync_with_runner(hooks: steps.Hooks, report, explain, go_read: int) -> None:
         hooks.announce_netns = report.netns
         hooks.wait_for_cgroup = lambda: wire.expect_marker(go_read, wire.Marker.IN_CGROUP)
     hooks.after_set_up = lambda: os.close(go_read)
+    if ROOTLESS:
+        _unseal_while_plugged(hooks, explain)
 
 
-def run(plan: steps.Plan, report, explain, persistent: bool, staged: bool = False):
+def _unseal_while_plugged(hooks: steps.Hooks, explain) -> None:
+    """Rootless --net bridge: PID 1 is dumpable from announcing its network namespace until
+    the runner has connected it, then sealed again (`init.seal`), before any container process.
+
+    slirp4netns (`contained.network.slirp`), started by the runner as root of the container's
+    user namespace only, enters the namespace by /proc/PID/ns/net, which a non-dumpable
+    process shows to the host's root alone. Our own uid owns the runner already: nothing of
+    the container can use the window. Only bridged containers announce their namespace.
+    """
+    announce, resume = hooks.announce_netns, hooks.wait_for_cgroup
+
+    def unsealed():
+        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1)
+        announce()
+        if explain:  # announcing waited for NETWORK_PLUGGED
+            syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+
+    def sealed():  # IN_CGROUP comes after the runner's outside phase (`_runner_side`)
+        resume()
+        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+
+    hooks.announce_netns = unsealed
+    if resume is not None:
+        hooks.wait_for_cgroup = sealed
+
+
+def run(plan: steps.Plan, report, explain, persistent: bool, staged: bool = False,
+        init_binary: int | None = None):
     """PID 1: its phases of the plan, then the command; then reap and forward. Never returns.
 
     The plan's hooks are set already (`sync_with_runner`, or a spare's). How PID 1 reports is
     `report`'s business: to the runner (`RunnerReport`) or to the caller (`CallerReport`).
+    A named (`persistent`) container starts no command: PID 1 becomes its idle init
+    (`init.idle`, the tiny C init from `init_binary`).
     """
     try:
-        listener = _set_up(plan, explain, persistent, staged)
+        _set_up(plan, explain, persistent, staged)
         if persistent:
+            if explain:
+                explain(plan.command.steps[0].shell)
             report.ready()
-            init.detach_stdio(keep=(listener.fileno(),))
-            init.serve_exec(listener)  # never returns
+            init.idle(init_binary, report.fd)  # never returns
         child = _start_command(plan, report, explain)
     except BaseException as error:  # noqa: BLE001 — reported (as its class), then exit
         status = error.exit_status if isinstance(error, CommandFailed) else EXIT_SETUP_FAILED
@@ -98,19 +131,17 @@ def _exit_after(say, what, status: int) -> None:
         os._exit(status)
 
 
-def _set_up(plan: steps.Plan, explain, persistent: bool, staged: bool):
-    """PID 1's phases up to the command; a named container's control socket, made first."""
+def _set_up(plan: steps.Plan, explain, persistent: bool, staged: bool) -> None:
+    """PID 1's phases up to the command."""
     if not persistent:
         # If the runner dies (SIGKILL, a crashed kernel), so does the container.
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     init.set_title()
     init.restore_default_signals()
-    listener = init.control_socket(Path(plan.spec.directory)) if persistent else None
     if staged:
         run_steps(plan.host.steps)  # a spare's runner made no directories: PID 1 does
     run_steps(plan.namespaces.steps + plan.inside.steps, explain)
     plan.hooks.call("after_set_up")
-    return listener
 
 
 def _start_command(plan: steps.Plan, report, explain):

@@ -22,7 +22,9 @@ already), and that child does the container's work here (`handle`), phase by pha
 R reports the command's status (and an OOM kill, read from the cgroup) on the request's socket,
 then tears the container down; it kills the container if that socket closes first, so a kernel
 that dies takes its containers with it. The CLI, itself single-threaded, runs the same `handle`
-in a child of its own. A named container's PID 1 stays, and serves `exec` itself.
+in a child of its own. A named container's PID 1 stays, as the tiny init
+(`contained.runtime.tiny_init`); `exec` is a request too: its worker joins the container
+(`contained.runtime.enter`).
 """
 
 import os
@@ -36,7 +38,7 @@ from pathlib import Path
 from contained import network, procfs
 from contained.errors import ContainedError
 from contained.images.trees import remove_tree
-from contained.runtime import init, pid1, state, steps, wire
+from contained.runtime import enter, init, pid1, state, steps, tiny_init, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 
@@ -70,11 +72,13 @@ def handle(request: dict, fds: list[int]) -> int:
         os.dup2(fd, target, inheritable=True)
     explain = _explainer(explain_fd) if request.get("explain") else None
     try:
-        spec = ContainerSpec.from_json(request["spec"])
+        spec = ContainerSpec.from_json(request["spec"]) if request["op"] != "exec" else None
         if request["op"] == "run":
             final = run_container(spec, reply, explain, request.get("owner"))
         elif request["op"] == "create":
             final = create_container(spec, explain)
+        elif request["op"] == "exec":
+            final = enter.exec_in_container(request["spec"], reply, request.get("detached"))
         else:
             raise ContainedError(f"unknown runner request {request['op']!r}")
         wire.send_event(reply, final)
@@ -134,7 +138,7 @@ def tear_down(spec: ContainerSpec, group, pid: int | None) -> None:
     if pid is not None:
         actions.append(lambda: (kill(pid), reap(pid)))
     if spec.net == "bridge":
-        actions.append(lambda: network.detach(spec.name))
+        actions.append(lambda: network.unplug(spec.name, spec.directory, spec.rootless))
     if spec.remove:
         actions += [group.remove, lambda: remove_tree(Path(spec.directory))]
     failures = []
@@ -179,12 +183,14 @@ def _status_of_killed(pid: int) -> int:
 # PID 1: forked here, then the runner's side of the handshakes.
 
 def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
-                   reply: socket.socket | None = None) -> tuple[int, int]:
+                   reply: socket.socket | None = None, init_binary: int | None = None
+                   ) -> tuple[int, int]:
     """The user and pid-fork phases; the runner's side while PID 1 sets up; until the command
     runs (or failed).
 
-    Returns PID 1's pid and the pipe on which it will report the command's exit status. With
-    ``spec.tty``, PID 1 passes the pty's master to the caller on `reply` itself.
+    Returns PID 1's pid and the pipe on which it will report the command's exit status (a
+    named container's PID 1 closes it once it is the sealed tiny init from `init_binary`).
+    With ``spec.tty``, PID 1 passes the pty's master to the caller on `reply` itself.
     """
     spec = plan.spec
     ready_read, ready_write = os.pipe()
@@ -195,10 +201,10 @@ def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
         terminal = reply if spec.tty and not persistent else None
         # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
         init.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
-                               terminal and terminal.fileno()))
+                               terminal and terminal.fileno(), init_binary))
         report = pid1.RunnerReport(ready_write, terminal)
         pid1.sync_with_runner(plan.hooks, report, explain, go_read)
-        pid1.run(plan, report, explain, persistent)
+        pid1.run(plan, report, explain, persistent, init_binary=init_binary)
 
     pid = pid1.fork_pid_one(spec.rootless, pid_one)
     os.close(ready_write)
@@ -276,21 +282,47 @@ def kill(pid: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# create: a named container keeps its PID 1, which serves `exec` (contained.runtime.init).
+# create: a named container keeps its PID 1, which becomes the tiny init; `exec` joins it
+# (contained.runtime.enter).
 
 def create_container(spec: ContainerSpec, explain) -> wire.Created:
     plan = steps.build(spec)
+    binary = tiny_init.open_binary()
+    pid = None
     try:
         run_steps(plan.host.steps, explain)
-        pid, status_pipe = _start_pid_one(plan, explain, persistent=True)
-        os.close(status_pipe)
+        pid, sealed = _start_pid_one(plan, explain, persistent=True, init_binary=binary)
+        _wait_until_sealed(pid, sealed)
+        # For `exec` (contained.runtime.enter), before the caller learns the container exists.
+        state.write_state(spec, cgroup_entry=plan.group.entry())
     except BaseException:
+        if pid is not None:
+            kill(pid)
+            reap(pid)
         if spec.net == "bridge":
-            network.detach(spec.name)
+            network.unplug(spec.name, spec.directory, spec.rootless)
         plan.group.remove()
         raise
+    finally:
+        if binary is not None:
+            os.close(binary)
     # This process is outside the new PID namespace: pid is the host's pid of PID 1.
     return wire.Created(pid=pid, start_time=procfs.start_time(pid))
+
+
+def _wait_until_sealed(pid: int, sealed: int) -> None:
+    """PID 1 closes its pipe once it is the non-dumpable tiny init (`init.idle`): until then
+    no command may enter (execve made it dumpable for a moment)."""
+    try:
+        if select.select([sealed], [], [], SEAL_TIMEOUT)[0] and not os.read(sealed, 4096):
+            return
+    finally:
+        os.close(sealed)
+    raise ContainerSetupFailed("the container's init did not start (contained doctor)")
+
+
+#: how long PID 1 may take from "ready" to being the sealed tiny init
+SEAL_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,8 +94,9 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
     if publish and net != "bridge":
         raise BadOption("-p/--publish needs --net bridge")
     if net == "bridge" and os.geteuid() != 0:
-        raise BadOption("--net bridge needs root (a bridge and veths on the host, NAT): use "
-                        "--net none, or ask for a root-capable machine")
+        from contained.network import slirp  # the network package: loaded on use
+
+        slirp.check_available()  # rootless: slirp4netns stands in for the bridge
     seccomp_profile = seccomp.from_security_options(security_opt)
     if os.geteuid() != 0 and _asks_for_limits(memory, cpus, pids_limit):
         cgroups.check_delegated()  # one line now, rather than a failed mkdir in the runner

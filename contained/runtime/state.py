@@ -64,6 +64,12 @@ def read(container_id: str) -> dict | None:
         return None
 
 
+def cgroup_name(container_id: str) -> str:
+    """The container's cgroup: named after it, or a spare's that a runner had made ahead of
+    time (then recorded as "cgroup")."""
+    return (read(container_id) or {}).get("cgroup") or container_id
+
+
 def _update(path: Path, values: dict) -> None:
     try:
         data = json.loads(path.read_text())

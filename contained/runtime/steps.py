@@ -95,10 +95,14 @@ class Plan:
         """The runner's steps from the host's side once PID 1's network namespace exists.
 
         Built when that moment comes: the steps name PID 1's pid, and with `reserve` they
-        lease the container's address (`--dry-run` shows the one a run would get now)."""
+        lease the container's address (`--dry-run` shows the one a run would get now).
+        Rootless, slirp4netns connects the namespace instead (nothing to lease)."""
         if self.spec.net != "bridge":
             return Phase("outside", RUNNER)
         publish = [network.parse_publish(p) for p in self.spec.publish]
+        if self.spec.rootless:
+            return Phase("outside", RUNNER, network.slirp.plan_attach(
+                self.spec.name, Path(self.spec.directory), pid, publish))
         _, attach = network.plan_attach(self.spec.name, pid, publish, reserve=reserve,
                                         hosts_file=Path(self.spec.directory) / "hosts")
         return Phase("outside", RUNNER, attach)
@@ -127,12 +131,13 @@ def build(spec: ContainerSpec, *, with_cgroup: bool = True, staged: Path | None 
                             lambda: hooks.call("announce_netns")))
     return Plan(
         spec, group, Phase("host", RUNNER, host),
-        Phase("user", RUNNER, [user_namespace_step()] if spec.rootless else []),
+        Phase("user", RUNNER, user_steps(spec)),
         # Shown as part of the unshare line (``unshare --pid --fork ...``): the runner does it.
         Phase("pid-fork", RUNNER),
         Phase("namespaces", PID_ONE, pid_one),
         Phase("inside", PID_ONE, inside_steps(spec, kinds, hooks, staged)),
-        Phase("command", PID_ONE, [exec_step(spec.args, spec.env, spec.user)]),
+        Phase("command", PID_ONE, [idle_step() if spec.persistent
+                                   else exec_step(spec.args, spec.env, spec.user)]),
         hooks)
 
 
@@ -151,8 +156,13 @@ def inside_steps(spec: ContainerSpec, kinds: list[str], hooks: Hooks,
     steps.append(Step(
         "unshare --cgroup", "after joining its cgroup: the container sees that cgroup as /",
         lambda: (hooks.call("wait_for_cgroup"), syscalls.unshare(syscalls.CLONE_NEWCGROUP))))
-    # Last, in this order: keyctl is among the calls the filter refuses.
-    return steps + [init.keyring_step(), init.confine_step(), seccomp.step(spec.seccomp)]
+    return steps + confinement_steps(spec)
+
+
+def confinement_steps(spec: ContainerSpec) -> list[Step]:
+    """What PID 1 does last, and `exec` (`contained.runtime.enter`) does too; in this order,
+    because keyctl is among the calls the filter refuses."""
+    return [init.keyring_step(), init.confine_step(), seccomp.step(spec.seccomp)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,12 +212,26 @@ class NoCgroup:
     def oom_counter(self):
         return self.oom_kills
 
+    def entry(self) -> None:
+        return None
+
     def remove(self) -> None:
         pass
 
 
 # ---------------------------------------------------------------------------------------------
 # The user and PID 1 phases
+
+def user_steps(spec: ContainerSpec) -> list[Step]:
+    """Rootless: the user namespace; with --net bridge, then the process that becomes
+    slirp4netns, forked while the runner's children are still born in the host's PID
+    namespace (`contained.network.slirp.Launcher`)."""
+    if not spec.rootless:
+        return []
+    if spec.net != "bridge":
+        return [user_namespace_step()]
+    return [user_namespace_step(), network.slirp.prefork_step(Path(spec.directory))]
+
 
 def user_namespace_step() -> Step:
     uid, gid = os.geteuid(), os.getegid()
@@ -302,12 +326,18 @@ def exec_step(args: list[str], env: list[str], user: str) -> Step:
                 "the command, with the image's environment and Docker's default capabilities")
 
 
+def idle_step() -> Step:
+    return Step("exec contained-init",
+                "a named container's PID 1 from now on: a tiny C program that reaps zombies "
+                "and stops the container on SIGTERM (tiny_init.c); commands come with exec")
+
+
 def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir: str
                ) -> list[Step]:
     """What `exec` amounts to, as the shell command a student would use (for --explain)."""
     flags = " ".join(f"--{kind}" for kind in joined_kinds(spec))
     return [Step(f"nsenter --target {init_pid} {flags} --root --wd={working_dir} "
                  f"{shlex.join(args)}",
-                 "a process inside every namespace of the container, its cgroup and its root "
-                 "(contained's PID 1 forks it there, so it inherits PID 1's capabilities, "
-                 "session keyring and seccomp filter)")]
+                 "a process of the runner joins the container's cgroup, then every namespace "
+                 "of it (its root too), takes PID 1's confinement (a new keyring, Docker's "
+                 "capabilities, seccomp) and starts the command there")]

@@ -43,6 +43,8 @@ Rootless, a container gets a group only where root delegated one to its user (`c
 classroom delegate USER`, as systemd's ``Delegate=yes``): ``contained-user-UID`` in every tree,
 with ``server`` (the student's own processes) and ``containers`` (theirs to write, its limits
 the student's budget); the home's parent is then ``contained-user-UID/containers/contained-TAG``.
+Where systemd delegated the v2 group of the unit this process runs in (``Delegate=yes``, as The
+Littlest JupyterHub's spawner can ask), containers nest in it instead, as podman's do: `unit`.
 """
 
 from contained.runtime.cgroups.files import CgroupError, CgroupInUse, ControllerMissing
@@ -61,6 +63,7 @@ from contained.runtime.cgroups.host import (
     check_delegated,
     delegated_name,
     delegated_roots,
+    delegated_unit,
     delegation_problem,
     detect,
     host_euid,
@@ -95,4 +98,6 @@ __all__ = [
     # groups root delegates to a user (`contained classroom delegate`)
     "DELEGATED_CONTAINERS", "DELEGATED_SERVER", "NotDelegated", "check_delegated",
     "delegated_name", "delegated_roots", "delegation_problem", "host_euid",
+    # a group systemd delegated to our unit (`unit`)
+    "delegated_unit",
 ]

@@ -25,6 +25,7 @@ from contained.runtime.cgroups.host import (
     is_group_name,
     parent_name,
     parent_paths,
+    parent_trees,
 )
 from contained.runtime.cgroups.limits import Limits, Usage, check_limits, limit_value
 from contained.runtime.cgroups.v1 import DEVICE_RULES, V1Tree
@@ -81,6 +82,17 @@ class Cgroup:
     def procs_files(self) -> list[Path]:
         """The cgroup.procs files a process writes its pid to, to join the group."""
         return [path / "cgroup.procs" for path in self.paths]
+
+    def entry(self) -> dict:
+        """How a process enters this group from outside (`contained.runtime.enter`), kept in
+        the container's record so that `exec` needs no look at the host's trees: the v2
+        directory, the v1 trees' ``tasks`` files (writing 0 there moves only the calling
+        thread, which takes no global lock; a whole process in cgroup.procs does), and the
+        file that counts OOM kills."""
+        v2, oom = self.dirs.get("v2"), self._oom_file()
+        return {"v2": str(v2) if v2 else None,
+                "v1_tasks": [str(path / "tasks") for path in self.paths if path != v2],
+                "oom": str(oom) if oom else None}
 
     # creating
 
@@ -263,21 +275,22 @@ class Cgroup:
 def _layout(name: str, host: CgroupHost) -> dict[str, Path]:
     """The directories a new group gets: what its limits, measures and stopping need."""
     parent = parent_name(host)
+    v1 = _v1_mounts(host)
     dirs: dict[str, Path] = {}
     if host.unified is not None:
         # even with no controllers, a v2 group lists every process and kills them all at once
         dirs["v2"] = host.unified / parent / name
     for controller in CONTROLLERS:
-        if host.where(controller) == "v1":
-            dirs[controller] = host.v1_mounts[controller] / parent / name
-    if "v2" not in dirs and "cpuacct" in host.v1_mounts:
-        dirs["cpuacct"] = host.v1_mounts["cpuacct"] / parent / name
+        if host.where(controller) == "v1" and controller in v1:
+            dirs[controller] = v1[controller] / parent / name
+    if "v2" not in dirs and "cpuacct" in v1:
+        dirs["cpuacct"] = v1["cpuacct"] / parent / name
     v2_stops = "v2" in dirs and (host.can_kill or host.can_freeze)
-    if not v2_stops and "freezer" in host.v1_mounts:
-        dirs["freezer"] = host.v1_mounts["freezer"] / parent / name
-    if "devices" in host.v1_mounts and host_euid() == 0:
+    if not v2_stops and "freezer" in v1:
+        dirs["freezer"] = v1["freezer"] / parent / name
+    if "devices" in v1 and host_euid() == 0:
         # rootless, its rules would need CAP_SYS_ADMIN: nodev mounts stand in (see `v1`)
-        dirs["devices"] = host.v1_mounts["devices"] / parent / name
+        dirs["devices"] = v1["devices"] / parent / name
     return dirs
 
 
@@ -285,10 +298,17 @@ def _every_dir(name: str, host: CgroupHost) -> dict[str, Path]:
     """Every directory a group of this name may have, whatever layout made it."""
     parent = parent_name(host)
     dirs = {"v2": host.unified / parent / name} if host.unified is not None else {}
+    v1 = _v1_mounts(host)
     for controller in V1_CONTROLLERS:
-        if controller in host.v1_mounts:
-            dirs[controller] = host.v1_mounts[controller] / parent / name
+        if controller in v1:
+            dirs[controller] = v1[controller] / parent / name
     return dirs
+
+
+def _v1_mounts(host: CgroupHost) -> dict[str, Path]:
+    """The v1 trees our parent lives in: none inside a group systemd delegated to our unit."""
+    trees = parent_trees(host)
+    return {controller: mount for controller, mount in host.v1_mounts.items() if mount in trees}
 
 
 # --- cleaning up after crashes ---------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 from contained import home, names
 from contained.errors import ContainedError
 from contained.runtime import mountinfo
+from contained.runtime.cgroups import unit
 
 #: the controllers a container's limits use, in the order their steps are shown
 CONTROLLERS = ("memory", "cpu", "pids")
@@ -179,8 +180,13 @@ def parent_name(host: CgroupHost | None = None) -> str:
     parent = os.environ.get(PARENT_ENV) or f"{DEFAULT_PARENT}-{home.home_tag()}"
     check_name(parent, "cgroup parent")
     uid = host_euid()
-    if uid != 0 and _delegated_dirs(host or detect(), uid):
-        return f"{delegated_name(uid)}/{DELEGATED_CONTAINERS}/{parent}"
+    if uid != 0:
+        host = host or detect()
+        if _delegated_dirs(host, uid):
+            return f"{delegated_name(uid)}/{DELEGATED_CONTAINERS}/{parent}"
+        unit_group = unit.find(host.unified)
+        if unit_group is not None:  # systemd's Delegate=yes: see `contained.runtime.cgroups.unit`
+            return f"{unit_group.relative}/{DELEGATED_CONTAINERS}/{parent}"
     return parent
 
 
@@ -190,10 +196,16 @@ def parent_is_shared() -> bool:
 
 
 def parent_paths(host: CgroupHost | None = None) -> list[Path]:
-    """The parent directory in every tree (they may not exist)."""
+    """The parent directory in every tree it lives in (they may not exist)."""
     host = host or detect()
     parent = parent_name(host)
-    return [root / parent for root in roots(host)]
+    return [root / parent for root in parent_trees(host)]
+
+
+def parent_trees(host: CgroupHost) -> list[Path]:
+    """The trees our parent lives in: every tree (`roots`), except inside a group systemd
+    delegated to our unit: only the v2 tree then, as systemd delegates nothing in v1 trees."""
+    return [host.unified] if delegated_unit(host) is not None else roots(host)
 
 
 def can_limit(controller: str, host: CgroupHost | None = None) -> bool:
@@ -242,6 +254,15 @@ def delegated_roots(host: CgroupHost) -> list[Path]:
     return found
 
 
+def delegated_unit(host: CgroupHost) -> unit.UnitGroup | None:
+    """The v2 group systemd delegated to the unit this rootless process runs in (``Delegate=yes``,
+    `contained.runtime.cgroups.unit`), where root delegated it no group of ours; else None."""
+    uid = host_euid()
+    if uid == 0 or _delegated_dirs(host, uid):
+        return None
+    return unit.find(host.unified)
+
+
 def _delegated_dirs(host: CgroupHost, uid: int) -> list[Path]:
     """contained-user-UID/containers in every tree, if root made them all; else []."""
     dirs = [root / delegated_name(uid) / DELEGATED_CONTAINERS for root in delegated_roots(host)]
@@ -256,18 +277,38 @@ def delegation_problem(host: CgroupHost | None = None) -> str | None:
     uid = host_euid()
     user = _user_name(uid)
     dirs = _delegated_dirs(host, uid)
+    unit_group = unit.find(host.unified) if not dirs else None
+    if unit_group is not None:
+        return _unit_problem(host, unit_group, user)
     if not dirs or not all(os.access(path, os.W_OK) for path in dirs):
         return (f"limits (-m, --cpus, --pids-limit) without root need a cgroup delegated to "
                 f"you: ask your teacher to run `sudo contained classroom delegate {user}`, "
                 "or run as root")
     if host.unified is not None:
-        own = _own_v2_group()
+        own = unit.own_v2_group()
         top = "/" + delegated_name(uid)
         if own is None or not (own == top or own.startswith(top + "/")):
             return (f"your cgroup is delegated but this process is not inside it ({own}): ask "
                     f"your teacher to run `sudo contained classroom delegate {user} --move "
                     f"{os.getpid()}` (JupyterHub's contained spawner does it for every server)")
     return None
+
+
+def _unit_problem(host: CgroupHost, unit_group: unit.UnitGroup, user: str) -> str | None:
+    """Why limits fail in a group systemd delegated to our unit: a controller it lacks."""
+    missing = [name for name in CONTROLLERS
+               if host.where(name) != "v2" or name not in unit_group.controllers]
+    if not missing:
+        return None
+    if any(host.where(name) == "v1" for name in missing):
+        return (f"your cgroup /{unit_group.relative} is delegated to you (systemd's Delegate=yes)"
+                f", but on this {host.mode} host {', '.join(missing)} are cgroup v1 controllers, "
+                "which systemd does not delegate, and the v2 tree has none to limit with: "
+                "limits (-m, --cpus, --pids-limit) need `sudo contained classroom delegate "
+                f"{user}` or a pure cgroup v2 host")
+    return (f"your cgroup /{unit_group.relative} is delegated to you but offers no "
+            f"{', '.join(missing)} controller: ask your teacher to give the unit `Delegate=yes` "
+            f"in a slice that has them (`cat /sys/fs/cgroup/cgroup.subtree_control`)")
 
 
 def check_delegated(host: CgroupHost | None = None) -> None:
@@ -289,16 +330,6 @@ def host_euid() -> int:
         if inside <= euid < inside + count:
             return outside + euid - inside
     return euid
-
-
-def _own_v2_group() -> str | None:
-    try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                return line[3:]
-    except OSError:
-        pass
-    return None
 
 
 def _user_name(uid: int) -> str:

@@ -19,8 +19,8 @@ lists every process of the container and kills them all at once.
 from functools import partial
 from pathlib import Path
 
-from contained.runtime.cgroups import files
-from contained.runtime.cgroups.host import CONTROLLERS, CgroupHost
+from contained.runtime.cgroups import files, unit
+from contained.runtime.cgroups.host import CONTROLLERS, CgroupHost, delegated_unit
 from contained.runtime.cgroups.limits import CPU_PERIOD_US
 from contained.runtime.plan import Step
 
@@ -40,10 +40,12 @@ class V2Tree:
     def create_steps(self, path: Path, name: str) -> list[Step]:
         """Pass the controllers down from the root to the parent, then make the group."""
         root, parent = path.parent.parent, path.parent
-        wanted = [controller for controller in CONTROLLERS
-                  if controller in self.host.v2_controllers]
+        unit_group = delegated_unit(self.host)  # then root is its `containers`
+        offered = unit_group.controllers if unit_group else self.host.v2_controllers
+        wanted = [controller for controller in CONTROLLERS if controller in offered]
         enable = " ".join(f"+{controller}" for controller in wanted)
-        steps = []
+        # inside a group systemd delegated to our unit: first its processes go to a leaf
+        steps = [unit.leaf_step(unit_group, enable)] if unit_group else []
         if wanted:
             steps.append(_enable_step(root, enable,
                                       "let groups below the root use these controllers"))

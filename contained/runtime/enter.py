@@ -1,0 +1,168 @@
+"""``exec``: a new process in a running named container, which it joins from outside.
+
+Taught in notebook 06. A named container's PID 1 is the tiny init (`contained.runtime.tiny_init`),
+which starts nothing; so, as ``nsenter`` and ``runc exec`` do, a process of the runner's (the
+worker forked for the request, or the CLI's own fork) walks into the container. In shell terms::
+
+    echo $$ > /sys/fs/cgroup/.../ID/cgroup.procs                 # the container's cgroup
+    nsenter --target PID1 --all --root --wd=DIR \\
+        setpriv --bounding-set=... --no-new-privs CMD             # + keyring, seccomp
+
+Step by step (`join`, then `run`):
+
+1. find PID 1 by its pid *and* its recorded start time, as a pidfd: a pid reused by some other
+   process after the container died can never be joined by mistake;
+2. join the container's cgroup while the host's /sys/fs/cgroup is still in sight, so that the
+   command is born inside its limits (`_join_cgroup`: born in the v2 group rather than moved
+   there, which would wait ~10 ms for an RCU grace period);
+3. ``setns(pidfd, every kind at once)``: user (rootless), mount, UTS, IPC, network, PID and
+   cgroup, in one call; the root and working directory become the container's;
+4. the confinement PID 1 gave itself (`contained.runtime.steps.confinement_steps`): a new
+   session keyring, Docker's capabilities and no_new_privs, the seccomp filter; and
+   non-dumpable, so the command is unreachable until its own execve;
+5. start the command (`contained.runtime.init.spawn_command`: user, environment, directory, a
+   pty with -t), report `Started`, wait for it, report `Exit`.
+
+This process stays outside the container's PID namespace (``setns(CLONE_NEWPID)`` moves only
+its children), so nothing inside can see or signal it, while it holds the caller's pipes. The
+KILL marker, or the caller going away, kills the command's process group, unless the exec was
+detached: then this process leaves at once and the command is the container's init's child.
+It is in the container's cgroup while the command runs, as ``runc init`` is: its memory and its
+one pid count against the container's limits.
+"""
+
+import json
+import os
+import select
+import socket
+from pathlib import Path
+
+from contained import procfs, syscalls
+from contained.errors import ContainerNotRunning
+from contained.runtime import cgroups, init, namespaces, state, steps, wire
+from contained.runtime.cgroups import files as control_files
+from contained.runtime.plan import run_steps
+from contained.runtime.spec import ContainerSpec
+from contained.runtime.status import EXIT_KILLED
+
+
+def exec_in_container(request_json: str, reply: socket.socket, detached: bool
+                      ) -> "wire.Exit | wire.Cleaned":
+    """The runner's `exec` request (`contained.runtime.container.start_exec` sends it):
+    join, start, and wait unless `detached`; the final event for the caller."""
+    request = json.loads(request_json)
+    spec, oom_kills, pid_one = join(request["container"])
+    before = oom_kills()
+    child = start(request, reply)
+    wire.send_event(reply, wire.Started(pid=child.pid))
+    if detached:
+        return wire.Cleaned()  # the command carries on; the container's init will reap it
+    status = init.reap_until(child, reply, group=True)
+    # SIGKILLed with the container (rm -f, stop)? Its PID 1 ends just after the processes it
+    # took with it: a moment's wait on its pidfd, which becomes readable when it has.
+    if status == EXIT_KILLED and select.select([pid_one], [], [], STOPPED_GRACE)[0]:
+        return wire.Exit(EXIT_KILLED, message=f"killed: container {spec.name} stopped while "
+                         "the command ran")
+    return wire.Exit.of(status, oom_kills() - before, spec.memory)
+
+
+#: how long a SIGKILLed command's exec waits to see whether its container was stopped
+STOPPED_GRACE = 0.1
+
+
+def join(container_id: str):
+    """Steps 1 to 4: this process is inside the container, confined as its PID 1 is.
+    Returns the container's spec, its OOM-kill counter (read through a file opened here) and
+    a pidfd of its PID 1."""
+    record = state.read(container_id)
+    if record is None:
+        raise ContainerNotRunning(f"container {container_id[:12]} is gone")
+    spec = ContainerSpec.from_dict(record["spec"])
+    pidfd = _pid_one(spec, record.get("init_pid"), record.get("init_start_time"))
+    # Made here: the seccomp program comes from the host's files (or the runner's memory).
+    confinement = steps.confinement_steps(spec)
+    entry = _cgroup_entry(container_id, record)
+    oom_kills = _counter(entry and entry.get("oom"))
+    if entry is not None:
+        _join_cgroup(entry)
+    syscalls.setns(pidfd, namespaces.flags_for(steps.joined_kinds(spec)))
+    syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+    run_steps(confinement)
+    return spec, oom_kills, pidfd
+
+
+def _cgroup_entry(container_id: str, record: dict) -> dict | None:
+    """The container's cgroup as its runner recorded it (`Cgroup.entry`), or looked up."""
+    if "cgroup_entry" in record:
+        return record["cgroup_entry"]
+    group = cgroups.Cgroup.open(state.cgroup_name(container_id))
+    return None if group is None else group.entry()
+
+
+def _counter(path: str | None):
+    """The group's OOM kills, through a descriptor opened now: after setns the host's
+    /sys/fs/cgroup is out of sight."""
+    if path is None:
+        return lambda: 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return lambda: control_files.keyed(os.pread(fd, 4096, 0).decode(), "oom_kill") or 0
+
+
+def _join_cgroup(entry: dict) -> None:
+    """Into the container's cgroup, without the RCU grace period (~10 ms on an idle machine)
+    that moving a whole process costs. In each v1 tree this one thread moves itself (``echo 0 >
+    tasks``, no global lock); the v2 group is entered by being born in it: a child made with
+    clone3's CLONE_INTO_CGROUP (as systemd starts services) carries on, and this process only
+    waits for it and leaves with its status."""
+    for tasks in entry["v1_tasks"]:
+        control_files.write(Path(tasks), "0")
+    if entry["v2"] is None:
+        return
+    directory = os.open(entry["v2"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        child = syscalls.fork_into_cgroup(directory)
+    except OSError:  # a kernel before 5.7: move, and wait for the grace period
+        control_files.write(Path(entry["v2"]) / "cgroup.procs", "0")
+        return
+    finally:
+        os.close(directory)
+    if child:
+        _, status = os.waitpid(child, 0)
+        os._exit(min(os.waitstatus_to_exitcode(status) & 0xFF, 255))
+
+
+def _pid_one(spec: ContainerSpec, pid: int | None, started: int | None) -> int:
+    """A pidfd of the container's PID 1, checked against its recorded start time."""
+    gone = ContainerNotRunning(f"container {spec.name} is not running: start it again with "
+                               f"`contained rm {spec.name}`, then `contained run --name ...`")
+    if not pid or not started:
+        raise gone
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise gone from None
+    # Checked after opening: the pidfd pins this process, so if the start time matches now,
+    # the pidfd is PID 1's, whatever happens to the pid later.
+    if procfs.start_time(pid) != started:
+        os.close(pidfd)
+        raise gone
+    return pidfd
+
+
+def start(request: dict, reply: socket.socket):
+    """Step 5: the command, in its own session, on the caller's stdio or a new pty."""
+    stdio = None
+    if request.get("tty"):
+        master, slave = init.open_terminal(request.get("tty_size"))
+        try:
+            wire.send_event_with_fds(reply, [master], wire.Tty())
+        finally:
+            os.close(master)
+        stdio = (slave,) * 3
+    try:
+        return init.spawn_command(request["args"], request["env"], request["working_dir"],
+                                  request["user"], new_session=True, stdio=stdio,
+                                  terminal=bool(request.get("tty")))
+    finally:
+        if stdio is not None:
+            os.close(stdio[0])
