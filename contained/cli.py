@@ -26,10 +26,13 @@ A command imports what it needs when it runs (`run` never loads the registry cli
 http.client and email, ~25 ms, nor the image writer's tarfile), only its own parser is built, and
 the console script exits without the interpreter's teardown: `contained run --rm` is mostly
 interpreter start, the runtime's imports and the run itself. The CLI is single-threaded, so it
-forks the request's worker itself (see `contained.runtime.client`): no second interpreter.
+forks the request's worker itself (see `contained.runtime.client`): no second interpreter. For
+`run` and `exec` it forks that worker first thing, and the worker imports the runner while the
+CLI parses its options and resolves the image (`contained.runtime.ahead`).
 """
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -44,22 +47,9 @@ EXIT_INTERRUPTED = 130
 
 
 def add_pull(commands) -> None:
-    parser = commands.add_parser(
-        "pull", help="copy an image into the store (skopeo copy)",
-        description="Copy an image into the store with skopeo, pick this machine's "
-                    "architecture, and verify every blob.")
-    parser.add_argument("image", help="busybox, busybox:1.36, 127.0.0.1:5000/library/busybox, "
-                                      "docker://…, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
-    parser.add_argument("--registries-conf", type=Path, metavar="FILE",
-                        help="containers-registries.conf to use, e.g. the local registry's "
-                             "(see `contained registry status`)")
-    parser.add_argument("--tls-verify", type=_parse_bool, default=None, metavar="true|false",
-                        help="verify the registry's TLS certificate (default: true, except "
-                             "for registries on this machine)")
-    parser.add_argument("--insecure", dest="tls_verify", action="store_const", const=False,
-                        help="same as --tls-verify=false")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(func=run_pull)
+    from contained.images.registry_commands import add_pull as add  # argparse only: light
+
+    add(commands)
 
 
 def _store():
@@ -67,13 +57,6 @@ def _store():
     from contained.images.store import Store
 
     return Store()
-
-
-def run_pull(args) -> int:
-    image = _store().pull(args.image, registries_conf=args.registries_conf,
-                         tls_verify=args.tls_verify, progress=False if args.quiet else None)
-    print(f"{image.reference.familiar} {image.digest}")
-    return 0
 
 
 def add_images(commands) -> None:
@@ -202,7 +185,7 @@ def run_run(args) -> int:
                                     persistent=bool(args.name) and not args.rm, **spec_options)
         print("\n".join(container.dry_run(spec)))
         return 0
-    runner = container.Runner(in_process=True)
+    runner = _runner(args)
     explain = sys.stderr if args.explain else None
     if args.detach:
         if args.rm:
@@ -215,6 +198,28 @@ def run_run(args) -> int:
         args.image, command, name=args.name, remove=args.rm or None, explain=explain,
         runner_=runner, stdin=stdin, stdout=stdout, stderr=stderr, **_terminal(args),
         **spec_options))
+
+
+def _worker_for(argv: list[str]):
+    """For `run` and `exec`, the worker that will do the request, forked first thing: it
+    imports the runner (the steps, PID 1's code, seccomp) on the other CPU while this process
+    parses its options and resolves the image (`contained.runtime.ahead`). Closing it reaps it
+    if unused (`--help`, a bad option, an unknown image, --dry-run)."""
+    if not argv or argv[0] not in ("run", "exec"):
+        return contextlib.nullcontext()
+    # What both processes need, imported once, before the fork.
+    from contained.images import trees  # noqa: F401
+    from contained.runtime import cgroups, client, process, seccomp_profile, state  # noqa: F401
+    from contained.runtime.ahead import Worker
+
+    return contextlib.closing(Worker())
+
+
+def _runner(args):
+    """The CLI is single-threaded: its own fork does the request (the worker forked ahead)."""
+    from contained.runtime.client import Runner
+
+    return Runner(in_process=True, ahead=getattr(args, "worker", None))
 
 
 def _terminal(args) -> dict:
@@ -245,14 +250,12 @@ def add_exec(commands) -> None:
 
 
 def run_exec(args) -> int:
-    from contained.runtime import container
-
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
+    from contained.runtime import container
+
     exec_options = {**options.process_options(args),
-                    "explain": sys.stderr if args.explain else None,
-                    # The CLI is single-threaded: its own fork joins the container.
-                    "runner_": container.Runner(in_process=True)}
+                    "explain": sys.stderr if args.explain else None, "runner_": _runner(args)}
     if args.detach:
         container.exec_detached(args.container, args.command, **exec_options)
         return 0
@@ -454,8 +457,13 @@ def _exit_now(status: int) -> None:
 
 
 def _main(argv: list[str]) -> int:
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    with _worker_for(argv) as worker:
+        args = build_parser(argv).parse_args(argv)
+        args.worker = worker
+        return _call(args)
+
+
+def _call(args) -> int:
     try:
         return args.func(args)
     except ContainedError as err:
@@ -480,12 +488,3 @@ def _main(argv: list[str]) -> int:
 
 #: a full disk or quota: told in one line, never a traceback
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")

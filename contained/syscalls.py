@@ -10,7 +10,6 @@ Jupyter kernel, whose threads make namespace calls unsafe.
 
 import ctypes
 import os
-import platform
 import re
 import signal
 import struct
@@ -85,7 +84,8 @@ _SYSCALL_NUMBERS = {
     "openat2": (437, 437),
     "clone3": (435, 435),
 }
-_ARCH_INDEX = 0 if platform.machine() in ("x86_64", "amd64") else 1
+# os.uname() rather than platform.machine(): the same answer, without importing platform
+_ARCH_INDEX = 0 if os.uname().machine in ("x86_64", "amd64") else 1
 
 
 def _check(result: int, what: str) -> int:

@@ -47,6 +47,7 @@ APT_PACKAGES=(
     libseccomp2 gcc libc6-dev  # seccomp filters; the tiny C init (gcc -static); test helpers
     chromium chromium-driver  # tests/browser drives JupyterLab in it (no browser downloads here)
     podman runc  # tests/test_build.py: an image built here runs under a second, real runtime
+    slirp4netns  # rootless --net bridge: the container's network namespace, connected without root
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

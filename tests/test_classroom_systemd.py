@@ -145,9 +145,6 @@ def import_busybox_as(account, group: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the runtime to give a rootless container without "
-                   "limits a group where one is delegated: in steps.host_steps, `and cgroups."
-                   "delegated_unit(cgroups.detect()) is None` (the lead's module)")
 @_students
 def test_in_a_delegated_unit_a_container_without_limits_lands_in_its_containers_group(
         student, unit_group):  # noqa: F811 (the fixture imported above)

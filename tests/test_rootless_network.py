@@ -74,7 +74,9 @@ def run(key, command, **options):
         out[key] = {"error": str(error)}
     os.close(read)
 
-run("bridge", "ip -4 -o addr show tap0; ip route; cat /etc/hosts", net="bridge")
+run("bridge", "ip -4 -o addr show tap0; ip route; cat /etc/hosts; "
+    "cat /proc/1/environ >/dev/null 2>&1 && echo PID 1 readable || echo PID 1 sealed",
+    net="bridge")
 out["left_after_run"] = settled()
 run("loopback", f"nc -w 2 10.0.2.2 {secret_port} </dev/null && echo connected || echo refused",
     net="bridge")
@@ -246,6 +248,13 @@ def test_a_rootless_bridged_container_has_tap0_with_an_address_and_a_default_rou
 
 
 @_marks
+def test_pid_one_is_sealed_again_once_slirp4netns_has_entered_its_namespace(scenario_result):
+    """PID 1 is dumpable while slirp4netns opens /proc/PID/ns/net, then non-dumpable again
+    before the command starts: the container cannot read its memory or environment."""
+    assert "PID 1 sealed" in scenario_result["bridge"]["output"], scenario_result["bridge"]
+
+
+@_marks
 def test_a_rootless_container_cannot_reach_the_hosts_loopback_through_the_gateway(
         scenario_result):
     """CVE-2020-8558's lesson, rootless: 10.0.2.2 is the host, but not its 127.0.0.1."""
@@ -301,6 +310,7 @@ def test_dry_run_of_a_rootless_bridge_shows_slirp4netns_and_add_hostfwd(busybox_
            "--enable-seccomp --api-socket" in text
     assert "add_hostfwd" in text and '"host_port": 8080' in text and "nc -U" in text
     assert "before unshare --pid" in text  # the launcher, in the user phase
+    assert "slirp4netns connects this network namespace" in text
     assert "ip link add" not in text  # no bridge, no veth
 
 

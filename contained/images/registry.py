@@ -231,10 +231,19 @@ def _seed_here(home: Path, data: Path, copies: list | None) -> None:
             seed_from_store(state, Store(home))
         for source, target, all_images in copies or []:
             skopeo.copy(source, f"docker://{state.address}/{target}", dest_tls_verify=False,
-                        action=f"cannot publish {source}", all_images=all_images)
+                        action=f"cannot publish {source}", all_images=all_images,
+                        dest_authfile=no_credentials(state))
     finally:
         _terminate(state.pid)
         _state_file(directory).unlink(missing_ok=True)
+
+
+def no_credentials(state: RegistryState) -> Path:
+    """A credentials file that does not exist, for pushes to our own registry, which needs
+    none. Else skopeo reads the caller's /run/containers/UID/auth.json: rootless, UID is 0 in
+    our user namespace, and that is root's directory (podman makes it 0700), so skopeo fails
+    with "permission denied" where there is simply nothing to read."""
+    return Path(state.directory) / "no-credentials.json"
 
 
 def seed_from_store(state: RegistryState, store: Store) -> list[str]:
@@ -249,7 +258,7 @@ def seed_from_store(state: RegistryState, store: Store) -> list[str]:
             target = f"{state.address}/{reference.path}:{reference.tag}"
             skopeo.copy(f"oci:{store.layout}:{image.name}", f"docker://{target}",
                         action=f"cannot seed the registry with {reference.familiar}",
-                        dest_tls_verify=False)
+                        dest_tls_verify=False, dest_authfile=no_credentials(state))
             pushed.append(target)
     return pushed
 

@@ -19,7 +19,6 @@ Where the kernel has ``openat2(2)`` (Linux 5.6+), `open_in_root` lets it do the 
 
 import errno
 import os
-import platform
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ class UnsafePath(ContainedError):
 
 # Tests turn this off to exercise the portable walk on kernels that have openat2. (openat2's
 # number, 437, is the same on x86_64 and aarch64, the machines it has been tried on.)
-use_openat2 = platform.machine() in ("x86_64", "aarch64")
+use_openat2 = os.uname().machine in ("x86_64", "aarch64")
 
 
 @dataclass

@@ -67,12 +67,14 @@ def command(args: list[str], *, registries_conf: Path | None = None) -> list[str
 def copy(source: str, dest: str, *, action: str, registries_conf: Path | None = None,
          src_tls_verify: bool = True, dest_tls_verify: bool = True,
          architecture: str | None = None, all_images: bool = False, progress: bool = False,
-         not_found_hint: str = "check the name and tag") -> None:
+         not_found_hint: str = "check the name and tag",
+         dest_authfile: Path | None = None) -> None:
     """``skopeo copy SOURCE DEST``; failures raise one-line errors starting with `action`.
 
     With `progress`, skopeo's own report (progress bars on a terminal) goes to our stderr;
     otherwise it runs ``--quiet``. `architecture` picks the image from a multi-arch index
     (skopeo's default is the architecture it was built for, which may differ from the host's).
+    `dest_authfile`: the destination's credentials file instead of the caller's.
     """
     if progress and not _has_fileno(sys.stderr):
         progress = False  # e.g. a Jupyter kernel's stderr: skopeo needs a real file descriptor
@@ -81,6 +83,8 @@ def copy(source: str, dest: str, *, action: str, registries_conf: Path | None = 
         args.append("--src-tls-verify=false")
     if not dest_tls_verify:
         args.append("--dest-tls-verify=false")
+    if dest_authfile is not None:
+        args += ["--dest-authfile", str(dest_authfile)]
     if architecture:
         args += ["--override-arch", architecture, "--override-os", "linux"]
     if all_images:

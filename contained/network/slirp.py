@@ -55,7 +55,7 @@ RECORD = "slirp4netns.json"
 TUN_DEVICE = "/dev/net/tun"
 #: slirp4netns is ready in ~5 ms; a loaded classroom machine gets more
 READY_TIMEOUT = 10.0
-#: how long `detach` waits for a slirp4netns whose PID 1 is gone to notice
+#: how long `detach` waits for a killed slirp4netns to be gone
 EXIT_TIMEOUT = 2.0
 
 
@@ -202,31 +202,39 @@ class Launcher:
 
 
 def _become_slirp4netns(directory: Path, command: int, ready: int, log: int) -> None:
-    """In the launcher: wait for PID 1's pid, then exec slirp4netns for it."""
+    """In the launcher: let go of the runner's descriptors, wait for PID 1's pid, then exec
+    slirp4netns for it."""
     os.setsid()  # a Ctrl-C for the CLI that started a named container must not reach it
     for name in ("SIGINT", "SIGPIPE"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
-    data = os.read(command, 32)
-    if not data:
-        os._exit(0)  # the runner gave up before PID 1 had a network namespace
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)  # from here on, what goes wrong is in the log
+    # nothing else of the runner's (the container's stdio, the caller's socket): a caller
+    # waits for those to close
+    _close_all_but(command, ready)
+    data = os.read(command, 32)
+    if not data:
+        os._exit(0)  # the runner gave up before PID 1 had a network namespace
     pid = int(data)
     pidfd = os.pidfd_open(pid)
-    keep = sorted({pidfd, ready})
-    low = 3
-    for fd in keep:  # nothing else of the runner's: the container's stdio, the caller's socket
-        os.closerange(low, fd)
+    for fd in (pidfd, ready):
         os.set_inheritable(fd, True)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+    os.close(command)
     os.chdir(directory)
     os.execvp("slirp4netns", [
         "slirp4netns", "--configure", f"--mtu={MTU}", "--disable-host-loopback",
         "--enable-sandbox", "--enable-seccomp", "--api-socket", API_SOCKET,
         f"--exit-fd={pidfd}", f"--ready-fd={ready}", str(pid), INTERFACE])
+
+
+def _close_all_but(*keep: int) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def start(directory: Path, pid: int) -> int:
@@ -324,8 +332,9 @@ def _read_record(directory: Path) -> dict | None:
 def detach(directory: Path, explain: Callable[[str], None] | None = None) -> None:
     """Make sure the container's slirp4netns has ended; remove its socket and record.
 
-    It normally ends by itself with PID 1: this waits for that (`EXIT_TIMEOUT`), then kills
-    it. Does nothing without a record, so it is safe to call twice.
+    It ends by itself with PID 1, a little later; this kills it (the callers have ended PID 1
+    already) and waits until it is gone. Does nothing without a record, so it is safe to call
+    twice.
     """
     record = _read_record(Path(directory))
     if record is not None:
@@ -347,12 +356,12 @@ def _end(record: dict, explain: Callable[[str], None] | None) -> None:
     except ProcessLookupError:
         return
     try:
-        if procfs.alive(record.get("init_pid"), record.get("init_start")) or \
-                not select.select([pidfd], [], [], EXIT_TIMEOUT)[0]:
-            if explain is not None:
-                explain(Step(f"kill {pid}", "slirp4netns of a container that is gone").explain())
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            select.select([pidfd], [], [], EXIT_TIMEOUT)
+        # It would end by itself once it notices PID 1 is gone (some 30 ms): the container
+        # is over, there is nothing left to lose, and a teardown should not wait for that.
+        if explain is not None:
+            explain(Step(f"kill {pid}", "slirp4netns of a container that is gone").explain())
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        select.select([pidfd], [], [], EXIT_TIMEOUT)
     except ProcessLookupError:
         pass
     finally:

@@ -15,14 +15,13 @@ writes events on its other end stands in for the real one (tests/test_wire.py).
 import os
 import select
 import socket
-import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from contained import home, isolated
+from contained import home
 from contained.errors import ContainedError
-from contained.runtime import init, runner, server, wire
+from contained.runtime import wire
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.status import EXIT_KILLED
 
@@ -56,10 +55,25 @@ def _forget_the_caller(fds: list[int]) -> None:
     """In the CLI's forked worker, before any PID 1 exists: only the request's descriptors
     (the relay's pipe ends, never the caller's own: `contained.runtime.relay`) and the runner's
     environment stay. PID 1 is non-dumpable too, so /proc/1/environ shows nothing anyway."""
+    from contained.runtime import init  # the worker's: the CLI itself never needs it
+
     environment = runner_environment()
     os.environ.clear()
     os.environ.update(environment)
     init.close_fds_except(fds)
+
+
+def _work(request: dict, fds: list[int]) -> None:
+    """The CLI's worker, forked when the request is known: do it, then exit (never return
+    into the caller's code, whatever happens)."""
+    code = 1
+    try:
+        _forget_the_caller(fds)
+        from contained.runtime import runner
+
+        code = runner.handle(request, fds)
+    finally:
+        os._exit(code)
 
 
 class Runner:
@@ -69,18 +83,21 @@ class Runner:
     see `contained.isolated`) once per process, with plain subprocess (no Python runs between fork
     and exec in the caller), and reuses it.
     ``Runner(in_process=True)`` forks the request's worker directly; only a single-threaded
-    program such as the CLI may use it.
+    program such as the CLI may use it; given a worker forked ahead (`contained.runtime.ahead`:
+    the CLI's, importing the runtime while the CLI prepares the request), the first request goes
+    to that one.
     """
 
     _shared: "Runner | None" = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, in_process: bool = False):
-        self.in_process = in_process
+    def __init__(self, in_process: bool = False, ahead=None):
+        self.in_process = in_process or ahead is not None
         self._lock = threading.Lock()
         self._control: socket.socket | None = None
-        self._process: subprocess.Popen | None = None
+        self._process = None  # the helper's subprocess.Popen, once started
         self._spares: list[socket.socket] = []
+        self._ahead = ahead  # an `ahead.Worker`, until it has the first request
 
     @classmethod
     def shared(cls) -> "Runner":
@@ -115,6 +132,10 @@ class Runner:
 
     def _start(self) -> socket.socket:
         if self._control is None or not self.alive():
+            import subprocess
+
+            from contained import isolated
+
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             self._process = subprocess.Popen(
                 [*isolated.python_argv("contained.runtime.runner"), "--serve",
@@ -130,7 +151,11 @@ class Runner:
         return self._control
 
     def close(self) -> None:
-        """Stop the helper: its running containers see the socket close and are killed."""
+        """Stop the helper: its running containers see the socket close and are killed. An
+        unused worker forked ahead sees its socket close and exits; it is reaped here."""
+        if self._ahead is not None:
+            self._ahead.close()
+            self._ahead = None
         for spare in self._spares:
             spare.close()
         self._spares = []
@@ -138,6 +163,8 @@ class Runner:
             self._control.close()
             self._control = None
         if self._process is not None:
+            import subprocess  # imported already: `_start` started the helper with it
+
             try:
                 self._process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -159,11 +186,7 @@ class Runner:
         worker = None
         try:
             if self.in_process:
-                worker = os.fork()
-                if worker == 0:
-                    ours.close()
-                    _forget_the_caller(fds)
-                    os._exit(runner.handle(request, fds))
+                worker = self._hand_to_worker(request, fds)
             else:
                 with self._lock:
                     self._send(request, fds)
@@ -174,8 +197,23 @@ class Runner:
             theirs.close()
         return Request(ours, worker)
 
+    def _hand_to_worker(self, request: dict, fds: list[int]) -> int:
+        """The worker forked ahead, if there is one, receives the request (its pid); else one
+        is forked now, for this request."""
+        if self._ahead is not None:
+            worker, self._ahead = self._ahead.hand(request, fds), None
+            if worker is not None:
+                return worker
+            # it died unused (killed?): it was reaped; fork another
+        worker = os.fork()
+        if worker == 0:
+            _work(request, fds)
+        return worker
+
     def _send(self, request: dict, fds: list[int]) -> None:
         """To the waiting spare when it fits (one hop less), else to the runner itself."""
+        from contained.runtime import server  # the helper's way only: the CLI never needs it
+
         if server.suits_spare(request) and (spare := self._take_spare()) is not None:
             try:
                 wire.send_request(spare, request, fds)

@@ -22,12 +22,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from contained import filelock, home, network
+from contained import filelock, home
 from contained.errors import ContainedError, ContainerNotRunning
-from contained.images import buildcache
-from contained.images.store import Store
 from contained.images.trees import remove_tree
-from contained.runtime import cgroups, client, process, server, state, steps
+from contained.runtime import client, state
 from contained.runtime.client import Execution, Runner, RunResult
 from contained.runtime.listing import Container, containers
 from contained.runtime.spec import ContainerSpec
@@ -78,13 +76,18 @@ def _locked():
         yield
 
 
-def cgroup_of(container_id: str) -> cgroups.Cgroup | None:
+def cgroup_of(container_id: str) -> "cgroups.Cgroup | None":  # noqa: F821
     """A container's cgroup, if it has one now."""
+    # Imported where used (here and below): `run --rm` needs none of them in this process.
+    from contained.runtime import cgroups
+
     return cgroups.Cgroup.open(state.cgroup_name(container_id))
 
 
 def _live_spares() -> set[str]:
     """Cgroups that runners made ahead of time and still hold."""
+    from contained.runtime import cgroups, server
+
     return {entry.name for parent in cgroups.parent_paths() if parent.exists()
             for entry in parent.iterdir() if server.is_live_spare(entry.name)}
 
@@ -154,6 +157,8 @@ def _reserve(spec: ContainerSpec) -> None:
 
 def dry_run(spec: ContainerSpec) -> list[str]:
     """The shell commands `run` would execute for this spec, without running anything."""
+    from contained.runtime import steps
+
     return [step.explain() for step in steps.build(spec).steps()]
 
 
@@ -283,6 +288,8 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
     namespaces and starts the command there (`contained.runtime.enter`), as ``nsenter``
     would. With ``detach=True`` the command keeps running when the caller goes away.
     """
+    from contained.runtime import process, steps
+
     container = get(name)
     if not container.running or not container.persistent:
         raise ContainerNotRunning(f"container {container.name} is not running: start a new one "
@@ -298,7 +305,9 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
         for step in steps.exec_steps(container.init_pid, spec, list(command), working_dir):
             os.write(client.explain_fd(explain), f"+ {step.explain()}\n".encode())
     request = json.dumps({
-        "container": spec.id, "args": list(command),
+        # The directory, not only the id: a runner started for another home (the kernel's,
+        # before CONTAINED_HOME changed) finds the record all the same.
+        "container": spec.id, "directory": spec.directory, "args": list(command),
         "env": process.merge_environment(spec.env, list(env)), "working_dir": working_dir,
         "user": spec.user if user is None else user,
         "tty": tty, "tty_size": list(tty_size) if tty and tty_size else None})
@@ -309,6 +318,8 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
 
 def stop(name: str, timeout: float = DEFAULT_STOP_TIMEOUT) -> Container:
     """SIGTERM to PID 1 (it passes it on), SIGKILL after `timeout` seconds (``docker stop``)."""
+    from contained import network
+
     container = get(name)
     data = state.read(container.id)
     if data is None:  # a throwaway one that finished meanwhile
@@ -400,6 +411,11 @@ def gc() -> list[str]:
     A directory without a record is left alone for a minute (`SETUP_GRACE`): it may belong
     to a container whose runner is about to record it.
     """
+    from contained import network
+    from contained.images import buildcache
+    from contained.images.store import Store
+    from contained.runtime import cgroups, server
+
     removed = []
     with _locked():
         # first, while the directories holding their records are all still there
@@ -433,6 +449,8 @@ def gc() -> list[str]:
 
 def _collect_layers(listed: list[Container]) -> list[str]:
     """Unpacked layers no image uses (`rmi` keeps them) and no recorded container stands on."""
+    from contained.images.store import Store
+
     store, in_use = Store(home.home_path()), {p for c in listed for p in c.spec.lowers}
     try:
         unused = store.unused_layer_dirs() if store.layer_cache.is_dir() else []

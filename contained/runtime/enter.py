@@ -13,8 +13,8 @@ Step by step (`join`, then `run`):
 1. find PID 1 by its pid *and* its recorded start time, as a pidfd: a pid reused by some other
    process after the container died can never be joined by mistake;
 2. join the container's cgroup while the host's /sys/fs/cgroup is still in sight, so that the
-   command is born inside its limits (`_join_cgroup`: born in the v2 group rather than moved
-   there, which would wait ~10 ms for an RCU grace period);
+   command is born inside its limits (`_join_cgroup`: born in the group rather than moved
+   there, which would wait ~10 ms for an RCU grace period: `contained.runtime.cgroups.born`);
 3. ``setns(pidfd, every kind at once)``: user (rootless), mount, UTS, IPC, network, PID and
    cgroup, in one call; the root and working directory become the container's;
 4. the confinement PID 1 gave itself (`contained.runtime.steps.confinement_steps`): a new
@@ -35,7 +35,6 @@ import json
 import os
 import select
 import socket
-from pathlib import Path
 
 from contained import procfs, syscalls
 from contained.errors import ContainerNotRunning
@@ -51,30 +50,43 @@ def exec_in_container(request_json: str, reply: socket.socket, detached: bool
     """The runner's `exec` request (`contained.runtime.container.start_exec` sends it):
     join, start, and wait unless `detached`; the final event for the caller."""
     request = json.loads(request_json)
-    spec, oom_kills, pid_one = join(request["container"])
+    spec, oom_kills, pid_one = join(request["container"], request.get("directory"))
     before = oom_kills()
     child = start(request, reply)
     wire.send_event(reply, wire.Started(pid=child.pid))
     if detached:
         return wire.Cleaned()  # the command carries on; the container's init will reap it
     status = init.reap_until(child, reply, group=True)
-    # SIGKILLed with the container (rm -f, stop)? Its PID 1 ends just after the processes it
-    # took with it: a moment's wait on its pidfd, which becomes readable when it has.
-    if status == EXIT_KILLED and select.select([pid_one], [], [], STOPPED_GRACE)[0]:
+    if status == EXIT_KILLED and _pid_one_ending(pid_one):
         return wire.Exit(EXIT_KILLED, message=f"killed: container {spec.name} stopped while "
                          "the command ran")
     return wire.Exit.of(status, oom_kills() - before, spec.memory)
 
 
-#: how long a SIGKILLed command's exec waits to see whether its container was stopped
-STOPPED_GRACE = 0.1
+def _pid_one_ending(pidfd: int) -> bool:
+    """Was the command SIGKILLed with its container (rm -f, stop)? Then its PID 1 has ended
+    (its pidfd is readable) or is ending: it takes every process of its namespace with it
+    before it is gone, and meanwhile has PF_EXITING among its flags (/proc/1/stat's ninth
+    field; this process sees the container's /proc)."""
+    if select.select([pidfd], [], [], 0)[0]:
+        return True
+    try:
+        with open("/proc/1/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return True  # gone meanwhile
+    return bool(int(fields[6]) & PF_EXITING)
 
 
-def join(container_id: str):
+#: <linux/sched.h>: the task is exiting
+PF_EXITING = 0x00000004
+
+
+def join(container_id: str, directory: str | None = None):
     """Steps 1 to 4: this process is inside the container, confined as its PID 1 is.
     Returns the container's spec, its OOM-kill counter (read through a file opened here) and
     a pidfd of its PID 1."""
-    record = state.read(container_id)
+    record = state.read(container_id, directory)
     if record is None:
         raise ContainerNotRunning(f"container {container_id[:12]} is gone")
     spec = ContainerSpec.from_dict(record["spec"])
@@ -109,23 +121,10 @@ def _counter(path: str | None):
 
 
 def _join_cgroup(entry: dict) -> None:
-    """Into the container's cgroup, without the RCU grace period (~10 ms on an idle machine)
-    that moving a whole process costs. In each v1 tree this one thread moves itself (``echo 0 >
-    tasks``, no global lock); the v2 group is entered by being born in it: a child made with
-    clone3's CLONE_INTO_CGROUP (as systemd starts services) carries on, and this process only
+    """Into the container's cgroup without the wait that moving a process costs
+    (`contained.runtime.cgroups.born`): a child born in it carries on, and this process only
     waits for it and leaves with its status."""
-    for tasks in entry["v1_tasks"]:
-        control_files.write(Path(tasks), "0")
-    if entry["v2"] is None:
-        return
-    directory = os.open(entry["v2"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        child = syscalls.fork_into_cgroup(directory)
-    except OSError:  # a kernel before 5.7: move, and wait for the grace period
-        control_files.write(Path(entry["v2"]) / "cgroup.procs", "0")
-        return
-    finally:
-        os.close(directory)
+    child = cgroups.fork_into(entry)
     if child:
         _, status = os.waitpid(child, 0)
         os._exit(min(os.waitstatus_to_exitcode(status) & 0xFF, 255))

@@ -31,13 +31,14 @@ from contained.runtime.status import EXIT_SETUP_FAILED, CommandFailed, exit_code
 ROOTLESS = os.geteuid() != 0
 
 
-def fork_pid_one(rootless: bool, pid_one) -> int:
+def fork_pid_one(rootless: bool, pid_one, cgroup_entry: dict | None = None) -> int:
     """The plan's pid-fork phase: fork `pid_one` as PID 1 of a new PID namespace; return its
-    (host) pid."""
+    (host) pid. With `cgroup_entry` (`Cgroup.entry`), PID 1 is born in its cgroup
+    (`contained.runtime.cgroups.born`): nobody has to move it there, and wait."""
     host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
     syscalls.unshare(syscalls.CLONE_NEWPID)
-    pid = os.fork()
+    pid = cgroups.fork_into(cgroup_entry)
     if pid == 0:
         try:
             init.seal()  # non-dumpable, its own session: before any container process exists

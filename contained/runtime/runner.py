@@ -35,7 +35,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import network, procfs
+from contained import procfs
 from contained.errors import ContainedError
 from contained.images.trees import remove_tree
 from contained.runtime import enter, init, pid1, state, steps, tiny_init, wire
@@ -138,6 +138,8 @@ def tear_down(spec: ContainerSpec, group, pid: int | None) -> None:
     if pid is not None:
         actions.append(lambda: (kill(pid), reap(pid)))
     if spec.net == "bridge":
+        from contained import network  # --net none never loads it
+
         actions.append(lambda: network.unplug(spec.name, spec.directory, spec.rootless))
     if spec.remove:
         actions += [group.remove, lambda: remove_tree(Path(spec.directory))]
@@ -206,7 +208,7 @@ def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
         pid1.sync_with_runner(plan.hooks, report, explain, go_read)
         pid1.run(plan, report, explain, persistent, init_binary=init_binary)
 
-    pid = pid1.fork_pid_one(spec.rootless, pid_one)
+    pid = pid1.fork_pid_one(spec.rootless, pid_one, plan.group.entry())
     os.close(ready_write)
     os.close(go_read)
     try:
@@ -224,14 +226,14 @@ def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
 
 
 def _runner_side(plan: steps.Plan, pid: int, ready_read: int, go_write: int, explain) -> None:
-    """The outside phase and the cgroup join, in the order `pid1.sync_with_runner` waits for.
+    """The outside phase and the cgroup marker, in the order `pid1.sync_with_runner` waits for.
 
     Explained, PID 1 waits for IN_CGROUP first, then stops after announcing its network
     namespace until NETWORK_PLUGGED, so the steps print in order."""
     bridged = plan.spec.net == "bridge"
     if bridged and not explain:
         _plug_network(plan, pid, ready_read, explain)
-    plan.group.join(pid)
+    # PID 1 was born in its cgroup (`pid1.fork_pid_one`): nothing to move, only to say so.
     wire.send_marker(go_write, wire.Marker.IN_CGROUP)
     if bridged and explain:
         _plug_network(plan, pid, ready_read, explain)
@@ -300,6 +302,8 @@ def create_container(spec: ContainerSpec, explain) -> wire.Created:
             kill(pid)
             reap(pid)
         if spec.net == "bridge":
+            from contained import network
+
             network.unplug(spec.name, spec.directory, spec.rootless)
         plan.group.remove()
         raise

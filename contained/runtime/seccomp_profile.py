@@ -21,7 +21,7 @@ starts.
 import errno
 import functools
 import json
-import platform
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -247,7 +247,7 @@ def _arch_name(name: str) -> str:
 
 def native_arch() -> str:
     """This machine's architecture as libseccomp names it (x86_64, aarch64, ...)."""
-    machine = platform.machine()
+    machine = os.uname().machine  # platform.machine(), without importing platform
     return _LIBSECCOMP_ARCH.get(machine, machine)
 
 

@@ -62,7 +62,8 @@ def serve(control: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
     _prepare_seccomp()
-    for _ in range(SPARES):
+    spares = SPARES if _spares_fit() else 0
+    for _ in range(spares):
         _send_spare(control)
     while True:
         try:
@@ -73,13 +74,20 @@ def serve(control: socket.socket) -> None:
             return
         request, fds = received
         if request.get("op") == "want-spare":
-            _send_spare(control)
+            if spares:
+                _send_spare(control)
             continue
         if os.fork() == 0:
             control.close()
             os._exit(runner.handle(request, fds))
         for fd in fds:
             os.close(fd)
+
+
+def _spares_fit() -> bool:
+    """A rootless spare makes no cgroup; where systemd delegated our unit a group (TLJH),
+    every container gets one under it (`steps.host_steps`), so spares would not fit."""
+    return not (ROOTLESS and cgroups.delegated_unit(cgroups.detect()) is not None)
 
 
 def _prepare_seccomp() -> None:

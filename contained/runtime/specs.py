@@ -14,7 +14,7 @@ import secrets
 
 from contained import names
 from contained.errors import ContainedError
-from contained.runtime import cgroups, process, rootfs, state
+from contained.runtime import cgroups, process, state
 from contained.runtime.spec import ContainerSpec
 
 #: said on every --chroot run (CLI and magic): notebook 07 climbs out of such a container
@@ -48,6 +48,8 @@ def _check_volume_destination(text: str, container_path: str) -> None:
     """Docker's refusals: over the container's / it would hide the image, over /proc, /sys or
     /dev the kernel's views and the device rules. The image's symlinks are checked when the
     volume is mounted (`rootfs`); here, the path as written (``..`` taken lexically)."""
+    from contained.runtime import rootfs  # the runner's: loaded only when there are volumes
+
     lexical = "/" + "/".join(part for part in os.path.normpath(container_path).split("/") if part)
     if lexical == "/":
         raise BadOption(f"invalid volume {text!r}: the destination can't be '/'")
@@ -87,7 +89,7 @@ def build_spec(image: str, command: list[str] | None = None, *, name: str | None
     is read here, and its text goes in the spec (`contained.runtime.seccomp.from_security_options`).
     """
     from contained.images.store import Store  # the store imports the layer unpacker: load on use
-    from contained.runtime import seccomp
+    from contained.runtime import seccomp_profile as seccomp  # libseccomp is the runner's
 
     if net not in ("none", "host", "bridge"):
         raise BadOption(f"invalid --net {net!r}: use none, host or bridge")

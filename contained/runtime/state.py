@@ -56,10 +56,12 @@ def write_state(spec: ContainerSpec, **values) -> None:
             "or set CONTAINED_HOME to another filesystem") from None
 
 
-def read(container_id: str) -> dict | None:
-    """What was recorded, or None (nothing yet: being set up, or left by a crash)."""
+def read(container_id: str, directory: str | None = None) -> dict | None:
+    """What was recorded, or None (nothing yet: being set up, or left by a crash). With the
+    container's `directory`, read there, whatever this process's home is."""
+    path = Path(directory) / "state.json" if directory else state_path(container_id)
     try:
-        return json.loads(state_path(container_id).read_text())
+        return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 

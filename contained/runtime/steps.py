@@ -7,10 +7,12 @@ plan is a list of phases; each is done by one process, and the processes hand ov
 phases (`contained.runtime.wire.Marker`)::
 
     host        the runner   mkdir the container's directories; the cgroup and its limits
-    user        the runner   rootless: unshare --user --map-root-user
+    user        the runner   rootless: unshare --user --map-root-user (--net bridge: and fork
+                             the process that becomes slirp4netns)
     pid-fork    the runner   unshare --pid, fork: the child is PID 1 (shown with the next line)
     namespaces  PID 1        unshare --mount --uts --ipc --net; it says "netns" to the runner
     outside     the runner   --net bridge: the bridge, a veth into PID 1's netns, addresses, NAT
+                             (rootless: slirp4netns and its published ports instead)
     inside      PID 1        hostname, lo, the root filesystem, pivot_root, unshare --cgroup,
                              a new keyring, Docker's capabilities, seccomp
     command     PID 1        exec the command
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import home, network, syscalls
+from contained import home, syscalls
 from contained.errors import NeedsPrivileges
 from contained.runtime import cgroups, init, namespaces, overlay, rootfs, seccomp
 from contained.runtime.plan import Step
@@ -99,6 +101,9 @@ class Plan:
         Rootless, slirp4netns connects the namespace instead (nothing to lease)."""
         if self.spec.net != "bridge":
             return Phase("outside", RUNNER)
+        # The network package only where there is a network: --net none never loads it.
+        from contained import network
+
         publish = [network.parse_publish(p) for p in self.spec.publish]
         if self.spec.rootless:
             return Phase("outside", RUNNER, network.slirp.plan_attach(
@@ -125,7 +130,11 @@ def build(spec: ContainerSpec, *, with_cgroup: bool = True, staged: Path | None 
     hooks = Hooks()
     kinds = namespace_kinds(spec)
     pid_one = [] if staged else [unshare_step(kinds)]
-    if spec.net == "bridge":
+    if spec.net == "bridge" and spec.rootless:
+        pid_one.append(Step("# (outside) slirp4netns connects this network namespace",
+                            "see the slirp4netns line: a TAP device, user-mode networking",
+                            lambda: hooks.call("announce_netns")))
+    elif spec.net == "bridge":
         pid_one.append(Step("# (outside) the runner plugs a veth into this network namespace",
                             "see the ip commands: bridge, veth pair, address, route, NAT",
                             lambda: hooks.call("announce_netns")))
@@ -184,9 +193,11 @@ def host_steps(spec: ContainerSpec, with_cgroup: bool = True):
                   "this container's writable layer, overlay's scratch dir, the mount point",
                   make_directories)]
     limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
-    if not with_cgroup or (spec.rootless and limits == cgroups.Limits()):
+    if not with_cgroup or (spec.rootless and limits == cgroups.Limits()
+                           and cgroups.delegated_unit(cgroups.detect()) is None):
         # Without root, cgroups are only usable where they were delegated to us; a container
-        # without limits does not need one.
+        # without limits does not need one, except in a unit systemd delegated to us (TLJH),
+        # where each container gets its group under the unit's `containers`.
         return NoCgroup(), steps
     group, cgroup_steps = cgroups.Cgroup.plan(spec.id, limits,
                                               extra_devices=device_rules(spec.rootless))
@@ -230,7 +241,9 @@ def user_steps(spec: ContainerSpec) -> list[Step]:
         return []
     if spec.net != "bridge":
         return [user_namespace_step()]
-    return [user_namespace_step(), network.slirp.prefork_step(Path(spec.directory))]
+    from contained.network import slirp
+
+    return [user_namespace_step(), slirp.prefork_step(Path(spec.directory))]
 
 
 def user_namespace_step() -> Step:
@@ -290,6 +303,8 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
     if spec.net == "host" and os.path.exists("/etc/resolv.conf"):
         resolv = Path("/etc/resolv.conf").read_bytes()
     elif spec.net == "bridge":
+        from contained import network
+
         resolv = network.resolv_conf()
     return rootfs.RootfsSpec(
         lowers=[Path(p) for p in spec.lowers], upper=directory / "upper",

@@ -305,10 +305,16 @@ def executed_unprivileged():
         pytest.skip("needs setpriv (util-linux)")
     python, extra_env = _interpreter_for_nobody()
     base = Path(tempfile.mkdtemp(prefix="contained-workbook-nobody-"))
+    # XDG_RUNTIME_DIR, as a login session has it (pam_systemd's /run/user/UID): without it,
+    # skopeo looks for credentials in /run/containers/UID, and podman (if root ever ran it)
+    # leaves /run/containers mode 0700, so the tutorial's skopeo copy fails "permission denied".
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(base),
-           "CONTAINED_HOME": str(base / "store"), "LANG": "C.UTF-8", **extra_env}
+           "CONTAINED_HOME": str(base / "store"), "LANG": "C.UTF-8",
+           "XDG_RUNTIME_DIR": str(base / "run"), **extra_env}
     try:
         os.chown(base, NOBODY, NOBODY)
+        (base / "run").mkdir(mode=0o700)
+        os.chown(base / "run", NOBODY, NOBODY)
         done = subprocess.run(
             _as_nobody([python, "-m", "contained.workbook", str(base / "out")]),
             env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

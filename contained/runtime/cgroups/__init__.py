@@ -47,6 +47,7 @@ Where systemd delegated the v2 group of the unit this process runs in (``Delegat
 Littlest JupyterHub's spawner can ask), containers nest in it instead, as podman's do: `unit`.
 """
 
+from contained.runtime.cgroups.born import fork_into
 from contained.runtime.cgroups.files import CgroupError, CgroupInUse, ControllerMissing
 from contained.runtime.cgroups.group import KILL_TIMEOUT, Cgroup, gc
 from contained.runtime.cgroups.host import (
@@ -100,4 +101,6 @@ __all__ = [
     "delegated_name", "delegated_roots", "delegation_problem", "host_euid",
     # a group systemd delegated to our unit (`unit`)
     "delegated_unit",
+    # a process born in a group (`born`)
+    "fork_into",
 ]
