@@ -26,12 +26,10 @@ A command imports what it needs when it runs (`run` never loads the registry cli
 http.client and email, ~25 ms, nor the image writer's tarfile), only its own parser is built, and
 the console script exits without the interpreter's teardown: `contained run --rm` is mostly
 interpreter start, the runtime's imports and the run itself. The CLI is single-threaded, so it
-forks the request's worker itself (see `contained.runtime.client`): no second interpreter. For
-`run` and `exec` it forks that worker first thing, and the worker imports the runner while the
-CLI parses its options and resolves the image (`contained.runtime.ahead`).
+forks the request's worker itself, first thing: no second interpreter, and the worker imports
+the runner while the CLI parses its options and resolves the image (`contained.runtime.ahead`).
 """
 
-import argparse
 import contextlib
 import errno
 import os
@@ -39,9 +37,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from contained import options, views
 from contained.errors import ContainedError
-from contained.views import format_table, human_size, printable  # noqa: F401 (the CLI's API)
 
 EXIT_INTERRUPTED = 130
 
@@ -67,6 +63,8 @@ def add_images(commands) -> None:
 
 
 def run_images(args) -> int:
+    from contained import views
+
     listed, broken = views.image_listing(no_trunc=args.no_trunc)
     for name, why in broken.items():
         print(f"contained: warning: {why} (or remove it: `contained rmi "
@@ -166,6 +164,10 @@ def add_run(commands) -> None:
                     "limits, pivot_root. Without --name the container is removed when the "
                     "command ends; with --name (or -d) it is kept, and `contained exec` runs "
                     "more commands in it.")
+    import argparse
+
+    from contained import options
+
     options.add_options(parser, options.RUN)
     parser.add_argument("image", help="an image in the store, e.g. busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER,
@@ -174,6 +176,7 @@ def add_run(commands) -> None:
 
 
 def run_run(args) -> int:
+    from contained import options
     from contained.runtime import container
 
     spec_options = {**options.creation_options(args), **options.process_options(args)}
@@ -201,23 +204,17 @@ def run_run(args) -> int:
 
 
 def _worker_for(argv: list[str]):
-    """For `run` and `exec`, the worker that will do the request, forked first thing: it
-    imports the runner (the steps, PID 1's code, seccomp) on the other CPU while this process
-    parses its options and resolves the image (`contained.runtime.ahead`). Closing it reaps it
-    if unused (`--help`, a bad option, an unknown image, --dry-run)."""
+    """For `run` and `exec`, the worker that will do the request, forked before this process
+    imports argparse, the options or the store (`contained.runtime.ahead`); closing reaps it."""
     if not argv or argv[0] not in ("run", "exec"):
         return contextlib.nullcontext()
-    # What both processes need, imported once, before the fork.
-    from contained.images import trees  # noqa: F401
-    from contained.runtime import cgroups, client, process, seccomp_profile, state  # noqa: F401
-    from contained.runtime.ahead import Worker
+    from contained.runtime import ahead
 
-    return contextlib.closing(Worker())
+    return contextlib.closing(ahead.fork_worker())
 
 
 def _runner(args):
-    """The CLI is single-threaded: its own fork does the request (the worker forked ahead)."""
-    from contained.runtime.client import Runner
+    from contained.runtime.client import Runner  # single-threaded: the CLI's own fork does it
 
     return Runner(in_process=True, ahead=getattr(args, "worker", None))
 
@@ -243,6 +240,10 @@ def add_exec(commands) -> None:
     parser = commands.add_parser("exec", help="run a command in a running named container",
                                  description="Run a command in a running named container: "
                                              "its namespaces, cgroup and root (like nsenter).")
+    import argparse
+
+    from contained import options
+
     options.add_options(parser, options.EXEC)
     parser.add_argument("container", help="name or id")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments")
@@ -252,6 +253,7 @@ def add_exec(commands) -> None:
 def run_exec(args) -> int:
     if not args.command:
         raise ContainedError("exec needs a command, e.g. `contained exec NAME sh -c 'ls /'`")
+    from contained import options
     from contained.runtime import container
 
     exec_options = {**options.process_options(args),
@@ -275,6 +277,8 @@ def add_ps(commands) -> None:
 
 
 def run_ps(args) -> int:
+    from contained import views
+
     if args.quiet:
         for item in views.listed_containers(args.all):
             print(item.id if args.no_trunc else item.id[:views.SHORT_ID])
@@ -355,7 +359,7 @@ def add_doctor(commands) -> None:
 
 
 def run_doctor(args) -> int:
-    from contained import doctor
+    from contained import doctor, views
 
     found = doctor.checks()
     print(views.doctor_lines(found))
@@ -411,9 +415,11 @@ ADDED_BY = {"run": add_run, "exec": add_exec, "ps": add_ps, "stop": add_stop, "r
             "doctor": add_doctor, "install-kernel": add_install_kernel, "classroom": add_classroom}
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The whole parser; given the command line, only its command's parser (building all
-    twenty-odd subparsers costs more than the rest of `contained ps`)."""
+def build_parser(argv: list[str] | None = None):
+    """The whole parser (an argparse.ArgumentParser); given the command line, only its command's
+    parser (building all twenty-odd subparsers costs more than the rest of `contained ps`)."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="contained", description="Containers built by hand, then used: images, overlay, "
                                       "namespaces, cgroups.")
@@ -460,31 +466,35 @@ def _main(argv: list[str]) -> int:
     with _worker_for(argv) as worker:
         args = build_parser(argv).parse_args(argv)
         args.worker = worker
-        return _call(args)
-
-
-def _call(args) -> int:
-    try:
-        return args.func(args)
-    except ContainedError as err:
-        print(f"contained: error: {err}", file=sys.stderr)
-        return err.exit_status
-    except KeyboardInterrupt:
-        print("contained: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # `contained images | head`: the reader left; not an error worth a traceback.
-        sys.stderr.close()
-        return 1
-    except OSError as err:
-        if err.errno not in _DISK_FULL:
-            raise
-        # Wherever it happened (an image, a layer, a container's record): the fix is the same.
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"contained: error: {err.strerror}{where}: free space (`contained gc`, "
-              "`contained rmi`) or set CONTAINED_HOME to another filesystem", file=sys.stderr)
-        return ContainedError.exit_status
+        try:
+            return args.func(args)
+        except ContainedError as err:
+            print(f"contained: error: {err}", file=sys.stderr)
+            return err.exit_status
+        except KeyboardInterrupt:
+            print("contained: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # `contained images | head`: the reader left; not an error worth a traceback.
+            sys.stderr.close()
+            return 1
+        except OSError as err:
+            if err.errno not in _DISK_FULL:
+                raise
+            # Wherever it happened (an image, a layer, a container's record): the fix is the same.
+            where = f" ({err.filename})" if err.filename else ""
+            print(f"contained: error: {err.strerror}{where}: free space (`contained gc`, "
+                  "`contained rmi`) or set CONTAINED_HOME to another filesystem", file=sys.stderr)
+            return ContainedError.exit_status
 
 
 #: a full disk or quota: told in one line, never a traceback
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def __getattr__(name: str):  # `contained.views`' table helpers: the CLI's API, loaded on use
+    if name not in ("format_table", "human_size", "printable"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from contained import views
+
+    return getattr(views, name)

@@ -8,6 +8,7 @@ new PID 1: it executes a host file, so /proc/1/exe must be out of the container'
 """
 
 import os
+import shutil
 import signal
 import stat
 import time
@@ -209,3 +210,18 @@ def test_without_the_tiny_init_pid_one_stays_python_and_does_the_same(busybox_ho
         assert time.monotonic() - started < 5
     finally:
         container.remove("python-init", force=True)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (gcc, libc6-dev)")
+def test_a_failed_compile_is_remembered_and_not_retried_for_every_container(tmp_path,
+                                                                            monkeypatch):
+    source = tmp_path / "tiny_init.c"
+    source.write_text("this is not C\n")
+    monkeypatch.setattr(tiny_init, "SOURCE", source)
+    target = tmp_path / "tiny-init-x"
+    assert not tiny_init._compile_once(target)  # gcc really fails
+    assert (tmp_path / "tiny-init-x.failed").exists() and not target.exists()
+    source.write_text("int main(void) { return 0; }\n")
+    assert not tiny_init._compile_once(target)  # not tried again: the failure is remembered
+    (tmp_path / "tiny-init-x.failed").unlink()
+    assert tiny_init._compile_once(target) and target.exists()

@@ -9,7 +9,7 @@ reported. A name belongs here only with the reason nothing in contained/ calls i
 # ruff: noqa: B018  (bare attribute references are how vulture whitelists mark a name used)
 
 import contained
-from contained import views
+from contained import cli, views
 from contained.classroom import jupyterhub
 from contained.images import build, registry, unpack
 from contained.jupyter import failures, magics, widgets
@@ -19,6 +19,10 @@ from contained.workbook import exercises, lab, tables
 # IPython calls these by name: %load_ext contained / %unload_ext contained.
 contained.load_ipython_extension
 contained.unload_ipython_extension
+
+# Python calls a module's __getattr__ for a name it lacks (PEP 562): the CLI re-exports the
+# views' table helpers that way, so that `run` never imports views.
+cli.__getattr__
 
 # IPython's display and traceback protocols: a rich HTML repr, a one-line error.
 failures.ContainerFailed._render_traceback_

@@ -2,14 +2,13 @@
 
 Taught beside notebook 06 (what ``contained run`` does underneath); there is no shell equivalent.
 `contained run` and `contained exec` are mostly imports: the CLI's own (argparse, the options,
-the image store, the spec) and the runner's (the steps, PID 1's code, seccomp, the network).
-So the CLI forks its worker first thing, while it has imported almost nothing: the worker
-forgets the caller at once (`client._forget_the_caller`: its environment and every descriptor
-but its socket), then imports the runner while the CLI parses its options and resolves the
-image. The request then comes over the socket with its descriptors, as a server's spare
-receives its own (`contained.runtime.server`), and the worker does it (`runner.handle`).
-
-This module imports nothing heavy itself, so that forking costs the CLI next to nothing.
+the image store, the spec) and the runner's (the steps, PID 1's code, seccomp). So the CLI
+forks its worker first thing (`fork_worker`), once it has imported only what both need: the
+worker forgets the caller at once (`client._forget_the_caller`: its environment and every
+descriptor but its socket), then imports the runner while the CLI parses its options and
+resolves the image. The request then comes over the socket with its descriptors, as a
+server's spare receives its own (`contained.runtime.server`), and the worker does it
+(`runner.handle`). Measured by benchmarks/cli_startup.py: the two halves take about as long.
 """
 
 import os
@@ -56,6 +55,15 @@ class Worker:
             self._sock = None
             os.waitpid(self.pid, 0)
             self.pid = None
+
+
+def fork_worker() -> Worker:
+    """Import what both processes need (once, here), then fork the worker: the rest, each
+    imports for itself at the same time (the CLI: argparse, its options, the image store)."""
+    from contained.images import trees  # noqa: F401
+    from contained.runtime import cgroups, client, process, seccomp_profile, state  # noqa: F401
+
+    return Worker()
 
 
 def _serve_once(sock: socket.socket) -> None:

@@ -3,7 +3,8 @@
 Taught in notebook 06 (what ``%%container`` does underneath). `Runner` starts the runner helper
 process (``python -I -m contained.runtime.runner --serve FD``, from ``/`` with a minimal
 environment, via `contained.isolated`) once and reuses it, or, in a single-threaded program
-such as the CLI, forks the request's worker directly. `Request` is one request in flight: it
+such as the CLI, forks the request's worker directly (or hands the request to the worker the
+CLI forked first thing: `contained.runtime.ahead`). `Request` is one request in flight: it
 reads the runner's events (`contained.runtime.wire`: `Started`, `Exit`, `Error`, ...) and can
 send the KILL marker; `Execution` is a container command in flight, as the lifecycle API
 (`contained.runtime.container`) returns it, with the `RunResult` at the end.

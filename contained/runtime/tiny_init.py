@@ -35,8 +35,6 @@ from pathlib import Path
 from contained.runtime import seccomp_cache
 
 SOURCE = Path(__file__).with_name("tiny_init.c")
-#: argv[0] of PID 1, and what `ps` shows for it inside and outside
-TITLE = "contained-init"
 
 
 def open_binary() -> int | None:
@@ -47,12 +45,23 @@ def open_binary() -> int | None:
         if path is None:
             continue
         fd = _open_trusted(path)
-        if fd is None and path != installed and compile_to(path):
+        if fd is None and path != installed and _compile_once(path):
             fd = _open_trusted(path)
         if fd is not None:
             return fd
     return None
 
+
+def _compile_once(path: Path) -> bool:
+    """`compile_to`, with a failure remembered beside it (``PATH.failed``: delete it to try
+    again), so that a machine without a static libc does not run gcc for every container."""
+    failed = path.with_name(path.name + ".failed")
+    if failed.exists():
+        return False
+    if compile_to(path):
+        return True
+    failed.touch()
+    return False
 
 
 def _cached_path() -> Path | None:
