@@ -22,12 +22,10 @@ function that runs it (`run` and `exec` take their options from `contained.optio
 Errors a user can act on are `ContainedError`s: printed as one line ``contained: error: …`` and
 turned into the error's exit status; Ctrl-C exits with 130.
 
-A command imports what it needs when it runs (`run` never loads the registry client's
-http.client and email, ~25 ms, nor the image writer's tarfile), only its own parser is built, and
-the console script exits without the interpreter's teardown: `contained run --rm` is mostly
-interpreter start, the runtime's imports and the run itself. The CLI is single-threaded, so it
-forks the request's worker itself, first thing: no second interpreter, and the worker imports
-the runner while the CLI parses its options and resolves the image (`contained.runtime.ahead`).
+A command imports what it needs when it runs, only its own parser is built, and the console
+script skips the interpreter's teardown. The CLI is single-threaded, so it forks the request's
+worker itself, first thing: the worker imports the runner while the CLI parses its options and
+resolves the image (`contained.runtime.ahead`).
 """
 
 import contextlib
@@ -44,7 +42,6 @@ EXIT_INTERRUPTED = 130
 
 def add_pull(commands) -> None:
     from contained.images.registry_commands import add_pull as add  # argparse only: light
-
     add(commands)
 
 
@@ -197,10 +194,13 @@ def run_run(args) -> int:
         print(container.run_detached(args.image, command, name=args.name, explain=explain,
                                      runner_=runner, **spec_options).id)
         return 0
-    return _attached(args, lambda stdin, stdout, stderr: container.start(
+    started = []  # `run --rm` returns once the container is removed, as docker's does
+    status = _attached(args, lambda stdin, stdout, stderr: started.append(container.start(
         args.image, command, name=args.name, remove=args.rm or None, explain=explain,
         runner_=runner, stdin=stdin, stdout=stdout, stderr=stderr, **_terminal(args),
-        **spec_options))
+        **spec_options)) or started[0])
+    return (started[0].request.settle() or status) if started and started[0].spec.remove \
+        else status
 
 
 def _worker_for(argv: list[str]):

@@ -303,11 +303,11 @@ class Request:
         return self.outcome()
 
     def settle(self) -> None:
-        """Wait until the runner has finished this request (its socket closes)."""
-        if self._sock.fileno() == -1:
-            return
-        while self._sock.recv(65536):
-            pass
+        """Wait until the runner has finished this request (its socket closes; the CLI's own
+        worker exits, even once the socket was closed here)."""
+        if self._sock.fileno() != -1:
+            while self._sock.recv(65536):
+                pass
         if self._worker:
             os.waitpid(self._worker, 0)
             self._worker = None
