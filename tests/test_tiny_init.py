@@ -7,6 +7,7 @@ worker of the runner that joins the cgroup, every namespace and PID 1's confinem
 new PID 1: it executes a host file, so /proc/1/exe must be out of the container's reach too.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -225,3 +226,46 @@ def test_a_failed_compile_is_remembered_and_not_retried_for_every_container(tmp_
     assert not tiny_init._compile_once(target)  # not tried again: the failure is remembered
     (tmp_path / "tiny-init-x.failed").unlink()
     assert tiny_init._compile_once(target) and target.exists()
+
+
+REFUSE_CLONE3 = json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+    {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]})
+
+
+@needs_root
+def test_where_clone3_is_refused_pid_one_and_exec_still_join_the_cgroup(busybox_home):
+    """Docker's own seccomp profile answers clone3 with ENOSYS: contained run inside such a
+    container falls back to moving each process (`cgroups.born`), and still lands it there."""
+    from contained.runtime.seccomp import Filter
+    from contained.runtime.seccomp_profile import Profile
+
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # this process only: the filter stays with it
+        code = 1
+        try:
+            os.close(read)
+            Filter(Profile.parse(REFUSE_CLONE3)).load()
+            runner = container.Runner(in_process=True)
+            created = container.create("busybox", name="no-clone3", runner_=runner)
+            container.exec_detached("no-clone3", ["sleep", "30"], runner_=runner)
+            # In every tree, the v2 one included, where clone3 would have placed them.
+            group = container.cgroup_of(created.id)
+            members = [{int(pid) for pid in procs.read_text().split()}
+                       for procs in group.procs_files]
+            sleeping = {pid for pid in set.union(*members)
+                        if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"}
+            everywhere = all({created.init_pid, *sleeping} <= pids for pids in members)
+            result = container.exec_("no-clone3", ["sh", "-c", "cat /proc/self/cgroup"],
+                                     stdout=write, runner_=runner)
+            container.remove("no-clone3", force=True)
+            code = 0 if sleeping and everywhere and result.status == 0 else 2
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as output:
+        seen = output.read()
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, seen
+    # Inside its cgroup namespace, each tree shows the container's own group as /.
+    assert seen and all(line.endswith(":/") for line in seen.splitlines()), seen

@@ -7,14 +7,19 @@ Taught in notebook 04 ("Images"). The shell equivalents::
     tar -tf blobs/sha256/<layer>                 # application/vnd.oci.image.layer.v1.tar
 
 `decompressor` picks a generator for the layer's media type; `contained.images.unpack` runs it
-in a thread, hashing what goes in and what comes out. Each generator takes ``read(size)`` (the
-blob's bytes, already counted and hashed) and yields uncompressed chunks of at most
-OUTPUT_CHUNK bytes, whatever the compression ratio, so memory stays bounded on a
-decompression bomb. A stream that stops early is `LayerTruncated`; bytes that are not the
-format, or that follow its end, are `LayerCorrupt`: a layer is exactly its frames or members.
+in a thread, hashing what goes in and what comes out. gzip goes through the `isal` package
+(Intel's ISA-L: the inflate of ``igzip -d``, about twice zlib's speed) where it is installed.
+Each generator takes ``read(size)`` (the blob's bytes, already counted and hashed) and yields
+uncompressed chunks of at most OUTPUT_CHUNK bytes, whatever the compression ratio, so memory
+stays bounded on a decompression bomb. A stream that stops early is `LayerTruncated`; bytes
+that are not the format, or that follow its end, are `LayerCorrupt`: a layer is exactly its
+frames or members.
 """
 
-import zlib
+try:  # Intel's ISA-L inflates gzip about twice as fast as zlib, with zlib's interface
+    from isal import isal_zlib as zlib
+except ImportError:  # a platform without its wheel: zlib, slower, the same results
+    import zlib
 
 from contained.images import oci
 from contained.images.tar_extract import LayerError
