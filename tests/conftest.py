@@ -2,13 +2,18 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from contained.runtime import cgroups
 
 IS_ROOT = os.geteuid() == 0
+NOBODY = 65534
+REPO = Path(__file__).resolve().parents[1]
 
 needs_root = pytest.mark.skipif(
     not IS_ROOT, reason="needs root: mounts, namespaces and cgroups (CI runs as root)"
@@ -232,3 +237,26 @@ def kill_processes_of(uid: int) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.05)
+
+
+def as_nobody(argv: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+
+
+def interpreter_for_nobody() -> tuple[str, dict]:
+    """A Python nobody can run, with the venv's packages: the venv's own if its interpreter is
+    reachable (not under a 0700 /root, as a pyenv-made venv is), else the system's python3 of
+    the same version with the venv's site-packages on PYTHONPATH."""
+    reachable = subprocess.run(as_nobody(["sh", "-c", '"$0" -c pass', sys.executable]),
+                               capture_output=True).returncode == 0
+    if reachable:
+        return sys.executable, {}
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = Path(sys.prefix) / "lib" / version / "site-packages"
+    probe = subprocess.run([system or "false", "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True)
+    if probe.stdout.strip() != str(tuple(sys.version_info[:2])):
+        pytest.skip(f"{sys.executable} is not reachable by nobody and there is no system "
+                    f"{version}: make the venv from /usr/bin/python3")
+    return system, {"PYTHONPATH": f"{site}:{REPO}"}

@@ -4,8 +4,14 @@ rootfs tarballs.
 
 import gzip
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
+from conftest import NOBODY, as_nobody, interpreter_for_nobody, needs_root
 from storekit import (
     HOST_ARCH,
     OTHER_ARCH,
@@ -160,3 +166,28 @@ def test_import_refuses_what_is_not_a_tarball(home, tmp_path):
         Store(home).import_tarball(tmp_path / "notes.txt", "x")
     with pytest.raises(SourceNotFound, match="no such file"):
         Store(home).import_tarball(tmp_path / "missing.tar", "x")
+
+
+@needs_root
+def test_a_normal_user_pulls_where_root_left_run_containers_0700(registry):
+    """Once root has run podman, /run/containers is 0700; a user's skopeo without a login
+    session (no XDG_RUNTIME_DIR: a Jupyter server, su) then failed every pull with "reading
+    /run/containers/UID/auth.json: permission denied". Here in a mount namespace of its own,
+    over a tmpfs on /run, so the host's /run is never touched."""
+    python, extra = interpreter_for_nobody()
+    home = Path(tempfile.mkdtemp(prefix="contained-pull-nobody-"))  # pytest's tmp is 0700
+    os.chown(home, NOBODY, NOBODY)
+    pull = as_nobody(["env", "-i", "PATH=/usr/bin:/bin", f"HOME={home}",
+                      f"CONTAINED_HOME={home / 'store'}",
+                      *[f"{key}={value}" for key, value in extra.items()],
+                      python, "-m", "contained", "pull",
+                      f"docker://{registry.address}/library/busybox:latest"])
+    script = "mount -t tmpfs tmpfs /run && mkdir -m 0700 /run/containers && exec \"$@\""
+    try:
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               script, "sh", *pull], capture_output=True, text=True,
+                              timeout=120, cwd="/")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert "permission denied" not in done.stderr

@@ -117,10 +117,33 @@ def inspect(source: str, *, action: str, raw: bool = False, config: bool = False
         raise SkopeoFailed(f"{action}: skopeo inspect printed something that is not JSON") from None
 
 
+def credentials_environment() -> dict[str, str] | None:
+    """skopeo's environment where its credentials lookup would fail, else None (ours).
+
+    Without XDG_RUNTIME_DIR (no login session: a Jupyter server, `su`, cron), a normal user's
+    skopeo reads /run/containers/UID/auth.json; once root has run podman, /run/containers is
+    mode 0700, and that is "permission denied" rather than "no credentials": every pull fails.
+    Then REGISTRY_AUTH_FILE names the user's own ~/.config/containers/auth.json (where podman
+    keeps them when there is no runtime directory), whether it exists or not.
+    """
+    if os.geteuid() == 0 or "REGISTRY_AUTH_FILE" in os.environ or \
+            os.environ.get("XDG_RUNTIME_DIR"):
+        return None
+    try:
+        os.stat(f"/run/containers/{os.geteuid()}")
+        return None
+    except PermissionError:
+        auth = Path.home() / ".config" / "containers" / "auth.json"
+        return {**os.environ, "REGISTRY_AUTH_FILE": str(auth)}
+    except OSError:
+        return None  # not there: skopeo finds no credentials, as it should
+
+
 def _run(argv: list[str], *, stdout, action: str, not_found_hint: str) -> str:
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=stdout,
-                                stderr=subprocess.PIPE, text=True, check=False)
+                                stderr=subprocess.PIPE, text=True, check=False,
+                                env=credentials_environment())
     except FileNotFoundError:
         raise SkopeoMissing(f"{action}: skopeo is not installed; run `apt-get install skopeo`"
                             ) from None

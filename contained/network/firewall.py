@@ -24,7 +24,6 @@ loopback-only service of the host: CVE-2020-8558), the table drops packets from 
 import hashlib
 import json
 import shlex
-import shutil
 import subprocess
 
 from contained.network.leases import (
@@ -35,7 +34,7 @@ from contained.network.leases import (
     locked_step,
 )
 from contained.network.ports import PortSpec
-from contained.network.tools import NetworkToolMissing, run_tool
+from contained.network.tools import NetworkToolMissing, installed, run_tool
 from contained.runtime.plan import Step
 
 #: iptables fallback chains (nat, and filter for INPUT), one set per bridge: NAME-<bridge>
@@ -49,9 +48,10 @@ def choose_firewall(config: NetworkConfig) -> str:
     """The tool for the bridge's rules: the one `config` names, else nft, else iptables."""
     if config.firewall != "auto":
         return config.firewall
-    if shutil.which("nft"):
+    # (in /usr/sbin: not on a normal user's PATH, whose --dry-run still shows the rules)
+    if installed("nft"):
         return "nft"
-    if shutil.which("iptables"):
+    if installed("iptables"):
         return "iptables"
     raise NetworkToolMissing("neither `nft` nor `iptables` is installed, so bridged containers "
                              "get no NAT or published ports; apt-get install nftables")

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import IS_ROOT, needs_root
+from conftest import IS_ROOT, NOBODY, needs_root
+from conftest import as_nobody as _as_nobody
+from conftest import interpreter_for_nobody as _interpreter_for_nobody
 
 from contained import workbook
 
@@ -25,7 +27,6 @@ NOTEBOOKS = workbook.notebooks()
 # 08 builds a bridge and NAT rules: test_networking_notebook.py runs it as root inside a
 # network namespace of its own, never in the machine's.
 ROOT_NOTEBOOKS = [path for path in NOTEBOOKS if path.name != "08-networking.ipynb"]
-NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("skopeo") and shutil.which("docker-registry")),
@@ -271,29 +272,6 @@ def _root_in_a_container(text: str) -> None:
     confined, unconfined = text.split("--security-opt seccomp=unconfined")[:2]
     assert "Operation not permitted" in confined.split("$ contained run --rm busybox sh")[-1]
     assert "Seccomp:\t0" in unconfined and "\nunshare: allowed" in unconfined
-
-
-def _as_nobody(argv: list[str]) -> list[str]:
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
-
-
-def _interpreter_for_nobody() -> tuple[str, dict]:
-    """A Python nobody can run, with the venv's packages: the venv's own if its interpreter is
-    reachable (not under a 0700 /root, as a pyenv-made venv is), else the system's python3 of
-    the same version with the venv's site-packages on PYTHONPATH."""
-    reachable = subprocess.run(_as_nobody(["sh", "-c", '"$0" -c pass', sys.executable]),
-                               capture_output=True).returncode == 0
-    if reachable:
-        return sys.executable, {}
-    system = shutil.which("python3", path="/usr/bin:/bin")
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    site = Path(sys.prefix) / "lib" / version / "site-packages"
-    probe = subprocess.run([system or "false", "-c", "import sys; print(sys.version_info[:2])"],
-                           capture_output=True, text=True)
-    if probe.stdout.strip() != str(tuple(sys.version_info[:2])):
-        pytest.skip(f"{sys.executable} is not reachable by nobody and there is no system "
-                    f"{version}: make the venv from /usr/bin/python3")
-    return system, {"PYTHONPATH": f"{site}:{REPO}"}
 
 
 @pytest.fixture(scope="module")
