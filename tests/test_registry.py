@@ -10,6 +10,7 @@ import pytest
 from conftest import free_port, needs_registry_tools
 
 from contained.images import registry as local
+from contained.images import skopeo
 from contained.images.store import Store
 
 pytestmark = needs_registry_tools
@@ -126,11 +127,14 @@ def test_registry_listens_on_loopback_only(registry):
 
 
 def test_tutorial_skopeo_command_works_offline(registry, tmp_path, busybox_store):
-    """The tutorial's own command, verbatim, plus --registries-conf."""
+    """The tutorial's own command, verbatim, plus --registries-conf; in the environment the
+    workbook's shell cells give it (where root left /run/containers 0700, a user without a
+    login session gets REGISTRY_AUTH_FILE: `skopeo.credentials_environment`)."""
     result = subprocess.run(
         ["skopeo", "--registries-conf", str(registry.registries_conf), "copy",
          "docker://busybox:latest", "oci:busybox:latest"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env=skopeo.credentials_environment())
     assert result.returncode == 0, result.stderr
     index = json.loads((tmp_path / "busybox" / "index.json").read_text())
     assert index["manifests"][0]["digest"] == busybox_store.image("busybox").digest

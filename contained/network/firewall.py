@@ -131,12 +131,17 @@ def _iptables_setup(config: NetworkConfig) -> list[list[str]]:
 
 
 def firewall_exists(config: NetworkConfig, firewall: str) -> bool:
+    """Whether this home's table (or chains) are there. A tool that cannot be run (a normal
+    user's --dry-run: /usr/sbin is not on its PATH, nor may it read the rules) says no."""
     if firewall == "nft":
-        done = subprocess.run(["nft", "list", "table", "ip", config.table], capture_output=True)
+        argv = [installed("nft") or "nft", "list", "table", "ip", config.table]
     else:
-        done = subprocess.run(["iptables", "-w", "-t", "nat", "-S",
-                               _ipt_chain(IPT_PORTS, config)], capture_output=True)
-    return done.returncode == 0
+        argv = [installed("iptables") or "iptables", "-w", "-t", "nat", "-S",
+                _ipt_chain(IPT_PORTS, config)]
+    try:
+        return subprocess.run(argv, capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def firewall_setup_step(config: NetworkConfig, firewall: str) -> Step:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from contained import doctor, isolated
 from contained.errors import ContainedError
+from contained.images import skopeo
 from contained.runtime import cgroups, mountinfo
 
 #: what the unprivileged reader is told once, at the top of each notebook
@@ -143,6 +144,8 @@ def sh(command: str, *, check: bool = True, echo: bool = True, cwd: str | None =
     """
     if echo:
         print(f"$ {command.strip()}", flush=True)
+    if env is None:  # the tutorial's skopeo, without a login session: see the function
+        env = skopeo.credentials_environment()
     process = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
                                env=env, text=True, errors="replace")
