@@ -260,3 +260,28 @@ def interpreter_for_nobody() -> tuple[str, dict]:
         pytest.skip(f"{sys.executable} is not reachable by nobody and there is no system "
                     f"{version}: make the venv from /usr/bin/python3")
     return system, {"PYTHONPATH": f"{site}:{REPO}"}
+
+
+def user_namespaces_allowed() -> bool:
+    return subprocess.run(["unshare", "--user", "--map-root-user", "true"],
+                          capture_output=True).returncode == 0
+
+
+def make_student(prefix: str):
+    """A throwaway Unix user (`prefix` + 6 hex digits) with a 0700 home of its own in /tmp;
+    skips where user namespaces are disabled. The caller removes it (`kill_processes_of`,
+    then ``userdel``)."""
+    import pwd
+    import secrets
+    import tempfile
+
+    if not user_namespaces_allowed():
+        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
+    name = prefix + secrets.token_hex(3)
+    home = Path(tempfile.mkdtemp(prefix="contained-student-"))
+    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
+                    "/usr/sbin/nologin", name], check=True)
+    account = pwd.getpwnam(name)
+    os.chown(home, account.pw_uid, account.pw_gid)
+    home.chmod(0o700)
+    return account

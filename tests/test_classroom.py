@@ -7,18 +7,15 @@ starts a server: joined to the student's ``server`` group before dropping to the
 
 import json
 import os
-import pwd
-import secrets
 import shutil
 import site
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_processes_of, needs_root
+from conftest import kill_processes_of, make_student, needs_root
 
 from contained.classroom import delegation
 from contained.runtime import cgroups
@@ -69,11 +66,6 @@ print(json.dumps(out))
 '''
 
 
-def user_namespaces_allowed() -> bool:
-    return subprocess.run(["unshare", "--user", "--map-root-user", "true"],
-                          capture_output=True).returncode == 0
-
-
 needs_student = [
     needs_root,
     pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3"),
@@ -85,22 +77,14 @@ needs_student = [
 def student():
     """A throwaway Unix user with a home of its own; its processes, cgroups and account go at
     the end."""
-    if not user_namespaces_allowed():
-        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
-    name = "ctest" + secrets.token_hex(3)
-    home = Path(tempfile.mkdtemp(prefix="contained-student-"))
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                    "/usr/sbin/nologin", name], check=True)
-    account = pwd.getpwnam(name)
-    os.chown(home, account.pw_uid, account.pw_gid)
-    home.chmod(0o700)
+    account = make_student("ctest")
     try:
         yield account
     finally:
         kill_processes_of(account.pw_uid)
-        delegation.undelegate(name)
-        subprocess.run(["userdel", name], check=True)
-        shutil.rmtree(home, ignore_errors=True)
+        delegation.undelegate(account.pw_name)
+        subprocess.run(["userdel", account.pw_name], check=True)
+        shutil.rmtree(account.pw_dir, ignore_errors=True)
 
 
 def run_as(account, keys: str, joined: bool = True) -> dict:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, user_namespaces_allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -51,11 +51,6 @@ out["pids"] = container.build_spec("busybox", ["true"]).pids_limit  # no cgroup:
 out["left"] = sorted(os.listdir(os.path.join(os.environ["CONTAINED_HOME"], "containers")))
 print(json.dumps(out))
 '''
-
-
-def user_namespaces_allowed() -> bool:
-    return subprocess.run(["unshare", "--user", "--map-root-user", "true"],
-                          capture_output=True).returncode == 0
 
 
 def run_as_nobody(home: Path, scenario: str):

@@ -9,8 +9,6 @@ to 127.0.0.1 and to the containers' own namespaces.
 
 import json
 import os
-import pwd
-import secrets
 import shutil
 import site
 import socket
@@ -22,8 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import free_port, kill_processes_of, needs_root, processes_of
-from test_classroom import needs_student, user_namespaces_allowed
+from conftest import free_port, kill_processes_of, make_student, needs_root, processes_of
+from test_classroom import needs_student
 
 from contained.network import slirp
 
@@ -197,7 +195,7 @@ def scenario_result():
         pytest.skip("needs slirp4netns (apt-get install slirp4netns)")
     if not Path(slirp.TUN_DEVICE).exists():
         pytest.skip("needs /dev/net/tun (modprobe tun)")
-    account = _make_student()
+    account = make_student("cnet")  # once per module: this scenario runs once
     server = LoopbackServer()
     try:
         out = run_as_student(account, SCENARIO, str(free_port()), str(server.port))
@@ -208,21 +206,6 @@ def scenario_result():
     finally:
         server.close()
         _remove_student(account)
-
-
-def _make_student():
-    """A throwaway Unix user, as test_classroom's `student` (that fixture is per test; this
-    scenario runs once per module)."""
-    if not user_namespaces_allowed():
-        pytest.skip("user namespaces are disabled here (contained doctor says how to enable)")
-    name = "cnet" + secrets.token_hex(3)
-    home = Path(tempfile.mkdtemp(prefix="contained-student-"))
-    subprocess.run(["useradd", "--no-create-home", "--home-dir", str(home), "--shell",
-                    "/usr/sbin/nologin", name], check=True)
-    account = pwd.getpwnam(name)
-    os.chown(home, account.pw_uid, account.pw_gid)
-    home.chmod(0o700)
-    return account
 
 
 def _remove_student(account) -> None:
