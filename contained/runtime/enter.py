@@ -39,7 +39,6 @@ import socket
 from contained import procfs, syscalls
 from contained.errors import ContainerNotRunning
 from contained.runtime import cgroups, init, namespaces, state, steps, wire
-from contained.runtime.cgroups import files as control_files
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.status import EXIT_KILLED
@@ -94,7 +93,8 @@ def join(container_id: str, directory: str | None = None):
     # Made here: the seccomp program comes from the host's files (or the runner's memory).
     confinement = steps.confinement_steps(spec)
     entry = _cgroup_entry(container_id, record)
-    oom_kills = _counter(entry and entry.get("oom"))
+    # Opened now: after setns the host's /sys/fs/cgroup is out of sight.
+    oom_kills = cgroups.oom_counter_at(entry and entry.get("oom"))
     if entry is not None:
         _join_cgroup(entry)
     syscalls.setns(pidfd, namespaces.flags_for(steps.joined_kinds(spec)))
@@ -109,15 +109,6 @@ def _cgroup_entry(container_id: str, record: dict) -> dict | None:
         return record["cgroup_entry"]
     group = cgroups.Cgroup.open(state.cgroup_name(container_id))
     return None if group is None else group.entry()
-
-
-def _counter(path: str | None):
-    """The group's OOM kills, through a descriptor opened now: after setns the host's
-    /sys/fs/cgroup is out of sight."""
-    if path is None:
-        return lambda: 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    return lambda: control_files.keyed(os.pread(fd, 4096, 0).decode(), "oom_kill") or 0
 
 
 def _join_cgroup(entry: dict) -> None:

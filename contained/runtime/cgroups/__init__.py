@@ -49,7 +49,7 @@ Littlest JupyterHub's spawner can ask), containers nest in it instead, as podman
 
 from contained.runtime.cgroups.born import fork_into
 from contained.runtime.cgroups.files import CgroupError, CgroupInUse, ControllerMissing
-from contained.runtime.cgroups.group import KILL_TIMEOUT, Cgroup, gc
+from contained.runtime.cgroups.group import KILL_TIMEOUT, Cgroup, gc, oom_counter_at
 from contained.runtime.cgroups.host import (
     CONTROLLERS,
     DEFAULT_PARENT,
@@ -101,6 +101,6 @@ __all__ = [
     "delegated_name", "delegated_roots", "delegation_problem", "host_euid",
     # a group systemd delegated to our unit (`unit`)
     "delegated_unit",
-    # a process born in a group (`born`)
-    "fork_into",
+    # a process born in a group (`born`); OOM kills read through a file opened ahead
+    "fork_into", "oom_counter_at",
 ]

@@ -212,13 +212,8 @@ class Cgroup:
         return 0 if path is None else files.keyed(files.read_optional(path), "oom_kill") or 0
 
     def oom_counter(self) -> Callable[[], int]:
-        """`oom_kills` through a file opened now, which keeps working after this process's
-        root has changed (a container's PID 1 reads it after pivot_root)."""
-        path = self._oom_file()
-        if path is None:
-            return lambda: 0
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        return lambda: files.keyed(os.pread(fd, 4096, 0).decode(), "oom_kill") or 0
+        """`oom_kills` through a file opened now (`oom_counter_at`)."""
+        return oom_counter_at(self._oom_file())
 
     def _oom_file(self) -> Path | None:
         memory = self._dir("memory")
@@ -270,6 +265,16 @@ class Cgroup:
         for path in self.paths:
             steps.append(Step(f"rmdir {path}", "", partial(files.rmdir, path)))
         return steps
+
+
+def oom_counter_at(path: str | Path | None) -> Callable[[], int]:
+    """A group's OOM kills (its memory.oom_control or memory.events `path`) through a file
+    opened now, which keeps working after this process's root has changed: a container's
+    PID 1 reads it after pivot_root, an exec's worker after setns. No file: always 0."""
+    if path is None:
+        return lambda: 0
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return lambda: files.keyed(os.pread(fd, 4096, 0).decode(), "oom_kill") or 0
 
 
 def _layout(name: str, host: CgroupHost) -> dict[str, Path]:
