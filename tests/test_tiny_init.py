@@ -12,6 +12,8 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -269,3 +271,26 @@ def test_where_clone3_is_refused_pid_one_and_exec_still_join_the_cgroup(busybox_
     assert os.waitstatus_to_exitcode(status) == 0, seen
     # Inside its cgroup namespace, each tree shows the container's own group as /.
     assert seen and all(line.endswith(":/") for line in seen.splitlines()), seen
+
+
+CHILD_CANNOT_JOIN = """
+import os
+from contained.runtime import pid1
+entry = {"v2": None, "v1_tasks": ["/nonexistent/contained-test/tasks"], "oom": None}
+pid = pid1.fork_pid_one(False, lambda: os._exit(0), entry)
+_, status = os.waitpid(pid, 0)
+print("pid one ended", os.waitstatus_to_exitcode(status))
+"""
+
+
+@needs_root
+def test_a_pid_one_that_cannot_join_its_cgroup_exits_and_never_runs_the_runners_code():
+    """The child joins its v1 groups itself (`cgroups.born`); if that fails, the exception
+    must end the child there, not carry on as a second runner (tearing down, reporting)."""
+    from contained.runtime.status import EXIT_SETUP_FAILED
+
+    done = subprocess.run([sys.executable, "-c", CHILD_CANNOT_JOIN], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [f"pid one ended {EXIT_SETUP_FAILED}"]
+    assert "Traceback" not in done.stderr

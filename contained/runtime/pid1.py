@@ -38,7 +38,13 @@ def fork_pid_one(rootless: bool, pid_one, cgroup_entry: dict | None = None) -> i
     host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     # unshare(CLONE_NEWPID) affects this process's children only: the next fork is PID 1.
     syscalls.unshare(syscalls.CLONE_NEWPID)
-    pid = cgroups.fork_into(cgroup_entry)
+    runner = os.getpid()
+    try:
+        pid = cgroups.fork_into(cgroup_entry)
+    except BaseException:
+        if os.getpid() != runner:  # the child could not join its group: it must not go on
+            os._exit(EXIT_SETUP_FAILED)  # as the runner; the runner says PID 1 exited
+        raise
     if pid == 0:
         try:
             init.seal()  # non-dumpable, its own session: before any container process exists
