@@ -275,8 +275,8 @@ def idle(binary: int | None, sealed: int) -> None:
     if binary is not None:
         try:
             os.execve(binary, [TITLE], {})
-        except OSError:
-            pass  # a kernel or filter that refuses it: the Python loop does the same job
+        except OSError:  # a kernel or filter that refuses it: the Python loop does the job
+            os.close(binary)  # and keeps no host file open
     os.close(SEALED_FD)
     _idle_in_python()
 
