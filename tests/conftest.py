@@ -285,3 +285,34 @@ def make_student(prefix: str):
     os.chown(home, account.pw_uid, account.pw_gid)
     home.chmod(0o700)
     return account
+
+
+def run_capture(image, command, runner_process, **options):
+    """Run a throwaway container, returning (result, stdout text, stderr text)."""
+    from contained.runtime import container
+
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        with open(os.devnull) as null:
+            result = container.run(image, command, stdin=null, stdout=out_write,
+                                   stderr=err_write, runner_=runner_process, **options)
+    finally:
+        os.close(out_write)
+        os.close(err_write)
+    with os.fdopen(out_read) as out, os.fdopen(err_read) as err:
+        return result, out.read(), err.read()
+
+
+def exec_capture(name, command, runner_process, **options):
+    """Run `command` in the named container; (result, stdout text)."""
+    from contained.runtime import container
+
+    out_read, out_write = os.pipe()
+    try:
+        result = container.exec_(name, command, stdout=out_write, runner_=runner_process,
+                                 **options)
+    finally:
+        os.close(out_write)
+    with os.fdopen(out_read) as out:
+        return result, out.read()

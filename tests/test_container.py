@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import exec_capture, needs_root, run_capture
 
 from contained import procfs
 from contained.runtime import container, namespaces
@@ -24,32 +24,6 @@ pytestmark = needs_root
 
 
 
-
-
-def run_capture(image, command, runner_process, **options):
-    """Run a throwaway container, returning (result, stdout text, stderr text)."""
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    try:
-        with open(os.devnull) as null:
-            result = container.run(image, command, stdin=null, stdout=out_write,
-                                   stderr=err_write, runner_=runner_process, **options)
-    finally:
-        os.close(out_write)
-        os.close(err_write)
-    with os.fdopen(out_read) as out, os.fdopen(err_read) as err:
-        return result, out.read(), err.read()
-
-
-def exec_capture(name, command, runner_process, **options):
-    out_read, out_write = os.pipe()
-    try:
-        result = container.exec_(name, command, stdout=out_write, runner_=runner_process,
-                                 **options)
-    finally:
-        os.close(out_write)
-    with os.fdopen(out_read) as out:
-        return result, out.read()
 
 
 def host_mounts() -> str:

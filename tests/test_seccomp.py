@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import needs_root, run_capture
 
 from contained.runtime import container, init, process, seccomp
 from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
@@ -332,21 +332,6 @@ def probe(tmp_path_factory) -> str:
     return f"{directory}:/probe:ro"
 
 
-def run_capture(command, runner_process, **options):
-    """Run a throwaway busybox container; (result, stdout, stderr)."""
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    try:
-        with open(os.devnull) as null:
-            result = container.run("busybox", command, stdin=null, stdout=out_write,
-                                   stderr=err_write, runner_=runner_process, **options)
-    finally:
-        os.close(out_write)
-        os.close(err_write)
-    with os.fdopen(out_read) as out, os.fdopen(err_read) as err:
-        return result, out.read(), err.read()
-
-
 def status_field(text: str, name: str) -> str:
     return next(line.split(":", 1)[1].strip() for line in text.splitlines()
                 if line.startswith(name + ":"))
@@ -358,7 +343,8 @@ def probed(out: str) -> dict[str, int]:
 
 @needs_root
 def test_every_container_runs_under_a_seccomp_filter(busybox_home, runner_process):
-    result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process)  # a spare's
+    # a spare's PID 1, as a notebook's throwaway cell gets
+    result, out, _ = run_capture("busybox", ["cat", "/proc/self/status"], runner_process)
     assert result.status == 0
     assert status_field(out, "Seccomp") == "2"
     assert status_field(out, "NoNewPrivs") == "1"
@@ -368,7 +354,7 @@ def test_every_container_runs_under_a_seccomp_filter(busybox_home, runner_proces
 def test_explain_shows_the_keyring_and_seccomp_steps_as_they_run(busybox_home, runner_process):
     read, write = os.pipe()
     try:  # an explained run is built in place, step by step (no spare)
-        result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process,
+        result, out, _ = run_capture("busybox", ["cat", "/proc/self/status"], runner_process,
                                      explain=write)
     finally:
         os.close(write)
@@ -383,14 +369,15 @@ def test_explain_shows_the_keyring_and_seccomp_steps_as_they_run(busybox_home, r
 
 @needs_root
 def test_a_nested_user_namespace_is_refused(busybox_home, runner_process):
-    result, _, err = run_capture(["unshare", "-U", "-r", "true"], runner_process)
+    result, _, err = run_capture("busybox", ["unshare", "-U", "-r", "true"], runner_process)
     assert result.status != 0
     assert "Operation not permitted" in err
 
 
 @needs_root
 def test_keyring_bpf_perf_and_namespace_calls_get_eperm(busybox_home, runner_process, probe):
-    result, out, _ = run_capture(["/probe/probe", "probe"], runner_process, volumes=[probe])
+    result, out, _ = run_capture("busybox", ["/probe/probe", "probe"], runner_process,
+                                 volumes=[probe])
     assert result.status == 0
     calls = probed(out)
     for name in ("keyctl", "add_key", "request_key", "bpf", "perf_event_open", "personality",
@@ -426,7 +413,7 @@ def test_exec_in_a_named_container_is_filtered_too(busybox_home, runner_process)
 
 @needs_root
 def test_seccomp_unconfined_runs_without_a_filter(busybox_home, runner_process):
-    result, out, _ = run_capture(["cat", "/proc/self/status"], runner_process,
+    result, out, _ = run_capture("busybox", ["cat", "/proc/self/status"], runner_process,
                                  security_opt=["seccomp=unconfined"])
     assert result.status == 0
     assert status_field(out, "Seccomp") == "0"
@@ -442,8 +429,8 @@ def test_a_profile_file_that_denies_mkdir_makes_mkdir_fail(busybox_home, runner_
                                 "errnoRet": errno.EPERM})
     path = tmp_path / "no-mkdir.json"
     path.write_text(json.dumps(profile))
-    result, out, err = run_capture(["sh", "-c", "mkdir /tmp/x && echo made; "
-                                    "grep Seccomp: /proc/self/status"], runner_process,
+    result, out, err = run_capture("busybox", ["sh", "-c", "mkdir /tmp/x && echo made; "
+                                   "grep Seccomp: /proc/self/status"], runner_process,
                                    security_opt=[f"seccomp={path}"])
     assert "made" not in out
     assert "Operation not permitted" in err

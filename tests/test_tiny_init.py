@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
+from conftest import exec_capture, needs_root
 
 from contained.runtime import container, namespaces, tiny_init
 
@@ -26,14 +26,9 @@ DOCKER_CAPS = "00000000a80425fb"
 
 
 def exec_output(name: str, command: str, runner) -> tuple[int, str]:
-    read, write = os.pipe()
-    try:
-        result = container.exec_(name, ["sh", "-c", command], stdout=write, stderr=write,
-                                 runner_=runner)
-    finally:
-        os.close(write)
-    with os.fdopen(read) as output:
-        return result.status, output.read()
+    """`sh -c COMMAND` in the named container: (status, stdout)."""
+    result, out = exec_capture(name, ["sh", "-c", command], runner)
+    return result.status, out
 
 
 def status_of(pid: int) -> dict[str, str]:
