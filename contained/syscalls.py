@@ -104,6 +104,16 @@ def unshare(flags: int) -> None:
     _check(libc.unshare(ctypes.c_int(flags)), f"unshare(0x{flags:x})")
 
 
+def close_fds_except(keep) -> None:
+    """Close every descriptor above 2 except those in `keep` (None entries are ignored):
+    a forked process inherits every descriptor of its parent, host ones included."""
+    low = 3
+    for fd in sorted({fd for fd in keep if fd is not None and fd > 2}):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
 def fork_into_cgroup(group_dir_fd: int) -> int:
     """fork(), with the child born in the cgroup v2 group `group_dir_fd` (clone3 with
     CLONE_INTO_CGROUP): 0 in the child, its pid in the parent.

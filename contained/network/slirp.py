@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from contained import procfs
+from contained import procfs, syscalls
 from contained.errors import ContainedError
 from contained.network.names import write_hosts_file
 from contained.network.ports import PortSpec, claim_port
@@ -213,7 +213,7 @@ def _become_slirp4netns(directory: Path, command: int, ready: int, log: int) -> 
     os.dup2(log, 2)  # from here on, what goes wrong is in the log
     # nothing else of the runner's (the container's stdio, the caller's socket): a caller
     # waits for those to close
-    _close_all_but(command, ready)
+    syscalls.close_fds_except((command, ready))
     data = os.read(command, 32)
     if not data:
         os._exit(0)  # the runner gave up before PID 1 had a network namespace
@@ -227,14 +227,6 @@ def _become_slirp4netns(directory: Path, command: int, ready: int, log: int) -> 
         "slirp4netns", "--configure", f"--mtu={MTU}", "--disable-host-loopback",
         "--enable-sandbox", "--enable-seccomp", "--api-socket", API_SOCKET,
         f"--exit-fd={pidfd}", f"--ready-fd={ready}", str(pid), INTERFACE])
-
-
-def _close_all_but(*keep: int) -> None:
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def start(directory: Path, pid: int) -> int:

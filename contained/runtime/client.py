@@ -56,12 +56,12 @@ def _forget_the_caller(fds: list[int]) -> None:
     """In the CLI's forked worker, before any PID 1 exists: only the request's descriptors
     (the relay's pipe ends, never the caller's own: `contained.runtime.relay`) and the runner's
     environment stay. PID 1 is non-dumpable too, so /proc/1/environ shows nothing anyway."""
-    from contained.runtime import init  # the worker's: the CLI itself never needs it
+    from contained import syscalls
 
     environment = runner_environment()
     os.environ.clear()
     os.environ.update(environment)
-    init.close_fds_except(fds)
+    syscalls.close_fds_except(fds)
 
 
 def _work(request: dict, fds: list[int]) -> None:

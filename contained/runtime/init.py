@@ -21,7 +21,7 @@ PID 1 holds host resources (its sockets to the runner and caller), so the contai
 reach it: it is non-dumpable, as runc's init (`seal`), so /proc/1/fd, mem, environ, root and
 cwd and ptrace need CAP_SYS_PTRACE, which no container process has; and it leads a session of
 its own, so the container has no controlling terminal of the host. The descriptors it keeps
-(everything else is closed before the container's processes exist, `close_fds_except`):
+(everything else is closed before the container's processes exist, `syscalls.close_fds_except`):
 
 - 0, 1, 2: the command's stdio, until the command is started (then /dev/null): pipes the
   client relays, or /dev/null, never the caller's own files (`contained.runtime.relay`);
@@ -114,16 +114,6 @@ def seal() -> None:
     """
     syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
     os.setsid()
-
-
-def close_fds_except(keep) -> None:
-    """Close every descriptor above 2 except those in `keep` (None entries are ignored):
-    a forked process inherits every descriptor of its parent, host ones included."""
-    low = 3
-    for fd in sorted({fd for fd in keep if fd is not None and fd > 2}):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
 
 
 def null_stdio() -> None:
@@ -271,7 +261,7 @@ def idle(binary: int | None, sealed: int) -> None:
     if binary == SEALED_FD:
         binary = os.dup(binary)  # close-on-exec, like the original
     os.dup2(sealed, SEALED_FD, inheritable=True)
-    close_fds_except((SEALED_FD, binary))
+    syscalls.close_fds_except((SEALED_FD, binary))
     if binary is not None:
         try:
             os.execve(binary, [TITLE], {})

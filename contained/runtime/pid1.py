@@ -270,7 +270,7 @@ def wait_as_spare(staging: Path, skeleton: Path, requests: socket.socket,
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target, inheritable=True)
     # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
-    init.close_fds_except((link.fileno(), reply_fd))
+    syscalls.close_fds_except((link.fileno(), reply_fd))
     report = CallerReport(socket.socket(fileno=reply_fd), link, host_pid, spec.memory)
     try:
         plan = steps.build(spec, with_cgroup=False, staged=staged)

@@ -35,10 +35,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from contained import procfs
+from contained import procfs, syscalls
 from contained.errors import ContainedError
 from contained.images.trees import remove_tree
-from contained.runtime import enter, init, pid1, state, steps, tiny_init, wire
+from contained.runtime import enter, pid1, state, steps, tiny_init, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 
@@ -202,7 +202,7 @@ def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
     def pid_one():
         terminal = reply if spec.tty and not persistent else None
         # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
-        init.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
+        syscalls.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
                                terminal and terminal.fileno(), init_binary))
         report = pid1.RunnerReport(ready_write, terminal)
         pid1.sync_with_runner(plan.hooks, report, explain, go_read)

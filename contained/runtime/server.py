@@ -26,7 +26,6 @@ from contained.errors import ContainedError
 from contained.images.trees import remove_tree
 from contained.runtime import (
     cgroups,
-    init,
     pid1,
     runner,
     seccomp,
@@ -205,7 +204,7 @@ class Prepared:
 
             def spare_pid_one():
                 link.close()
-                init.close_fds_except((requests.fileno(), link_init.fileno()))
+                syscalls.close_fds_except((requests.fileno(), link_init.fileno()))
                 pid1.wait_as_spare(staging, skeleton, requests, link_init, group)
 
             pid = pid1.fork_pid_one(ROOTLESS, spare_pid_one)
