@@ -1,10 +1,12 @@
 """A named container's PID 1 is the tiny C init, and `exec` joins the container from outside.
 
 What an idle named container costs is its PID 1: the tiny init (contained/runtime/tiny_init.c)
-keeps it at a few hundred KiB, where a copy of the runner's Python took ~15 MiB. `exec` is a
-worker of the runner that joins the cgroup, every namespace and PID 1's confinement
-(contained/runtime/enter.py). The attacks of the security issues are repeated here against the
-new PID 1: it executes a host file, so /proc/1/exe must be out of the container's reach too.
+keeps it at a few hundred KiB, where a copy of the runner's Python took ~15 MiB. `exec` is
+started by it (contained/runtime/served.py, tests/test_served_exec.py), or, with -t or
+--explain, is a worker of the runner that joins the cgroup, every namespace and PID 1's
+confinement (contained/runtime/enter.py). The attacks of the security issues are repeated
+here against the new PID 1: it executes a host file, so /proc/1/exe must be out of the
+container's reach too.
 """
 
 import json
@@ -54,9 +56,12 @@ def test_a_named_containers_pid_one_is_the_tiny_init_and_costs_under_a_mebibyte(
     # It kept everything PID 1 gave itself before the execve.
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
     assert status["CapEff"] == DOCKER_CAPS and status["CapBnd"] == DOCKER_CAPS
-    assert sorted(os.listdir(f"/proc/{kept.init_pid}/fd")) == ["0", "1", "2"]
-    assert {Path(f"/proc/{kept.init_pid}/fd/{fd}").resolve() for fd in "012"} \
-        == {Path(os.devnull)}
+    # Its descriptors: /dev/null as stdio, its signalfd, and the exec socket's listener.
+    fds = {fd: os.readlink(f"/proc/{kept.init_pid}/fd/{fd}")
+           for fd in os.listdir(f"/proc/{kept.init_pid}/fd")}
+    assert sorted(fds) == ["0", "1", "2", "3", "4"], fds
+    assert {fds[fd] for fd in "012"} == {os.devnull}
+    assert fds["3"] == "anon_inode:[signalfd]" and fds["4"].startswith("socket:"), fds
 
 
 @needs_root

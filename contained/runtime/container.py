@@ -284,11 +284,13 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
                tty_size: list[int] | None = None) -> Execution:
     """Like `exec_`, but return at once with an `Execution` (`tty` as in `start`).
 
-    The runner (its worker, or the CLI's own fork) joins the container's cgroup and
-    namespaces and starts the command there (`contained.runtime.enter`), as ``nsenter``
-    would. With ``detach=True`` the command keeps running when the caller goes away.
+    The container's PID 1 starts the command itself (`contained.runtime.served`); with
+    ``-t`` or ``--explain``, or where PID 1 does not serve, the runner (its worker, or the
+    CLI's own fork) joins the container's cgroup and namespaces and starts the command there
+    (`contained.runtime.enter`), as ``nsenter`` would. With ``detach=True`` the command keeps
+    running when the caller goes away.
     """
-    from contained.runtime import process, steps
+    from contained.runtime import process, served, steps
 
     container = get(name)
     if not container.running or not container.persistent:
@@ -301,18 +303,24 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
     working_dir = workdir or spec.working_dir
     if not working_dir.startswith("/"):
         raise BadOption(f"working directory {working_dir!r} must be an absolute path")
-    if explain is not None and explain is not False:
+    explaining = explain is not None and explain is not False
+    if explaining:
         for step in steps.exec_steps(container.init_pid, spec, list(command), working_dir):
             os.write(client.explain_fd(explain), f"+ {step.explain()}\n".encode())
+    environment = process.merge_environment(spec.env, list(env))
+    user = spec.user if user is None else user
+    stdio = client.stdio_fds(stdin, stdout, stderr)
+    if not tty and not explaining:
+        sent = served.start(spec, list(command), environment, working_dir, user, stdio, detach)
+        if sent is not None:
+            return Execution(sent, spec)
     request = json.dumps({
         # The directory, not only the id: a runner started for another home (the kernel's,
         # before CONTAINED_HOME changed) finds the record all the same.
         "container": spec.id, "directory": spec.directory, "args": list(command),
-        "env": process.merge_environment(spec.env, list(env)), "working_dir": working_dir,
-        "user": spec.user if user is None else user,
+        "env": environment, "working_dir": working_dir, "user": user,
         "tty": tty, "tty_size": list(tty_size) if tty and tty_size else None})
-    submitted = (runner_ or Runner.shared()).submit(
-        "exec", request, client.stdio_fds(stdin, stdout, stderr), detached=detach)
+    submitted = (runner_ or Runner.shared()).submit("exec", request, stdio, detached=detach)
     return Execution(submitted, spec)
 
 

@@ -14,8 +14,9 @@ no_new_privs, and loads the seccomp filter (`contained.runtime.seccomp`), which 
 starts inherits. A throwaway container's PID 1 stays Python: it waits for its one command and
 reports how it ended. A named container's PID 1, once set up, executes the tiny C init
 (`idle`, `contained.runtime.tiny_init`), which keeps its confinement and costs ~0.1 MiB instead
-of ~15: commands come in with ``exec``, which joins the container from outside
-(`contained.runtime.enter`), as ``nsenter`` does.
+of ~15. It also starts the commands ``exec`` sends on the container's exec socket
+(`contained.runtime.served`); without it, or with ``-t`` or ``--explain``, ``exec`` joins the
+container from outside (`contained.runtime.enter`), as ``nsenter`` does.
 
 PID 1 holds host resources (its sockets to the runner and caller), so the container must not
 reach it: it is non-dumpable, as runc's init (`seal`), so /proc/1/fd, mem, environ, root and
@@ -32,8 +33,8 @@ its own, so the container has no controlling terminal of the host. The descripto
 - the cgroup's OOM counter file (a spare's PID 1 reports OOM kills itself; opened before
   pivot_root, read-only);
 - the explain descriptor, for ``--explain`` only (it prints the last step);
-- a named container's PID 1, in the end: only the tiny init's file (close-on-exec) and the pipe
-  it closes once sealed (`idle`);
+- a named container's PID 1, in the end: only the tiny init's file (close-on-exec), the pipe
+  it closes once sealed, and the exec socket's listener, bound on the host (`idle`);
 - a pipe of its own that wakes it when a child exits (SIGCHLD, for select).
 """
 
@@ -176,15 +177,36 @@ def spawn_command(args, env, working_dir, user, *, new_session: bool,
             cwd=working_dir or "/", stdin=stdin, stdout=stdout, stderr=stderr,
             start_new_session=new_session or terminal, close_fds=True, restore_signals=True,
             **identity)
-    except FileNotFoundError as error:
-        if error.filename == (working_dir or "/"):
-            raise CommandFailed(EXIT_NOT_EXECUTABLE, f"cannot enter the working directory "
-                                f"{working_dir}: it does not exist") from error
-        raise CommandFailed(EXIT_NOT_FOUND, f"{args[0]}: {error.strerror}") from error
-    except PermissionError as error:
-        raise CommandFailed(EXIT_NOT_EXECUTABLE, f"{args[0]}: {error.strerror}") from error
     except OSError as error:
-        raise CommandFailed(EXIT_SETUP_FAILED, f"cannot start {args[0]}: {error}") from error
+        stage = "dir" if error.filename == (working_dir or "/") else "exec"
+        raise start_failure(stage, error.errno, args[0], working_dir) from error
+
+
+def start_failure(stage: str, number: int, name: str, working_dir: str | None,
+                  container: str = "") -> CommandFailed:
+    """Why a command could not start, as the caller reads it, with a shell's exit status (127
+    not found, 126 not executable): from `spawn_command`, or from the tiny init
+    (`contained.runtime.served`), which says at which `stage` (tiny_init.c) and the errno."""
+    reason = os.strerror(number)
+    if stage == "dir" and number == errno.ENOENT:
+        return CommandFailed(EXIT_NOT_EXECUTABLE, f"cannot enter the working directory "
+                             f"{working_dir}: it does not exist")
+    if stage in ("path", "missing", "directory", "notexec"):
+        error = process.cannot_execute(name, stage, number)
+        return CommandFailed(error.exit_status, str(error))
+    if stage == "busy":
+        return CommandFailed(EXIT_SETUP_FAILED, f"container {container} runs as many exec "
+                             "commands as it takes; wait for some to end")
+    if stage in ("dir", "exec") and number == errno.ENOENT:
+        return CommandFailed(EXIT_NOT_FOUND, f"{name}: {reason}")
+    if stage in ("dir", "exec") and number in (errno.EACCES, errno.EPERM):
+        return CommandFailed(EXIT_NOT_EXECUTABLE, f"{name}: {reason}")
+    if stage == "start":  # tiny_init.c's START_TIMEOUT_MS
+        return CommandFailed(EXIT_SETUP_FAILED, f"cannot start {name}: it was stopped before "
+                             "it could execute (within 10 s); try again")
+    if not number:  # a request PID 1 could not read: ours, not the user's
+        reason = f"the container's init refused the request ({stage})"
+    return CommandFailed(EXIT_SETUP_FAILED, f"cannot start {name}: {reason}")
 
 
 def restore_default_signals() -> None:
@@ -246,27 +268,39 @@ def _signal(pid: int, signum: int, group: bool = False) -> None:
 
 #: where the tiny init finds the pipe it closes once it is sealed (`idle`)
 SEALED_FD = 3
+LISTENER_FD = 4
 
 
-def idle(binary: int | None, sealed: int) -> None:
+def idle(binary: int | None, sealed: int, listener: int | None = None) -> None:
     """PID 1 of a named container, from now on: the tiny C init (`contained.runtime.tiny_init`)
     when `binary` is its descriptor, else the same loop in Python. Never returns.
 
     `sealed` (the pipe to the runner) is handed over as descriptor 3; the init closes it once
     it is non-dumpable again (execve makes a process dumpable), and only then does the runner
-    say the container is created: no container process exists before PID 1 is sealed. All
-    else PID 1 had is closed: stdio become /dev/null (a cell must not wait on its pipes).
+    say the container is created: no container process exists before PID 1 is sealed.
+    `listener`, the exec socket (`contained.runtime.served`), becomes descriptor 4; the Python
+    loop closes it, and `exec` joins from outside instead. All else PID 1 had is closed: stdio
+    become /dev/null (a cell must not wait on its pipes).
     """
     null_stdio()
-    if binary == SEALED_FD:
-        binary = os.dup(binary)  # close-on-exec, like the original
+    # Both must land on 3 and 4 without one overwriting the other, or the program's file:
+    # whatever sits there now moves above them first.
+    binary, sealed, listener = (
+        fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LISTENER_FD + 1)
+        if fd in (SEALED_FD, LISTENER_FD) else fd for fd in (binary, sealed, listener))
     os.dup2(sealed, SEALED_FD, inheritable=True)
-    syscalls.close_fds_except((SEALED_FD, binary))
+    argv = [TITLE]
+    if listener is not None:
+        os.dup2(listener, LISTENER_FD, inheritable=True)
+        argv.append("--serve-exec")
+    syscalls.close_fds_except((SEALED_FD, binary, LISTENER_FD if listener is not None else None))
     if binary is not None:
         try:
-            os.execve(binary, [TITLE], {})
+            os.execve(binary, argv, {})
         except OSError:  # a kernel or filter that refuses it: the Python loop does the job
             os.close(binary)  # and keeps no host file open
+    if listener is not None:
+        os.close(LISTENER_FD)  # `exec` finds nobody listening, and joins from outside
     os.close(SEALED_FD)
     _idle_in_python()
 

@@ -108,13 +108,13 @@ def _unseal_while_plugged(hooks: steps.Hooks, explain) -> None:
 
 
 def run(plan: steps.Plan, report, explain, persistent: bool, staged: bool = False,
-        init_binary: int | None = None):
+        init_binary: int | None = None, exec_listener: int | None = None):
     """PID 1: its phases of the plan, then the command; then reap and forward. Never returns.
 
     The plan's hooks are set already (`sync_with_runner`, or a spare's). How PID 1 reports is
     `report`'s business: to the runner (`RunnerReport`) or to the caller (`CallerReport`).
     A named (`persistent`) container starts no command: PID 1 becomes its idle init
-    (`init.idle`, the tiny C init from `init_binary`).
+    (`init.idle`, the tiny C init from `init_binary`, serving `exec_listener`).
     """
     try:
         _set_up(plan, explain, persistent, staged)
@@ -122,7 +122,7 @@ def run(plan: steps.Plan, report, explain, persistent: bool, staged: bool = Fals
             if explain:
                 explain(plan.command.steps[0].shell)
             report.ready()
-            init.idle(init_binary, report.fd)  # never returns
+            init.idle(init_binary, report.fd, exec_listener)  # never returns
         child = _start_command(plan, report, explain)
     except BaseException as error:  # noqa: BLE001 — reported (as its class), then exit
         status = error.exit_status if isinstance(error, CommandFailed) else EXIT_SETUP_FAILED

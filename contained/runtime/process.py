@@ -141,7 +141,6 @@ class CommandNotExecutable(ContainedError):
 
 # ---------------------------------------------------------------------------------------------
 # Users: -u, resolved in the image's /etc/passwd and /etc/group (Docker/runc semantics)
-# ---------------------------------------------------------------------------------------------
 
 
 def resolve_user(user: str, root: Path = Path("/")) -> tuple[int, int, list[int], str]:
@@ -304,7 +303,6 @@ def _open_in_root(root: Path, path: str, flags: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Environment: the image's Env, then -e, and nothing from the host
-# ---------------------------------------------------------------------------------------------
 
 
 def parse_env_options(items: list[str]) -> list[str]:
@@ -376,7 +374,6 @@ def _replace_or_append(base: list[str], overrides: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Capabilities and privileges: what PID 1 keeps before it starts anything
-# ---------------------------------------------------------------------------------------------
 
 
 def setgroups_allowed() -> bool:
@@ -470,8 +467,21 @@ def find_executable(name: str, path_env: str) -> str:
         candidate = os.path.join(directory or ".", name)
         if name and _is_executable_file(candidate):
             return candidate
-    raise CommandNotFound(f"executable file not found in $PATH: {name!r}; "
-                          f"check the command name, or give its full path")
+    raise cannot_execute(name, "path")
+
+
+def cannot_execute(name: str, stage: str, number: int = 0) -> ContainedError:
+    """Why `name` cannot be executed, by tiny_init.c's stage names: not in $PATH ("path"),
+    no such file ("missing", with its errno), a "directory", or not executable ("notexec")."""
+    if stage == "path":
+        return CommandNotFound(f"executable file not found in $PATH: {name!r}; "
+                               f"check the command name, or give its full path")
+    if stage == "missing":
+        return CommandNotFound(f"no such file in the container: {name!r} "
+                               f"({os.strerror(number)}); check the path")
+    what = "a directory" if stage == "directory" else "not executable"
+    return CommandNotExecutable(
+        f"{name!r} in the container is {what}; check the path, or chmod +x it")
 
 
 def _is_executable_file(path: str) -> bool:
@@ -485,9 +495,6 @@ def _check_executable(path: str) -> None:
     try:
         info = os.stat(path)
     except OSError as error:
-        raise CommandNotFound(f"no such file in the container: {path!r} "
-                              f"({os.strerror(error.errno)}); check the path") from error
+        raise cannot_execute(path, "missing", error.errno) from error
     if not stat.S_ISREG(info.st_mode) or not os.access(path, os.X_OK):
-        what = "a directory" if stat.S_ISDIR(info.st_mode) else "not executable"
-        raise CommandNotExecutable(
-            f"{path!r} in the container is {what}; check the path, or chmod +x it")
+        raise cannot_execute(path, "directory" if stat.S_ISDIR(info.st_mode) else "notexec")

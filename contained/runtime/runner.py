@@ -38,7 +38,7 @@ from pathlib import Path
 from contained import procfs, syscalls
 from contained.errors import ContainedError
 from contained.images.trees import remove_tree
-from contained.runtime import enter, pid1, state, steps, tiny_init, wire
+from contained.runtime import enter, pid1, served, state, steps, tiny_init, wire
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 
@@ -185,8 +185,8 @@ def _status_of_killed(pid: int) -> int:
 # PID 1: forked here, then the runner's side of the handshakes.
 
 def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
-                   reply: socket.socket | None = None, init_binary: int | None = None
-                   ) -> tuple[int, int]:
+                   reply: socket.socket | None = None, init_binary: int | None = None,
+                   exec_listener: int | None = None) -> tuple[int, int]:
     """The user and pid-fork phases; the runner's side while PID 1 sets up; until the command
     runs (or failed).
 
@@ -203,10 +203,11 @@ def _start_pid_one(plan: steps.Plan, explain, persistent: bool = False,
         terminal = reply if spec.tty and not persistent else None
         # Nothing else of the host's (see `contained.runtime.init` for what PID 1 keeps, and why).
         syscalls.close_fds_except((ready_write, go_read, getattr(explain, "fd", None),
-                               terminal and terminal.fileno(), init_binary))
+                               terminal and terminal.fileno(), init_binary, exec_listener))
         report = pid1.RunnerReport(ready_write, terminal)
         pid1.sync_with_runner(plan.hooks, report, explain, go_read)
-        pid1.run(plan, report, explain, persistent, init_binary=init_binary)
+        pid1.run(plan, report, explain, persistent, init_binary=init_binary,
+                 exec_listener=exec_listener)
 
     pid = pid1.fork_pid_one(spec.rootless, pid_one, plan.group.entry())
     os.close(ready_write)
@@ -290,10 +291,13 @@ def kill(pid: int) -> None:
 def create_container(spec: ContainerSpec, explain) -> wire.Created:
     plan = steps.build(spec)
     binary = tiny_init.open_binary()
-    pid = None
+    pid = listener = None
     try:
         run_steps(plan.host.steps, explain)
-        pid, sealed = _start_pid_one(plan, explain, persistent=True, init_binary=binary)
+        if binary is not None:  # bound here, on the host: out of the container's reach
+            listener = served.listen(Path(spec.directory))
+        pid, sealed = _start_pid_one(plan, explain, persistent=True, init_binary=binary,
+                                     exec_listener=listener and listener.fileno())
         _wait_until_sealed(pid, sealed)
         # For `exec` (contained.runtime.enter), before the caller learns the container exists.
         state.write_state(spec, cgroup_entry=plan.group.entry())
@@ -310,6 +314,8 @@ def create_container(spec: ContainerSpec, explain) -> wire.Created:
     finally:
         if binary is not None:
             os.close(binary)
+        if listener is not None:
+            listener.close()
     # This process is outside the new PID namespace: pid is the host's pid of PID 1.
     return wire.Created(pid=pid, start_time=procfs.start_time(pid))
 

@@ -342,9 +342,10 @@ def exec_step(args: list[str], env: list[str], user: str) -> Step:
 
 
 def idle_step() -> Step:
-    return Step("exec contained-init",
-                "a named container's PID 1 from now on: a tiny C program that reaps zombies "
-                "and stops the container on SIGTERM (tiny_init.c); commands come with exec")
+    return Step("exec contained-init --serve-exec",
+                "a named container's PID 1 from now on: a tiny C program that reaps zombies, "
+                "stops the container on SIGTERM and starts what exec sends on the container's "
+                "exec socket (tiny_init.c)")
 
 
 def exec_steps(init_pid: int, spec: ContainerSpec, args: list[str], working_dir: str

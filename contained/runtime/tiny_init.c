@@ -3,12 +3,14 @@
  *
  * A named container keeps its PID 1 for as long as it lives: while it is idle, PID 1 is all it
  * costs. A copy of the runner's Python process costs ~15 MiB; this costs what podman's
- * catatonit or Docker's tini (`--init`) cost: ~0.1 MiB. It does only what PID 1 must do:
+ * catatonit or Docker's tini (`--init`) cost: ~0.1 MiB. It does what PID 1 must do:
  *   - reap every zombie (orphans are re-parented to PID 1);
  *   - on SIGTERM or SIGINT, pass SIGTERM to every process of the namespace and leave once they
- *     are gone (when PID 1 exits, the kernel SIGKILLs whatever is left).
- * It starts nothing: `exec` is a process that joins the container's namespaces from outside
- * (contained/runtime/enter.py), as `nsenter` and `runc exec` do.
+ *     are gone (when PID 1 exits, the kernel SIGKILLs whatever is left);
+ * and, given a listening socket as descriptor 4, it starts what `exec` sends
+ * (contained/runtime/served.py), as the old Python PID 1 did: a fork of a 0.1 MiB process that
+ * is in every namespace, the cgroup and the confinement already costs a fraction of a
+ * millisecond, where joining from outside (contained/runtime/enter.py, `nsenter`) costs ~5 ms.
  *
  * The Python PID 1 that set the container up executes this (`contained.runtime.init.idle`)
  * with everything in place: no_new_privs, Docker's capabilities, the seccomp filter, a new
@@ -16,24 +18,89 @@
  * first thing done here is to make it non-dumpable, before any other process of the container
  * exists (the runner lets `exec` in only once descriptor 3 is closed, which comes right after):
  * nothing in the container may open /proc/1/mem, /proc/1/exe (the host's file this
- * program was read from) or ptrace it. Statically linked: the container's root has no libc of
- * ours, and the file is executed from a descriptor opened on the host.
+ * program was read from), /proc/1/fd (the listening socket) or ptrace it. Statically linked:
+ * the container's root has no libc of ours, and the file is executed from a descriptor opened
+ * on the host.
+ *
+ * The exec socket is bound on the host, in the container's 0700 directory, before pivot_root:
+ * nothing inside the container can reach it, and only the home's owner can connect. A request
+ * is one SOCK_SEQPACKET message carrying the caller's stdin, stdout and stderr (SCM_RIGHTS)
+ * and these NUL-terminated fields, the user already resolved by the caller in the container's
+ * own /etc/passwd:
+ *     switch-user(0|1) uid gid ngroups(-1: keep) group... detached(0|1) cwd argc arg... env...
+ * Replies are the runner's events, one JSON line each: {"event": "started", "pid": N} then
+ * {"event": "exit", "status": S}; or {"event": "refused", "stage": "...", "errno": E} when the
+ * command could not start (the caller words the error). One byte from the caller, or the
+ * caller going away, SIGKILLs the command's process group, unless it was detached.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 /* The pipe to the runner, handed over by contained.runtime.init.idle */
 #define SEALED_FD 3
+/* The exec socket's listener, when argv[1] is "--serve-exec" */
+#define LISTENER_FD 4
+
+#define MAX_EXECS 256          /* commands in flight, each with its caller's connection */
+#define MAX_REQUEST (128 * 1024)
+#define MAX_ITEMS 8192         /* arguments and environment entries, together */
+#define MAX_GROUPS 256
+#define START_TIMEOUT_MS 10000 /* from fork to execve */
+
+extern char **environ;
+
+struct request {
+    int switch_user, detached, ngroups;
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[MAX_GROUPS];
+    const char *cwd;
+    char **argv, **envp;
+    int fds[3];
+};
+
+/* A command in flight: its pid, and the caller's connection its exit status goes back on. */
+static struct running {
+    pid_t pid;
+    int conn;
+} running[MAX_EXECS];
+static int nrunning;
+
+static char message[MAX_REQUEST];
+static char *items[MAX_ITEMS + 2];
 
 static void reap_all(void)
 {
-    while (waitpid(-1, NULL, WNOHANG) > 0)
-        ;
+    int status;
+    pid_t pid;
+
+    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+        for (int i = 0; i < nrunning; i++) {
+            if (running[i].pid != pid)
+                continue;
+            char line[64];
+            int code = WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+            int n = snprintf(line, sizeof line, "{\"event\": \"exit\", \"status\": %d}\n", code);
+            send(running[i].conn, line, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            close(running[i].conn);
+            running[i] = running[--nrunning];
+            break;
+        }
+    }
 }
 
 static void stop_everything(void)
@@ -49,24 +116,295 @@ static void stop_everything(void)
     }
 }
 
-int main(void)
+/* ---- the command's side: a child of PID 1, in the caller's stdio, then execve ---- */
+
+static void refuse(int report, const char *stage, int error)
 {
+    char line[48];
+    int n = snprintf(line, sizeof line, "%s %d", stage, error);
+
+    write(report, line, n);
+    _exit(127);
+}
+
+static void exec_in_path(const struct request *r, int report)
+{
+    const char *name = r->argv[0];
+    const char *path = getenv("PATH");
+    char candidate[4096];
+    struct stat info;
+
+    if (strchr(name, '/')) {  /* as given; what is wrong with it is worded by the caller */
+        if (stat(name, &info) != 0)
+            refuse(report, "missing", errno);
+        if (S_ISDIR(info.st_mode))
+            refuse(report, "directory", EACCES);
+        if (!S_ISREG(info.st_mode) || access(name, X_OK) != 0)
+            refuse(report, "notexec", EACCES);
+        execve(name, r->argv, r->envp);
+        refuse(report, "exec", errno);
+    }
+    /* Like execvp and Docker: each directory of $PATH in turn; an empty one is "." */
+    for (const char *dir = path ? path : ""; ; ) {
+        const char *end = strchrnul(dir, ':');
+        int n = snprintf(candidate, sizeof candidate, "%.*s/%s",
+                         (int)(end - dir) ? (int)(end - dir) : 1,
+                         end == dir ? "." : dir, name);
+        if (*name && n < (int)sizeof candidate && stat(candidate, &info) == 0
+                && S_ISREG(info.st_mode) && access(candidate, X_OK) == 0) {
+            execve(candidate, r->argv, r->envp);
+            refuse(report, "exec", errno);
+        }
+        if (!*end)
+            break;
+        dir = end + 1;
+    }
+    refuse(report, "path", ENOENT);
+}
+
+static void start_command(const struct request *r, int report)
+{
+    sigset_t none;
+
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();  /* its own process group: the caller's kill reaches all of it */
+    for (int fd = 0; fd < 3; fd++)
+        if (dup2(r->fds[fd], fd) < 0)
+            refuse(report, "stdio", errno);
+    if (r->switch_user) {
+        if (r->ngroups >= 0 && setgroups(r->ngroups, r->groups) != 0)
+            refuse(report, "user", errno);
+        if (setregid(r->gid, r->gid) != 0 || setreuid(r->uid, r->uid) != 0)
+            refuse(report, "user", errno);
+    }
+    if (chdir(r->cwd) != 0)
+        refuse(report, "dir", errno);
+    environ = r->envp;  /* PATH is the command's, as Docker looks it up */
+    exec_in_path(r, report);
+}
+
+/* ---- PID 1's side: the request in, a child out ---- */
+
+static char *next_item(char **cursor, char *end)
+{
+    char *item = *cursor;
+    char *nul = memchr(item, '\0', end - item);
+
+    if (!nul)
+        return NULL;
+    *cursor = nul + 1;
+    return item;
+}
+
+static int next_number(char **cursor, char *end, long min, long max, long *value)
+{
+    char *item = next_item(cursor, end), *rest;
+
+    if (!item || !*item)
+        return -1;
+    errno = 0;
+    *value = strtol(item, &rest, 10);
+    return errno || *rest || *value < min || *value > max ? -1 : 0;
+}
+
+static int parse(char *data, size_t size, struct request *r)
+{
+    char *cursor = data, *end = data + size;
+    long value, argc;
+    int n = 0;
+
+    if (next_number(&cursor, end, 0, 1, &value))
+        return -1;
+    r->switch_user = value;
+    if (next_number(&cursor, end, 0, 0x7fffffff, &value))
+        return -1;
+    r->uid = value;
+    if (next_number(&cursor, end, 0, 0x7fffffff, &value))
+        return -1;
+    r->gid = value;
+    if (next_number(&cursor, end, -1, MAX_GROUPS, &value))
+        return -1;
+    r->ngroups = value;
+    for (int i = 0; i < r->ngroups; i++) {
+        if (next_number(&cursor, end, 0, 0x7fffffff, &value))
+            return -1;
+        r->groups[i] = value;
+    }
+    if (next_number(&cursor, end, 0, 1, &value))
+        return -1;
+    r->detached = value;
+    if (!(r->cwd = next_item(&cursor, end)))
+        return -1;
+    if (next_number(&cursor, end, 1, MAX_ITEMS, &argc))
+        return -1;
+    while (cursor < end && n < MAX_ITEMS)  /* argc arguments, then the environment */
+        if (!(items[n++] = next_item(&cursor, end)))
+            return -1;
+    if (cursor != end || n < argc)
+        return -1;
+    /* argv ends with NULL, and so does envp, right after it */
+    memmove(items + argc + 1, items + argc, (n - argc) * sizeof *items);
+    items[argc] = NULL;
+    items[n + 1] = NULL;
+    r->argv = items;
+    r->envp = items + argc + 1;
+    return 0;
+}
+
+static void reply_refused(int conn, const char *stage, int error)
+{
+    char line[96];
+    int n = snprintf(line, sizeof line,
+                     "{\"event\": \"refused\", \"stage\": \"%s\", \"errno\": %d}\n", stage, error);
+
+    send(conn, line, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
+/* Receive one request on `conn`: 0 with r->fds set, or -1 (descriptors closed). */
+static int receive(int conn, struct request *r, size_t *size)
+{
+    char control[CMSG_SPACE(3 * sizeof(int))];
+    struct iovec data = {message, sizeof message};
+    struct msghdr header = {.msg_iov = &data, .msg_iovlen = 1,
+                            .msg_control = control, .msg_controllen = sizeof control};
+    struct cmsghdr *cmsg;
+    ssize_t got = recvmsg(conn, &header, MSG_CMSG_CLOEXEC);
+    int nfds = 0;
+
+    for (cmsg = CMSG_FIRSTHDR(&header); got >= 0 && cmsg; cmsg = CMSG_NXTHDR(&header, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+            continue;
+        nfds = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        memcpy(r->fds, CMSG_DATA(cmsg), (nfds > 3 ? 3 : nfds) * sizeof(int));
+    }
+    if (got > 0 && nfds == 3 && !(header.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        *size = got;
+        return 0;
+    }
+    for (int i = 0; i < nfds && i < 3; i++)
+        close(r->fds[i]);
+    return -1;
+}
+
+static void serve(int listener)
+{
+    static struct request r;
+    int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
+    int report[2];
+    char failure[48];
+    size_t size;
+    pid_t pid;
+    ssize_t n;
+
+    if (conn < 0)
+        return;
+    if (receive(conn, &r, &size) != 0) {
+        close(conn);
+        return;
+    }
+    if (nrunning == MAX_EXECS || parse(message, size, &r) != 0) {
+        reply_refused(conn, nrunning == MAX_EXECS ? "busy" : "request", 0);
+    } else if (pipe2(report, O_CLOEXEC) != 0 || (pid = fork()) < 0) {
+        reply_refused(conn, "fork", errno);
+    } else if (pid == 0) {
+        close(report[0]);
+        start_command(&r, report[1]);
+    } else {
+        /* Until execve closes the pipe: a failure to start is reported, not a status 127.
+         * Bounded: a child stopped before its execve (SIGSTOP from inside) must not stall
+         * PID 1, which then kills it and carries on. */
+        struct pollfd started = {report[0], POLLIN, 0};
+
+        close(report[1]);
+        if (poll(&started, 1, START_TIMEOUT_MS) == 1) {
+            n = read(report[0], failure, sizeof failure - 1);
+        } else {
+            kill(pid, SIGKILL);
+            n = snprintf(failure, sizeof failure, "start %d", ETIMEDOUT);
+        }
+        close(report[0]);
+        if (n > 0) {
+            char stage[16];
+            int error = 0;
+
+            failure[n] = '\0';
+            if (sscanf(failure, "%15s %d", stage, &error) != 2)
+                strcpy(stage, "exec");
+            reply_refused(conn, stage, error);
+        } else {
+            char line[64];
+            int len = snprintf(line, sizeof line, "{\"event\": \"started\", \"pid\": %d}\n", pid);
+
+            send(conn, line, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (!r.detached) {
+                running[nrunning++] = (struct running){pid, conn};
+                conn = -1;
+            }
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        close(r.fds[i]);
+    if (conn >= 0)
+        close(conn);
+}
+
+/* The caller sent the KILL marker, or went away: the command's whole session is SIGKILLed.
+ * Its exit status still goes back on a connection that is open. */
+static void caller_spoke(int i)
+{
+    char byte[64];
+    ssize_t n = recv(running[i].conn, byte, sizeof byte, MSG_DONTWAIT);
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    kill(-running[i].pid, SIGKILL);
+    if (n <= 0) {
+        close(running[i].conn);
+        running[i] = running[--nrunning];
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct pollfd watched[MAX_EXECS + 2];
+    int serving = argc > 1 && strcmp(argv[1], "--serve-exec") == 0;
     sigset_t all;
+    int signals;
 
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     close(SEALED_FD);  /* tells the runner: sealed, commands may come in now */
     prctl(PR_SET_NAME, "contained-init", 0, 0, 0);
-    /* Every signal waits in sigwaitinfo: no handler runs, none is lost. SIGCHLD must not be
-     * ignored (an ignored SIGCHLD is never queued). */
+    /* Every signal is read from a signalfd: no handler runs, none is lost. SIGCHLD must not
+     * be ignored (an ignored SIGCHLD is never queued). */
     signal(SIGCHLD, SIG_DFL);
     sigfillset(&all);
     sigprocmask(SIG_BLOCK, &all, NULL);
+    signals = signalfd(-1, &all, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (serving)
+        fcntl(LISTENER_FD, F_SETFD, FD_CLOEXEC);
     for (;;) {
-        int signum = sigwaitinfo(&all, NULL);
+        struct signalfd_siginfo info;
+        int nwatched = 0;
 
-        if (signum == SIGCHLD)
-            reap_all();
-        else if (signum == SIGTERM || signum == SIGINT)
-            stop_everything();
+        watched[nwatched++] = (struct pollfd){signals, POLLIN, 0};
+        if (serving)
+            watched[nwatched++] = (struct pollfd){LISTENER_FD, POLLIN, 0};
+        for (int i = 0; i < nrunning; i++)
+            watched[nwatched++] = (struct pollfd){running[i].conn, POLLIN, 0};
+        if (poll(watched, nwatched, -1) < 0)
+            continue;
+        while (read(signals, &info, sizeof info) == sizeof info) {
+            if (info.ssi_signo == SIGTERM || info.ssi_signo == SIGINT)
+                stop_everything();
+        }
+        reap_all();
+        /* Back to front: caller_spoke may move the last entry into a slot already seen. */
+        for (int i = nwatched - 1; i >= 1 + serving; i--)
+            if (watched[i].revents && i - 1 - serving < nrunning
+                    && running[i - 1 - serving].conn == watched[i].fd)
+                caller_spoke(i - 1 - serving);
+        if (serving && watched[1].revents)
+            serve(LISTENER_FD);
     }
 }

@@ -35,8 +35,8 @@ from contained.runtime.status import (
 
 __all__ = [
     "EVENTS", "FINAL", "MAX_FDS", "MAX_REQUEST", "Cleaned", "Created", "Error", "EventReader",
-    "Exit", "Marker", "Netns", "Ready", "Started", "Tty", "WireError", "decode", "encode",
-    "error_class", "expect_marker", "is_kill", "read_event", "receive_messages",
+    "Exit", "Marker", "Netns", "Ready", "Refused", "Started", "Tty", "WireError", "decode",
+    "encode", "error_class", "expect_marker", "is_kill", "read_event", "receive_messages",
     "receive_request", "send_event", "send_event_with_fds", "send_marker", "send_request",
     "write_event",
 ]
@@ -183,6 +183,15 @@ class Error:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """PID 1's tiny init → an exec's caller: the command could not start; `stage` says at which
+    step (tiny_init.c: user, dir, missing, directory, notexec, path, exec...), `errno` why."""
+
+    stage: str
+    errno: int
+
+
+@dataclass(frozen=True)
 class Cleaned:
     """The runner has torn the container down (unmounted, cgroup and files removed)."""
 
@@ -203,9 +212,9 @@ class Ready:
 
 
 EVENTS = {cls.__name__.lower(): cls
-          for cls in (Started, Exit, Created, Error, Cleaned, Tty, Netns, Ready)}
+          for cls in (Started, Exit, Created, Error, Refused, Cleaned, Tty, Netns, Ready)}
 #: the events that end a request (the caller's result)
-FINAL = (Exit, Created, Error)
+FINAL = (Exit, Created, Error, Refused)
 
 
 def error_class(name: str) -> type[ContainedError]:
