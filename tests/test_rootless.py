@@ -37,7 +37,8 @@ os.close(write)
 out["run"] = [result.status, os.read(read, 65536).decode()]
 container.create("busybox", name="kept", runner_=runner)
 read, write = os.pipe()
-result = container.exec_("kept", ["sh", "-c", "echo kept > /root/f; cat /root/f; ps -o pid,comm"],
+result = container.exec_("kept", ["sh", "-c", "echo kept > /root/f; cat /root/f; ps -o pid,comm;"
+                                  " echo parent=$(cut -d' ' -f4 /proc/$$/stat)"],
                          stdout=write, runner_=runner)
 os.close(write)
 out["exec"] = [result.status, os.read(read, 65536).decode()]
@@ -90,6 +91,9 @@ def test_nobody_runs_throwaway_and_named_containers(nobody_home):
     assert written == "hi"
     status, text = out["exec"]
     assert status == 0 and text.startswith("kept\n") and "contained-init" in text
+    # Started by PID 1 itself (contained/runtime/served.py), rootless too: the caller may
+    # read the container's /etc/passwd through the non-dumpable init's /proc/PID/root.
+    assert "parent=1\n" in text, text
     assert "\n" not in out["limit"] and "cgroup" in out["limit"].lower()
     assert out["pids"] is None  # cgroups not delegated to nobody here: runs without a limit
     assert out["left"] == [".lock"]

@@ -1,8 +1,10 @@
 """``exec``: a new process in a running named container, which it joins from outside.
 
-Taught in notebook 06. A named container's PID 1 is the tiny init (`contained.runtime.tiny_init`),
-which starts nothing; so, as ``nsenter`` and ``runc exec`` do, a process of the runner's (the
-worker forked for the request, or the CLI's own fork) walks into the container. In shell terms::
+Taught in notebook 06. Mostly, a named container's PID 1, the tiny init, starts what ``exec``
+sends it (`contained.runtime.served`). Where it does not — with ``-t`` (the pty is opened in
+the container), with ``--explain`` (every step shown and run), or when PID 1 stayed Python —
+a process of the runner's (the worker forked for the request, or the CLI's own fork) walks
+into the container, as ``nsenter`` and ``runc exec`` do. In shell terms::
 
     echo $$ > /sys/fs/cgroup/.../ID/cgroup.procs                 # the container's cgroup
     nsenter --target PID1 --all --root --wd=DIR \\

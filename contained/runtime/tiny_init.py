@@ -3,11 +3,11 @@
 Taught in notebook 06. An idle named container is only its PID 1, and a copy of the runner's
 Python process costs ~15 MiB of memory; podman keeps ~0.5 MiB per container (catatonit and
 conmon), Docker's ``--init`` is tini. So once the container is built, PID 1 executes this small
-program, which reaps and stops the container and does nothing else (``exec`` joins the
-container from outside: `contained.runtime.enter`). In shell terms::
+program, which reaps, stops the container, and starts what ``exec`` sends on the container's
+exec socket (`contained.runtime.served`). In shell terms::
 
     cc -static -Os -s -o tiny-init contained/runtime/tiny_init.c     # once
-    exec tiny-init                                                   # PID 1, at the end
+    exec tiny-init --serve-exec          # PID 1, at the end; fd 4: exec.sock, listening
 
 Statically linked, because it runs inside the container's root, where no libc of ours is; and
 executed from a descriptor opened on the host before pivot_root (``fexecve``), because its
