@@ -287,6 +287,19 @@ def make_student(prefix: str):
     return account
 
 
+@pytest.fixture
+def kept(busybox_home, runner_process):
+    """A named busybox container of the module's home, removed afterwards."""
+    import secrets
+
+    from contained.runtime import container
+
+    name = f"kept{os.getpid()}{secrets.token_hex(3)}"
+    created = container.create("busybox", name=name, runner_=runner_process)
+    yield created
+    container.remove(name, force=True)
+
+
 def run_capture(image, command, runner_process, **options):
     """Run a throwaway container, returning (result, stdout text, stderr text)."""
     from contained.runtime import container

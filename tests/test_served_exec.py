@@ -28,14 +28,6 @@ def sh(name: str, command: str, runner, **options) -> tuple[int, str]:
     return result.status, out
 
 
-@pytest.fixture
-def kept(busybox_home, runner_process):
-    name = f"served{os.getpid()}{secrets.token_hex(3)}"
-    created = container.create("busybox", name=name, runner_=runner_process)
-    yield created
-    container.remove(name, force=True)
-
-
 def parent_pid_of_the_command(name: str, runner, **options) -> str:
     status, out = sh(name, "cut -d' ' -f4 /proc/$$/stat", runner, **options)
     assert status == 0, out

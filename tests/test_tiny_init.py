@@ -38,14 +38,6 @@ def status_of(pid: int) -> dict[str, str]:
     return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
-@pytest.fixture
-def kept(busybox_home, runner_process):
-    name = f"tiny{os.getpid()}{time.monotonic_ns() % 100000}"
-    created = container.create("busybox", name=name, runner_=runner_process)
-    yield created
-    container.remove(name, force=True)
-
-
 @needs_root
 def test_a_named_containers_pid_one_is_the_tiny_init_and_costs_under_a_mebibyte(kept):
     status = status_of(kept.init_pid)
