@@ -2,16 +2,9 @@
 
 Taught in notebook 08 ("Networking"). A container started with ``--net bridge`` gets what
 Docker's default bridge gives it, built from the same kernel pieces a student types by hand
-first::
+first: a bridge on the host, a veth pair with one end moved into the container's network
+namespace (the commands are in `contained.network.bridge`'s docstring), and nft rules::
 
-    ip link add contained0 type bridge                    # a virtual switch on the host
-    ip addr add 10.77.0.1/24 dev contained0               # the containers' gateway
-    ip link set contained0 up
-    ip link add veth-1a2b3c4d type veth peer name eth0 netns PID   # a cable, one end inside
-    ip link set veth-1a2b3c4d master contained0 up        # plug the host end into the switch
-    nsenter -t PID -n ip addr add 10.77.0.2/24 dev eth0
-    nsenter -t PID -n ip link set eth0 up
-    nsenter -t PID -n ip route add default via 10.77.0.1
     nft '...masquerade...'                                # the subnet goes out as the host
     nft 'add rule ip contained0 ports ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.77.0.2:80'
 
