@@ -21,7 +21,7 @@ Where the time goes depends on the filesystem more than on the unpacker: on an e
 journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``), creating a file skips every
 inode freed in the last minute or more (``recently_deleted``), so right after the previous
 run's ``rm -rf`` one ``open(O_CREAT)`` took 570-650 µs here, against 6 µs on a tmpfs; tar and
-we pay it alike, and it does not spread over two threads in one directory.
+we pay it alike.
 """
 
 import argparse
