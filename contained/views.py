@@ -12,6 +12,7 @@ column and control characters stay escaped. The shell commands they stand for::
 
 import shlex
 import time
+from collections.abc import Iterable
 
 from contained.errors import ContainedError
 from contained.images.reference import parse_reference
@@ -26,9 +27,14 @@ NO_WRAP = "white-space: nowrap; text-align: left; font-family: monospace"
 
 
 class Table:
-    """A header and rows of text: `str()` is aligned columns, `_repr_html_` an HTML table."""
+    """A header and rows of text: `str()` is aligned columns, `_repr_html_` an HTML table.
 
-    def __init__(self, header: tuple[str, ...], rows: list[tuple[str, ...]]):
+    Listings (`ps`, `images`) never wrap a cell, as in a terminal; a table of sentences (the
+    workbook's doctor table) sets ``cell_style`` to one that wraps."""
+
+    cell_style = NO_WRAP
+
+    def __init__(self, header: Iterable[str], rows: Iterable[Iterable[object]] = ()):
         self.header = tuple(header)
         self.rows = [tuple(str(cell) for cell in row) for row in rows]
 
@@ -40,9 +46,10 @@ class Table:
     def _repr_html_(self) -> str:
         import html  # only a notebook renders HTML: the CLI skips html.entities' big table
 
-        head = "".join(f'<th style="{NO_WRAP}">{html.escape(printable(c))}</th>'
+        style = self.cell_style
+        head = "".join(f'<th style="{style}">{html.escape(printable(c))}</th>'
                        for c in self.header)
-        body = "".join("<tr>" + "".join(f'<td style="{NO_WRAP}">{html.escape(printable(c))}</td>'
+        body = "".join("<tr>" + "".join(f'<td style="{style}">{html.escape(printable(c))}</td>'
                                         for c in row) + "</tr>" for row in self.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from contained import workbook
+from contained import views, workbook
 
 PLANTED_NAMES = ("shlex.py", "json.py", "argparse.py")
 
@@ -69,6 +69,10 @@ def test_isolated_helpers_start_where_contained_is_only_on_pythonpath(tmp_path):
 def test_tables_print_control_characters_escaped():
     table = workbook.Table(["path"], [["evil\x1b]0;pwned\x07"]])
     assert str(table).splitlines()[1] == "evil\\x1b]0;pwned\\x07"
+    # In a notebook too, and there the doctor's long advice wraps (listings do not).
+    html = table._repr_html_()
+    assert "\x1b" not in html and "evil\\x1b]0;pwned\\x07" in html
+    assert "nowrap" not in html and "nowrap" in views.Table(["a"], [["b"]])._repr_html_()
 
 
 def test_out_dir_must_be_new_empty_or_made_by_the_workbook(tmp_path):

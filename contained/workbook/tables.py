@@ -10,40 +10,21 @@ behind each table::
     find PATH -printf '%y %p\\n'; getfattr -n trusted.overlay.opaque DIR  # tree
 """
 
-import html
 import os
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from contained import doctor
+from contained import doctor, views
 from contained.runtime import namespaces
 from contained.workbook.lab import sh_output
 
 
-@dataclass
-class Table:
-    """Rows to show in a notebook (HTML) or a terminal (aligned text)."""
+class Table(views.Table):
+    """Rows to show in a notebook (HTML) or a terminal (aligned text, control characters
+    escaped): `contained.views.Table`, with cells that wrap, for sentences such as the
+    doctor's advice."""
 
-    headers: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-
-    def _repr_html_(self) -> str:
-        head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>"
-                       for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
-                                        for c in row) + "</tr>" for row in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    def __str__(self) -> str:
-        from contained.views import printable  # a file name from a layer may hold escapes
-
-        table = [self.headers] + [[printable(str(c)) for c in row] for row in self.rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(self.headers))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                         for row in table)
-
-    __repr__ = __str__
+    cell_style = "text-align: left"
 
 
 def doctor_table() -> Table:
