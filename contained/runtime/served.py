@@ -2,23 +2,24 @@
 
 Taught in notebook 06. A named container's PID 1 is the tiny C init (`contained.runtime.tiny_init`),
 and it is already where a command must be: in every namespace and the cgroup, with the
-keyring, capabilities, no_new_privs and seccomp filter of the container. So, as Docker's old
-``exec`` driver and the first versions of contained did, it forks the command itself: a fork of
-a 0.1 MiB C process, where joining from outside (`contained.runtime.enter`, ``nsenter``) forks
-and confines a Python process (~5 ms more). In shell terms, what happens is::
+keyring, capabilities, no_new_privs and seccomp filter of the container. So, as contained's
+first (Python) PID 1 did, it forks the command itself: a fork of a 0.1 MiB C process, where
+joining from outside (`contained.runtime.enter`, ``nsenter``) forks and confines a Python
+process (~5 ms more). In shell terms, what happens is::
 
     socat - UNIX-CONNECT:$CONTAINED_HOME/containers/ID/exec.sock     # stdio as SCM_RIGHTS
     # PID 1:  fork; setsid; setgroups/setgid/setuid; cd DIR; exec CMD  (in the container)
 
-The socket is bound on the host, in the container's 0700 directory, before pivot_root
-(`listen`), and handed to PID 1 as a descriptor: nothing inside the container can reach it (its
-path is not in the container's mounts, and PID 1 is non-dumpable, so /proc/1/fd is closed),
-and on the host only the home's owner can connect. The caller resolves ``-u`` in the
-container's own /etc/passwd and /etc/group, through PID 1's /proc/PID/root and the safe
-resolver, by runc's rules (`contained.runtime.process.resolve_user`), and builds the
-environment as Docker does; PID 1 parses a list of strings and nothing else. Its replies are the
-runner's events; a command that cannot start comes back as ``refused`` with the step and errno,
-and is worded here, in the words the other way in uses (`contained.runtime.init.start_failure`).
+The socket (mode 0600) is bound on the host, in the container's directory inside the home
+(mode 0700), before pivot_root (`listen`), and handed to PID 1 as a descriptor: nothing inside
+the container can reach it (its path is not in the container's mounts, and PID 1 is
+non-dumpable, so /proc/1/fd is closed), and on the host only the home's owner can connect.
+The caller resolves ``-u`` in the container's own /etc/passwd and /etc/group, through PID 1's
+/proc/PID/root and the safe resolver, by runc's rules (`contained.runtime.process.resolve_user`),
+and builds the environment as Docker does; PID 1 parses a list of strings and nothing else.
+Its replies are the runner's events; a command that cannot start comes back as ``refused``
+with the step and errno, and is worded here, in the words the other way in uses
+(`contained.runtime.init.start_failure`).
 
 The other way in is taken where this one is not: with ``-t`` (the pty is opened inside), with
 ``--explain`` (it shows and runs every step), when PID 1 is the Python fallback (nobody listens
@@ -43,7 +44,7 @@ MAX_REQUEST = 128 * 1024
 
 
 def listen(directory: Path) -> socket.socket:
-    """The exec socket's listener, bound in the container's directory (made 0700 before)."""
+    """The exec socket's listener, bound in the container's directory (inside the 0700 home)."""
     path = directory / SOCKET_NAME
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)

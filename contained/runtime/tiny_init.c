@@ -22,8 +22,8 @@
  * the container's root has no libc of ours, and the file is executed from a descriptor opened
  * on the host.
  *
- * The exec socket is bound on the host, in the container's 0700 directory, before pivot_root:
- * nothing inside the container can reach it, and only the home's owner can connect. A request
+ * The exec socket is bound on the host, in the container's directory inside the 0700 home, before
+ * pivot_root: nothing inside the container can reach it, and only the home's owner can connect. A request
  * is one SOCK_SEQPACKET message carrying the caller's stdin, stdout and stderr (SCM_RIGHTS)
  * and these NUL-terminated fields, the user already resolved by the caller in the container's
  * own /etc/passwd:
