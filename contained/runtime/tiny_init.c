@@ -22,11 +22,11 @@
  * the container's root has no libc of ours, and the file is executed from a descriptor opened
  * on the host.
  *
- * The exec socket is bound on the host, in the container's directory inside the 0700 home, before
- * pivot_root: nothing inside the container can reach it, and only the home's owner can connect. A request
- * is one SOCK_SEQPACKET message carrying the caller's stdin, stdout and stderr (SCM_RIGHTS)
- * and these NUL-terminated fields, the user already resolved by the caller in the container's
- * own /etc/passwd:
+ * The exec socket is bound on the host, in the container's directory inside the 0700 home,
+ * before pivot_root: nothing inside the container can reach it, and only the home's owner can
+ * connect. A request is one SOCK_SEQPACKET message carrying the caller's stdin, stdout and
+ * stderr (SCM_RIGHTS) and these NUL-terminated fields, the user already resolved by the caller
+ * in the container's own /etc/passwd:
  *     switch-user(0|1) uid gid ngroups(-1: keep) group... detached(0|1) cwd argc arg... env...
  * Replies are the runner's events, one JSON line each: {"event": "started", "pid": N} then
  * {"event": "exit", "status": S}; or {"event": "refused", "stage": "...", "errno": E} when the
