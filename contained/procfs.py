@@ -8,7 +8,14 @@ ever mistaken for one of ours — or killed for being one. In the shell::
 
     awk '{print $22}' /proc/PID/stat     # the start time (when the name has no spaces)
     ps -o lstart= -p PID                 # the same, as a date
+
+And one more use of /proc: `short_path` names a deep file through /proc/self/fd, for the
+Unix sockets (the exec socket, slirp4netns's API) that live in a container's directory.
 """
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def _stat(pid: int | str) -> list[str]:
@@ -46,3 +53,15 @@ def _fields(pid: int | str) -> list[str] | None:
         return _stat(pid)
     except (FileNotFoundError, ProcessLookupError):
         return None
+
+
+@contextmanager
+def short_path(path: Path):
+    """`path` as a name that fits a Unix socket address (108 bytes), via an open directory:
+    container directories are deep (a 64-hex-digit id under CONTAINED_HOME). The directory's
+    descriptor names it in a few bytes, without chdir (which would affect every thread)."""
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import NOBODY, as_nobody, exec_capture, interpreter_for_nobody, needs_root
 
+from contained import procfs
 from contained.errors import ContainedError
 from contained.runtime import container, served
 
@@ -75,7 +76,7 @@ def test_the_exec_socket_is_out_of_the_containers_reach(kept, runner_process):
 def test_only_the_homes_owner_can_connect_to_the_exec_socket(kept):
     socket_path = Path(kept.spec.directory) / served.SOCKET_NAME
     assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600
-    # As served.short_path does (the path is too long for an address): through the directory.
+    # As procfs.short_path does (the path is too long for an address): through the directory.
     probe = ("import errno, os, socket, sys\n"
              "s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n"
              "try:\n"
@@ -94,7 +95,7 @@ def raw_request(directory: str, payload: bytes, fds: list[int]) -> bytes:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.settimeout(5)
     try:
-        with served.short_path(Path(directory) / served.SOCKET_NAME) as address:
+        with procfs.short_path(Path(directory) / served.SOCKET_NAME) as address:
             sock.connect(address)
         sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
                    if fds else [])

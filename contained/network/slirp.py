@@ -292,12 +292,11 @@ def _why_refused(port: PortSpec) -> str:
 
 def _api(directory: Path, request: dict) -> dict:
     """One request on the API socket (one per connection, ended by shutdown(SHUT_WR))."""
-    dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, \
+                procfs.short_path(directory / API_SOCKET) as address:
             sock.settimeout(READY_TIMEOUT)
-            # through the directory's fd: a short address, however deep the home is
-            sock.connect(f"/proc/self/fd/{dirfd}/{API_SOCKET}")
+            sock.connect(address)  # a short address, however deep the home is
             sock.sendall(json.dumps(request).encode())
             sock.shutdown(socket.SHUT_WR)
             reply = b""
@@ -306,8 +305,6 @@ def _api(directory: Path, request: dict) -> dict:
     except OSError as error:
         raise SlirpFailed(f"slirp4netns's API socket in {directory} does not answer "
                           f"({error.strerror or error}); start the container again") from None
-    finally:
-        os.close(dirfd)
     return json.loads(reply or b"{}")
 
 

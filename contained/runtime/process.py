@@ -376,11 +376,11 @@ def _replace_or_append(base: list[str], overrides: list[str]) -> list[str]:
 # Capabilities and privileges: what PID 1 keeps before it starts anything
 
 
-def setgroups_allowed() -> bool:
-    """False in a rootless container's user namespace, where setgroups(2) is denied (the
-    kernel requires it before an unprivileged process may write its own gid_map)."""
+def setgroups_allowed(pid: int | str = "self") -> bool:
+    """False in `pid`'s (by default our own) user namespace if it denies setgroups(2), as a
+    rootless one does (the kernel requires it before a user may write its own gid_map)."""
     try:
-        with open("/proc/self/setgroups") as f:
+        with open(f"/proc/{pid}/setgroups") as f:
             return f.read().strip() != "deny"
     except OSError:
         return True

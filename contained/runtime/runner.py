@@ -299,7 +299,8 @@ def create_container(spec: ContainerSpec, explain) -> wire.Created:
         pid, sealed = _start_pid_one(plan, explain, persistent=True, init_binary=binary,
                                      exec_listener=listener and listener.fileno())
         _wait_until_sealed(pid, sealed)
-        # For `exec` (contained.runtime.enter), before the caller learns the container exists.
+        # For `exec` (enter joins it, served reads its OOM kills), before the caller learns
+        # the container exists.
         state.write_state(spec, cgroup_entry=plan.group.entry())
     except BaseException:
         if pid is not None:

@@ -29,12 +29,10 @@ on the socket), or for a request too large for one message.
 import os
 import socket
 from array import array
-from contextlib import contextmanager
 from pathlib import Path
 
 from contained import procfs
-from contained.errors import ContainerNotRunning
-from contained.runtime import client, init, process, state, wire
+from contained.runtime import client, enter, init, process, state, wire
 from contained.runtime.cgroups import files
 from contained.runtime.spec import ContainerSpec
 
@@ -48,23 +46,11 @@ def listen(directory: Path) -> socket.socket:
     path = directory / SOCKET_NAME
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    with short_path(path) as address:
+    with procfs.short_path(path) as address:
         listener.bind(address)
     os.chmod(path, 0o600)
     listener.listen(64)
     return listener
-
-
-@contextmanager
-def short_path(path: Path):
-    """`path` as a name that fits a Unix socket address (108 bytes), via an open directory:
-    container directories are deep (a 64-hex-digit id under CONTAINED_HOME). The directory's
-    descriptor names it in a few bytes, without chdir (which would affect every thread)."""
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
 
 
 def start(spec: ContainerSpec, args: list[str], env: list[str], working_dir: str, user: str,
@@ -81,7 +67,7 @@ def start(spec: ContainerSpec, args: list[str], env: list[str], working_dir: str
     oom = _OomCount(entry.get("oom"))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        with short_path(Path(spec.directory) / SOCKET_NAME) as address:
+        with procfs.short_path(Path(spec.directory) / SOCKET_NAME) as address:
             sock.connect(address)
         sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", stdio))])
     except OSError:  # nobody listens (a Python PID 1, an old container): the other way in
@@ -96,7 +82,7 @@ def _payload(spec: ContainerSpec, pid: int, started: int | None, args: list[str]
     uid, gid, groups, home = _resolve_user(spec, pid, started, user)
     environment = process.build_environment(env, [], home=home)
     switch = (uid, gid) != (0, 0)  # PID 1 is the container's root, as `enter` would be
-    if not switch or not _setgroups_allowed(pid):
+    if not switch or not process.setgroups_allowed(pid):  # PID 1's user namespace
         groups = None
     fields = [int(switch), uid, gid, -1 if groups is None else len(groups), *(groups or ()),
               int(detached), working_dir, len(args), *args, *environment]
@@ -113,22 +99,11 @@ def _resolve_user(spec: ContainerSpec, pid: int, started: int | None, user: str)
         # Checked after opening: had PID 1 died and its pid been reused before, the start
         # time would now be another process's.
         if root is None or procfs.start_time(pid) != started:
-            raise ContainerNotRunning(f"container {spec.name} is not running: start it again "
-                                      f"with `contained rm {spec.name}`, then `contained run "
-                                      "--name ...`")
+            raise enter.not_running(spec)
         return process.resolve_user(user or "", Path(f"/proc/self/fd/{root}"))
     finally:
         if root is not None:
             os.close(root)
-
-
-def _setgroups_allowed(pid: int) -> bool:
-    """As `process.setgroups_allowed`, for PID 1's user namespace (denied in a rootless one)."""
-    try:
-        with open(f"/proc/{pid}/setgroups") as f:
-            return f.read().strip() != "deny"
-    except OSError:
-        return True
 
 
 class _OomCount:
@@ -161,9 +136,10 @@ class ServedRequest(client.Request):
         self._spec, self._name, self._working_dir, self._oom = spec, name, working_dir, oom
 
     def _read(self) -> None:
-        if self.result is not None:
-            return super()._read()
+        waiting = self.result is None
         super()._read()
+        if not waiting:
+            return  # `Cleaned`, for `settle`: the result was worded already
         if isinstance(self.result, wire.Refused):
             error = init.start_failure(self.result.stage, self.result.errno, self._name,
                                        self._working_dir, self._spec.name)
