@@ -17,15 +17,15 @@ A check never changes anything. Its `fix` says what to run when it fails.
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained import home, network
+from contained.records import record
 from contained.runtime import cgroups
 from contained.units import format_size
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     """One thing that works or not: `ok`, what was seen, and how to fix it if not."""
 

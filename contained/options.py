@@ -15,13 +15,13 @@ Each `Option` says where it applies: `RUN` (``contained run``), `EXEC` (``contai
 --no-raise-error, --timeout and --stats). `add_options` puts them on an argparse parser.
 """
 
-from dataclasses import dataclass, field
+from contained.records import field, record
 
 RUN, EXEC, CELL = "run", "exec", "cell"
 NETWORKS = ("none", "host", "bridge")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Option:
     """One option: its flags, argparse's keywords, and the commands that take it."""
 

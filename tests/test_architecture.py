@@ -24,7 +24,7 @@ PACKAGE = ROOT / "contained"
 #: layer and those below it; the exceptions are listed in UPWARD_IMPORTS with their reason.
 LAYERS = {
     "primitives": ["errors", "home", "names", "units", "filelock", "syscalls", "procfs",
-                   "isolated"],
+                   "isolated", "records"],
     "images": ["images"],
     "runtime": ["runtime"],
     "network": ["network"],

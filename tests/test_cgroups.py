@@ -4,7 +4,6 @@ The root tests run against whatever this machine has (v2, v1 or hybrid) under a 
 to this test run, removed at the end. The pure-v2 layout is also checked from a mount table.
 """
 
-import dataclasses
 import os
 import re
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
+from contained import records
 from contained.runtime import cgroups
 from contained.runtime.cgroups import (
     BadCgroupName,
@@ -157,7 +157,7 @@ def test_detect_pure_v2(tmp_path, monkeypatch):
 def test_plan_on_pure_v2_is_the_shell_a_student_would_type(tmp_path, monkeypatch):
     monkeypatch.setenv(cgroups.PARENT_ENV, "contained")
     root, table = fake_tree(tmp_path, PURE_V2, "cpuset cpu io memory pids")
-    host = dataclasses.replace(cgroups.detect(table), can_kill=True)
+    host = records.replace(cgroups.detect(table), can_kill=True)
     group, steps = Cgroup.plan("web", Limits(memory=16 * MiB, cpus=0.5, pids=5), host)
     assert [step.shell for step in steps] == [
         f"echo +memory +cpu +pids > {root}/cgroup.subtree_control",
@@ -217,7 +217,7 @@ def test_a_hybrid_plan_limits_in_v1_and_kills_in_v2(tmp_path, monkeypatch):
     table.write_text(table.read_text() + f"41 31 0:38 / {root}/unified rw - cgroup2 cgroup2 rw\n")
     (root / "unified").mkdir()
     (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
-    host = dataclasses.replace(cgroups.detect(table), can_kill=True)
+    host = records.replace(cgroups.detect(table), can_kill=True)
     group, steps = Cgroup.plan("web", Limits(memory=16 * MiB), host)
     shells = [step.shell for step in steps]
     assert f"mkdir {root}/unified/contained/web" in shells
@@ -517,7 +517,7 @@ TREE = (
 @needs_root
 @pytest.mark.parametrize("changes", kill_modes())
 def test_kill_empties_a_group_with_a_tree(make_group, spawn, changes):
-    host = dataclasses.replace(cgroups.detect(), **changes)
+    host = records.replace(cgroups.detect(), **changes)
     group = make_group("tree", host=host)
     shell = spawn(group, [BUSYBOX, "sh", "-c", TREE])
     wait_for(lambda: len(group.pids()) >= 21)  # sh, 8 sleeps, 3 x (sh and 3 sleeps)

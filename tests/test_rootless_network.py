@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from conftest import free_port, kill_processes_of, make_student, needs_root, pro
 from test_classroom import needs_student
 
 from contained.network import slirp
+from contained.records import replace
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")

@@ -9,7 +9,7 @@ reported. A name belongs here only with the reason nothing in contained/ calls i
 # ruff: noqa: B018  (bare attribute references are how vulture whitelists mark a name used)
 
 import contained
-from contained import cli, views
+from contained import cli, records, views
 from contained.classroom import jupyterhub
 from contained.images import build, registry, unpack
 from contained.jupyter import failures, magics, widgets
@@ -46,6 +46,11 @@ magics.ContainerMagics.do_doctor
 magics.ContainerMagics.do_dashboard
 # `%container?` shows the magic's __doc__, set from help_text() after the class is built.
 magics.ContainerMagics.container.__doc__
+
+# Python itself reads these on a record's class: `case Point(x, y)`, `del`, hash().
+records.record.__match_args__  # (set on each class `record` makes)
+records.record.__delattr__
+records.record.__hash__
 
 # Attributes read by the library that owns the object, not by us.
 build.tarfile.TarInfo.gname  # tarfile writes it into each header (emptied for reproducible layers)

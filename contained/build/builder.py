@@ -22,7 +22,7 @@ fully cached rebuild has the same digest (`contained.images.buildcache`). A fail
 before anything is tagged, and its container and staging directory are removed whatever happened.
 """
 
-import dataclasses
+
 import gzip
 import hashlib
 import json
@@ -34,12 +34,13 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from contained import records
 from contained.errors import ContainedError
 from contained.images import buildcache, containerfile, oci, upperlayer
 from contained.images.containerfile import Instruction
+from contained.records import field, record
 
 LAYER_STEPS = ("RUN", "COPY", "ADD")
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -49,7 +50,7 @@ class BuildFailed(ContainedError):
     """A build step failed: the message names the Containerfile's line."""
 
 
-@dataclass
+@record
 class BuildOptions:
     """What ``contained build`` was asked for."""
 
@@ -64,7 +65,7 @@ class BuildOptions:
     explain: bool = False        # also print each step as the shell commands it equals
 
 
-@dataclass
+@record
 class _State:
     """The image so far."""
 
@@ -280,7 +281,7 @@ class _Builder:
         env = state.env + [f"{k}={v}" for k, v in state.variables.items() if k not in declared]
         # WORKDIR is made by the runtime, as root, before USER applies (as Docker does):
         # a non-root USER could not create /srv itself.
-        spec = dataclasses.replace(spec, lowers=lowers, env=env or spec.env,
+        spec = records.replace(spec, lowers=lowers, env=env or spec.env,
                                    user=state.runtime.get("User") or "", remove=False,
                                    working_dir=state.runtime.get("WorkingDir") or "/")
         self.explain(f"contained run --net {self.options.net} -w {spec.working_dir} "

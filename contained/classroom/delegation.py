@@ -26,10 +26,10 @@ import json
 import os
 import pwd
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import asdict, record
 from contained.runtime import cgroups
 from contained.runtime.cgroups import files
 from contained.runtime.plan import run_steps
@@ -47,7 +47,7 @@ class DelegationError(ContainedError):
     """Delegating (or taking back) a student's cgroup failed."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Budget:
     """What all of a student's containers together may use; None: no limit."""
 

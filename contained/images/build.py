@@ -15,15 +15,15 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained.images import oci
+from contained.records import record
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BuiltLayer:
     """One layer as written: the compressed blob's descriptor and the tar's diff_id."""
 

@@ -14,10 +14,10 @@ import fnmatch
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import field, record
 
 INSTRUCTIONS = ("FROM", "RUN", "COPY", "ADD", "ENV", "ARG", "WORKDIR", "USER", "CMD",
                 "ENTRYPOINT", "LABEL", "EXPOSE")
@@ -36,7 +36,7 @@ class ContainerfileError(ContainedError):
     """A Containerfile cannot be read: a syntax error or an unknown instruction, with its line."""
 
 
-@dataclass
+@record
 class Instruction:
     """One instruction as written: its keyword, flags and arguments, and where it was."""
 

@@ -20,12 +20,12 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import build, oci
 from contained.images.reference import Reference, parse_reference
+from contained.records import field, record
 
 REF_NAME = build.ANNOTATION_REF_NAME
 LAYER_MEDIA_TYPES = (oci.MEDIA_TYPE_LAYER, oci.MEDIA_TYPE_LAYER_GZIP, oci.MEDIA_TYPE_LAYER_ZSTD,
@@ -54,7 +54,7 @@ class SourceNotFound(ContainedError):
     """An oci:/oci-archive: source, or a tarball to import, does not exist or has no such tag."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageConfig:
     """What the runtime needs from an image's config: how to start its process, and where."""
 
@@ -81,7 +81,7 @@ class ImageConfig:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Image:
     """An image in the store: its name, manifest digest, config and layers (bottom first)."""
 

@@ -12,10 +12,10 @@ built from it (a digest like ``sha256:../../etc/passwd`` must never become a pat
 """
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import field, record
 
 # The OCI image-spec's digest grammar, restricted to the algorithms we can verify. sha256 is
 # the only one registries and skopeo produce; sha512 is allowed by the spec.
@@ -61,7 +61,7 @@ def blob_path(layout: Path, digest: str) -> Path:
     return Path(layout) / "blobs" / algorithm / encoded
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Descriptor:
     """An OCI content descriptor: what a blob is, its digest and its exact size."""
 

@@ -16,11 +16,11 @@ Repositories are lowercase.
 """
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import oci
+from contained.records import record
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -48,7 +48,7 @@ class InvalidReference(ContainedError):
     """A string is not a valid image reference."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Reference:
     """A normalised registry reference: docker.io/library/busybox:latest."""
 
@@ -99,7 +99,7 @@ class Reference:
         return self.name
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Source:
     """Where ``contained pull`` reads an image: a registry, an OCI layout or an OCI archive."""
 

@@ -48,7 +48,6 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from contained import isolated, procfs
@@ -56,6 +55,7 @@ from contained.errors import ContainedError
 from contained.home import ensure_home, home_path
 from contained.images import skopeo
 from contained.images.store import Store
+from contained.records import asdict, record
 
 REGISTRY_BINARY = "docker-registry"
 HOST = "127.0.0.1"
@@ -79,7 +79,7 @@ class RegistryStartFailed(ContainedError):
     """The registry process exited or never answered GET /v2/."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RegistryState:
     """A running registry: its process, where it listens, and its files."""
 

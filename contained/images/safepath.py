@@ -20,11 +20,11 @@ Where the kernel has ``openat2(2)`` (Linux 5.6+), `open_in_root` lets it do the 
 import errno
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained import syscalls
 from contained.errors import ContainedError
+from contained.records import record
 
 #: Linux's own limit on symlinks followed in one lookup (MAXSYMLINKS).
 MAX_SYMLINKS = 40
@@ -41,7 +41,7 @@ class UnsafePath(ContainedError):
 use_openat2 = os.uname().machine in ("x86_64", "aarch64")
 
 
-@dataclass
+@record
 class Resolved:
     """Where a walk ended: an O_PATH fd of the parent directory and the final name in it.
 

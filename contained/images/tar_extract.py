@@ -37,11 +37,11 @@ import os
 import shutil
 import stat
 import tarfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import safepath
+from contained.records import field, record
 
 #: how many directories' fds the extractor keeps open to avoid re-walking their path
 DIR_CACHE_SIZE = 512
@@ -69,7 +69,7 @@ class LayerEntryFailed(LayerError):
     """An entry cannot be created (missing hardlink target, parent is a file, disk full...)."""
 
 
-@dataclass
+@record
 class LayerReport:
     """What one unpack did: entries seen, and what was skipped and why."""
 

@@ -27,7 +27,6 @@ import os
 import stat
 import tarfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
@@ -40,6 +39,7 @@ from contained.images.tar_extract import (
     WHITEOUT_PREFIX,
     XATTR_PAX_PREFIX,
 )
+from contained.records import field, record
 
 #: overlayfs marks opaque directories with this xattr (``user.`` when mounted with userxattr)
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
@@ -146,7 +146,7 @@ def layer_from_directory(directory: Path, layout: Path, *, epoch: int | None = N
         os.close(root_fd)
 
 
-@dataclass
+@record
 class _UpperWalker:
     """Adds a directory tree to a tar, never following a symlink and never leaving the tree."""
 

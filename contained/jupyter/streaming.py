@@ -15,10 +15,10 @@ import os
 import select
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import field, record
 from contained.runtime import container
 
 # How often --stats and `%container stats` read the cgroup; also the select() timeout.
@@ -111,7 +111,7 @@ def _stderr(text: str) -> None:
     sys.stderr.flush()
 
 
-@dataclass
+@record
 class Sampler:
     """Reads a container's cgroup usage every `SAMPLE_INTERVAL` seconds while a cell runs."""
 
@@ -137,7 +137,7 @@ class Sampler:
         self.samples.append((now - self._start, usage))
 
 
-@dataclass
+@record
 class Outcome:
     """How a cell's command ended, as seen from the magic."""
 

@@ -33,7 +33,6 @@ import shlex
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained import filelock, procfs
@@ -47,6 +46,7 @@ from contained.network.tools import (
     link_exists,
     run_tool,
 )
+from contained.records import record
 from contained.runtime.plan import Step
 
 #: each home's bridge is contained<N>, N the lowest number free on this host when the home
@@ -79,7 +79,7 @@ class BridgeTaken(ContainedError):
     """Another home created the bridge this home was about to claim."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetworkConfig:
     """Where bridged containers live: the bridge, its subnet, and which firewall tool to use.
 
@@ -96,7 +96,7 @@ class NetworkConfig:
     table: str = ""
 
     def __post_init__(self) -> None:
-        # a frozen dataclass fills its own blanks through object.__setattr__
+        # a frozen record fills its own blanks through object.__setattr__
         if not self.bridge:
             object.__setattr__(self, "bridge", _home_bridge())
         if not self.subnet:
@@ -128,7 +128,7 @@ class NetworkConfig:
         return str(self.network.network_address + 1)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Attachment:
     """What a bridged container got: its address, gateway, host veth and resolved ports."""
 

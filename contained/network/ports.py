@@ -15,9 +15,9 @@ written by `contained.network.firewall`.
 import errno
 import ipaddress
 import socket
-from dataclasses import dataclass
 
 from contained.errors import ContainedError
+from contained.records import record
 
 DEFAULT_HOST_IP = "127.0.0.1"
 
@@ -30,7 +30,7 @@ class PortInUse(ContainedError):
     """A published host port is taken by another container or a host process."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PortSpec:
     """One published port: connections to host_ip:host_port go to the container's port.
 

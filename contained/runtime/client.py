@@ -17,11 +17,11 @@ import os
 import select
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from contained import home
 from contained.errors import ContainedError
+from contained.records import record
 from contained.runtime import wire
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.status import EXIT_KILLED
@@ -30,7 +30,7 @@ from contained.runtime.status import EXIT_KILLED
 RUNNER_DIED = "RunnerDied"
 
 
-@dataclass
+@record
 class RunResult:
     """How a container's command ended: its exit status (128+N for signal N) and why."""
 

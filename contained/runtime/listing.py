@@ -11,16 +11,15 @@ without loading the runtime (runner, steps, seccomp, cgroups, network: ~30 ms a 
 `contained.runtime.container` re-exports these.
 """
 
-from dataclasses import dataclass, field
-
 from contained import procfs
+from contained.records import field, record
 from contained.runtime import state
 from contained.runtime.spec import ContainerSpec
 
 __all__ = ["Container", "containers"]
 
 
-@dataclass
+@record
 class Container:
     """A container as `contained ps` lists it."""
 

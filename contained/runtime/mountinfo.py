@@ -11,14 +11,15 @@ A mount point with a space, tab, newline or backslash in it is written with octa
 """
 
 import re
-from dataclasses import dataclass
+
+from contained.records import record
 
 __all__ = ["Mount", "parse", "read", "unescape"]
 
 MOUNTINFO = "/proc/self/mountinfo"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mount:
     """One line of mountinfo: where, what filesystem, and its superblock options."""
 

@@ -11,9 +11,9 @@ the same result by having the container's PID 1 start the command).
 """
 
 import os
-from dataclasses import dataclass
 
 from contained import syscalls
+from contained.records import record
 
 # kind → (clone flag, unshare(1) option, /proc/PID/ns file)
 KINDS = {
@@ -26,7 +26,7 @@ KINDS = {
     "user": (syscalls.CLONE_NEWUSER, "--user", "user"),
 }
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Namespace:
     """One namespace of a process, as /proc/PID/ns shows it."""
 

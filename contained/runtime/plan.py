@@ -9,10 +9,11 @@ package.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from contained.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     """A runtime step: `shell` is its shell equivalent, `why` the reason, `run` the action."""
 

@@ -39,11 +39,11 @@ is refused.
 import errno
 import os
 import shlex
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained import syscalls
 from contained.images import safepath
+from contained.records import field, record
 from contained.runtime import mountinfo
 from contained.runtime.overlay import mount_overlay_step
 from contained.runtime.plan import Step
@@ -76,7 +76,7 @@ MASKED_PATHS = (
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Volume:
     """A host path bind-mounted into the container (``-v HOST:CONTAINER[:ro]``)."""
 
@@ -85,7 +85,7 @@ class Volume:
     readonly: bool = False
 
 
-@dataclass
+@record
 class RootfsSpec:
     """What the root filesystem needs, gathered from the image and the user's options."""
 

@@ -22,10 +22,10 @@ import errno
 import functools
 import json
 import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import record, replace
 from contained.runtime.process import DOCKER_DEFAULT_CAPABILITIES
 from contained.syscalls import kernel_version
 
@@ -75,7 +75,7 @@ class BadProfile(ContainedError):
 
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Condition:
     """One argument comparison: argument `index` `op` `value` (MASKED_EQ: & value == two)."""
 
@@ -85,7 +85,7 @@ class Condition:
     value_two: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Match:
     """Docker's `includes` / `excludes`: capabilities, architectures, a minimal kernel."""
 
@@ -94,7 +94,7 @@ class Match:
     min_kernel: tuple[int, int] | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """Calls by name, what happens to them, and when the rule counts at all."""
 
@@ -119,7 +119,7 @@ class Rule:
         return not (exc.min_kernel and kernel >= exc.min_kernel)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Profile:
     """A seccomp profile as read: the default action, the architectures and the rules."""
 

@@ -7,10 +7,11 @@ crosses that process boundary as JSON, so it holds only plain values.
 """
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+
+from contained.records import asdict, field, fields, record
 
 
-@dataclass
+@record
 class ContainerSpec:
     """One container: its identity, root filesystem, process, limits and options."""
 

@@ -17,11 +17,11 @@ itself. Each write replaces the file atomically (a temporary file renamed over).
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from contained import home, procfs
 from contained.errors import ContainedError
+from contained.records import asdict
 from contained.runtime.spec import ContainerSpec
 
 

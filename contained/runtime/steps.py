@@ -32,11 +32,11 @@ import shlex
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained import home, syscalls
 from contained.errors import NeedsPrivileges
+from contained.records import field, record
 from contained.runtime import cgroups, init, namespaces, overlay, rootfs, seccomp
 from contained.runtime.plan import Step
 from contained.runtime.spec import ContainerSpec
@@ -52,7 +52,7 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 
 
-@dataclass
+@record
 class Phase:
     """Steps done one after the other by one process (`who`)."""
 
@@ -61,7 +61,7 @@ class Phase:
     steps: list[Step] = field(default_factory=list)
 
 
-@dataclass
+@record
 class Hooks:
     """How PID 1 waits for the runner inside its phases, set by the real run (after the fork:
     each process sets its own). Unset, the steps only show (`--dry-run`)."""
@@ -79,7 +79,7 @@ class Hooks:
             hook()
 
 
-@dataclass
+@record
 class Plan:
     """A container's whole set-up, as named phases in the order they happen."""
 

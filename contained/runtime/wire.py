@@ -22,9 +22,9 @@ import os
 import socket
 import struct
 from array import array
-from dataclasses import asdict, dataclass, fields
 
 from contained.errors import ContainedError
+from contained.records import asdict, fields, record
 from contained.runtime.status import (
     EXIT_KILLED,
     EXIT_SETUP_FAILED,
@@ -126,14 +126,14 @@ def is_kill(data: bytes) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Events: what happened, one JSON line each.
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Started:
     """The command runs: `pid` is its PID 1 (run, the host's pid) or, for exec, the command's."""
 
     pid: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Exit:
     """The command ended with `status` (128+N for signal N); `oom` when the OOM killer did it."""
 
@@ -150,7 +150,7 @@ class Exit:
         return cls(status)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Created:
     """A named container's PID 1 is up and serving exec: its host pid and start time."""
 
@@ -158,7 +158,7 @@ class Created:
     start_time: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Error:
     """Something failed: `type` names the `ContainedError` subclass it was raised as."""
 
@@ -182,7 +182,7 @@ class Error:
         return error
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Refused:
     """PID 1's tiny init → an exec's caller: the command could not start; `stage` says at which
     step (tiny_init.c: user, dir, missing, directory, notexec, path, exec...), `errno` why."""
@@ -191,22 +191,22 @@ class Refused:
     errno: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cleaned:
     """The runner has torn the container down (unmounted, cgroup and files removed)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tty:
     """With -t: the pty's master comes with this event, as a descriptor."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Netns:
     """PID 1 → runner: the network namespace exists; plug a veth in from outside."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ready:
     """PID 1 → runner: the container is set up (and the command runs, or exec is served)."""
 

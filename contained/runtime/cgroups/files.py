@@ -11,11 +11,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 from contained.errors import ContainedError
+from contained.records import record
 from contained.runtime.plan import Step
 
 #: how long rmdir is retried while the kernel reaps exits
@@ -184,7 +184,7 @@ def kill_frozen(control: Path, freeze: str, thaw: str, is_frozen: Callable[[], b
         write(control, thaw)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Stopper:
     """How one tree kills every process of a group at once: the shell, and one attempt."""
 

@@ -10,11 +10,11 @@ Part of `contained.runtime.cgroups` (notebook 02). In the shell::
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from contained import home, names
 from contained.errors import ContainedError
+from contained.records import field, record
 from contained.runtime import mountinfo
 from contained.runtime.cgroups import unit
 
@@ -36,7 +36,7 @@ class BadCgroupName(ContainedError):
     """A group or parent name that is not a single safe directory name."""
 
 
-@dataclass
+@record
 class CgroupHost:
     """Where this machine's cgroup trees are mounted and what they offer."""
 

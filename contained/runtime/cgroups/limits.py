@@ -8,9 +8,9 @@ the host has.
 import math
 import os
 import re
-from dataclasses import dataclass
 
 from contained.errors import ContainedError
+from contained.records import record
 from contained.runtime.cgroups.files import ControllerMissing
 
 #: Docker's floor: below this a container cannot even start its shell
@@ -37,7 +37,7 @@ class BadLimit(ContainedError):
     """A memory, CPU or pids limit that cannot be parsed or is out of range."""
 
 
-@dataclass
+@record
 class Limits:
     """What a container may use; None means unlimited."""
 
@@ -46,7 +46,7 @@ class Limits:
     pids: int | None = None  # processes and threads
 
 
-@dataclass
+@record
 class Usage:
     """One cheap reading of what a group uses now, with its limits (None: unlimited)."""
 

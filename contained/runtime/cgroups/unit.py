@@ -25,10 +25,10 @@ delegate` (root), or a pure cgroup v2 host.
 """
 
 import os
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
+from contained.records import record
 from contained.runtime.cgroups import files
 from contained.runtime.plan import Step
 
@@ -42,7 +42,7 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control")
 MOVE_ROUNDS = 50
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnitGroup:
     """The v2 group delegated to this process's unit."""
 

@@ -12,10 +12,11 @@ cell whose output answers it, and earns hints the same way.
 """
 
 import functools
-from dataclasses import dataclass
+
+from contained.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Feedback:
     """A checker's verdict: `ok`, what to tell the learner, and the hint earned so far."""
 
@@ -51,7 +52,7 @@ def unanswered(how: str) -> Feedback:
 # Graduated hints
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Hints:
     """What an exercise reveals, one step per wrong answer."""
 
@@ -122,7 +123,7 @@ def forget_misses() -> None:
 # Predict, then run: a question asked *before* the cell that shows the answer
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Prediction:
     """A multiple-choice question about what the next cell will do, with a reply per choice:
     the wrong replies say what the learner's model of the kernel got wrong."""
