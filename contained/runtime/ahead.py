@@ -75,8 +75,9 @@ def _serve_once(sock: socket.socket) -> None:
         from contained.runtime import client
 
         client._forget_the_caller([sock.fileno()])
-        from contained.runtime import runner, wire
+        from contained.runtime import runner, seccomp, wire
 
+        seccomp.prepare_default()  # while the CLI is still parsing: most runs use this filter
         received = wire.receive_request(sock)
         sock.close()
         code = 0 if received is None else runner.handle(*received)

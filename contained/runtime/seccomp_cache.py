@@ -26,7 +26,6 @@ to a temporary name and renamed, so a reader sees a whole file or none.
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from contained.errors import ContainedError
@@ -102,6 +101,8 @@ def _digest(key: str, program: bytes) -> bytes:
 def write(directory: Path, key: str, program: bytes) -> None:
     """Keep `program` for `key`: written to a temporary file (0600) and renamed into place.
     A failure (full disk, read-only home) only means the next run compiles again."""
+    import tempfile  # only after a compile: most runs read the cache and never write it
+
     try:
         fd, temporary = tempfile.mkstemp(prefix=".seccomp-", suffix=".tmp", dir=directory)
     except OSError:

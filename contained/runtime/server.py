@@ -22,7 +22,6 @@ import socket
 from pathlib import Path
 
 from contained import procfs, syscalls
-from contained.errors import ContainedError
 from contained.images.trees import remove_tree
 from contained.runtime import (
     cgroups,
@@ -60,7 +59,7 @@ def serve(control: socket.socket) -> None:
     syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel's interrupts are for the kernel
-    _prepare_seccomp()
+    seccomp.prepare_default()
     spares = SPARES if _spares_fit() else 0
     for _ in range(spares):
         _send_spare(control)
@@ -87,15 +86,6 @@ def _spares_fit() -> bool:
     """A rootless spare makes no cgroup; where systemd delegated our unit a group (TLJH),
     every container gets one under it (`steps.host_steps`), so spares would not fit."""
     return not (ROOTLESS and cgroups.delegated_unit(cgroups.detect()) is not None)
-
-
-def _prepare_seccomp() -> None:
-    """Build and compile Docker's default seccomp filter once, before anything is forked:
-    every container's PID 1 inherits it and only loads it (a millisecond, not twenty)."""
-    try:
-        seccomp.default_filter()
-    except ContainedError:
-        pass  # no seccomp here: the container that needs it says so, in its own words
 
 
 def _send_spare(control: socket.socket) -> None:
