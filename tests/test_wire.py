@@ -48,7 +48,7 @@ def receive_events(sock: socket.socket) -> list:
 
 
 @pytest.mark.parametrize("event", EVERY_EVENT, ids=lambda e: type(e).__name__)
-def test_every_event_arrives_as_the_same_dataclass_over_a_socketpair(pair, event):
+def test_every_event_arrives_as_the_same_record_over_a_socketpair(pair, event):
     ours, theirs = pair
     wire.send_event(ours, event)
     assert receive_events(theirs) == [event]
