@@ -5,10 +5,11 @@ Taught beside notebook 06 (what ``contained run`` does underneath); there is no 
 the image store, the spec) and the runner's (the steps, PID 1's code, seccomp). So the CLI
 forks its worker first thing (`fork_worker`), once it has imported only what both need: the
 worker forgets the caller at once (`client._forget_the_caller`: its environment and every
-descriptor but its socket), then imports the runner while the CLI parses its options and
-resolves the image. The request then comes over the socket with its descriptors, as a
-server's spare receives its own (`contained.runtime.server`), and the worker does it
-(`runner.handle`). Measured by benchmarks/cli_startup.py: the two halves take about as long.
+descriptor but its socket), then imports the runner and builds the default seccomp filter
+(`seccomp.prepare_default`) while the CLI parses its options and resolves the image. The
+request then comes over the socket with its descriptors, as a server's spare receives its own
+(`contained.runtime.server`), and the worker does it (`runner.handle`). Measured by
+benchmarks/cli_startup.py: the two halves take about as long.
 """
 
 import os
