@@ -65,6 +65,7 @@ def record(cls=None, /, *, frozen: bool = False):
             elif one.default is not _MISSING:
                 setattr(cls, name, one.default)
             table[name] = one
+        _check_order(cls.__name__, table.values())
         cls.__record_fields__ = table
         cls.__record_all__ = tuple(table.values())
         cls.__record_compared__ = tuple(f.name for f in table.values() if f.compare)
@@ -83,6 +84,18 @@ def record(cls=None, /, *, frozen: bool = False):
         return cls
 
     return make if cls is None else make(cls)
+
+
+def _check_order(owner: str, table) -> None:
+    """As dataclasses do: a field with no default cannot follow one with a default, since
+    arguments by position would then fill the wrong fields."""
+    optional = None
+    for one in table:
+        if one.default is not _MISSING or one.default_factory is not _MISSING:
+            optional = one.name
+        elif optional is not None:
+            raise TypeError(f"{owner}: field {one.name!r} has no default but follows"
+                            f" {optional!r}, which has one")
 
 
 def _init(self, *args, **kwargs):

@@ -64,6 +64,15 @@ def test_wrong_arguments_are_type_errors_that_name_the_field(call, words):
         call()
 
 
+def test_a_field_without_a_default_after_one_with_a_default_is_refused():
+    with pytest.raises(TypeError, match="'z' has no default but follows 'y'"):
+        @record
+        class Broken(Point):
+            """y has a default (in Point), z has none."""
+
+            z: int
+
+
 def test_a_frozen_record_refuses_changes_and_hashes_by_value():
     point = Point(1, 2)
     with pytest.raises(FrozenInstanceError):
