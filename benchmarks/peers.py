@@ -5,6 +5,7 @@ missing otherwise (`scripts/setup.sh --bench` installs them all). Every peer kee
 under a directory the benchmark gives it, so nothing is left on the host.
 """
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -50,13 +51,21 @@ class Podman:
 
     def load_busybox(self) -> None:
         """The same busybox root as `contained import busybox`, as podman's `busybox`."""
-        with tempfile.TemporaryDirectory(prefix="contained-bench-podman-") as scratch:
-            root = busybox_rootfs(Path(scratch) / "rootfs")
-            layout = Path(scratch) / "layout"
+        # podman names the pulled image after the layout's path, which must then be a valid
+        # reference: mkdtemp's random names may hold "-_" or "___" (once in ~5 runs here), a
+        # pid never does.
+        scratch = Path(tempfile.gettempdir()) / f"contained-bench-podman-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)  # a dead run's, with the same pid
+        scratch.mkdir(mode=0o700)
+        try:
+            root = busybox_rootfs(scratch / "rootfs")
+            layout = scratch / "layout"
             build.build_image(layout, [build.tar_directory(root)], "busybox",
                               architecture=build.host_architecture(), config=IMAGE_CONFIG)
             pulled = subprocess.run(self.command("pull", "-q", f"oci:{layout}:busybox"),
                                     check=True, capture_output=True, text=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         # podman names an image from an oci: layout after the layout's path: name it busybox.
         subprocess.run(self.command("tag", pulled.stdout.strip(), "localhost/busybox:latest"),
                        check=True)
