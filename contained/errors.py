@@ -22,3 +22,10 @@ class ContainerNotRunning(ContainedError):
     """The operation needs a running container (exec, attach, its network), and it has exited.
 
     One class for the runtime and the network alike, so a caller catches one name."""
+
+    @classmethod
+    def named(cls, name: str) -> "ContainerNotRunning":
+        """Container `name` has exited (or its PID 1 is not the recorded one any more): the one
+        message for every way into it."""
+        return cls(f"container {name} is not running: start it again with `contained rm {name}`,"
+                   f" then `contained run --name {name} ...`")

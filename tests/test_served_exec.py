@@ -12,6 +12,7 @@ import secrets
 import socket
 import stat
 import subprocess
+import sys
 import time
 from array import array
 from pathlib import Path
@@ -43,6 +44,19 @@ def test_an_exec_is_a_child_of_pid_one_and_an_explained_one_joins_from_outside(k
     # command's parent is then outside the container's PID namespace (0 inside).
     with open(os.devnull, "w") as null:
         assert parent_pid_of_the_command(kept.name, runner_process, explain=null) == "0"
+
+
+@needs_root
+def test_the_clis_exec_loads_none_of_the_runners_modules(kept):
+    # PID 1 starts the command: the CLI process needs neither the steps nor PID 1's own code
+    # (init, and the subprocess it uses); only the worker forked ahead for the other way in does.
+    probe = ("import sys; from contained import cli; status = cli.main(['exec', sys.argv[1],"
+             " 'true']); print(status, sorted(m for m in ('contained.runtime.steps',"
+             " 'contained.runtime.init', 'contained.runtime.runner', 'subprocess')"
+             " if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe, kept.name], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.strip() == "0 []", done.stderr
 
 
 @needs_root

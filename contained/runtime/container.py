@@ -290,13 +290,11 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
     (`contained.runtime.enter`), as ``nsenter`` would. With ``detach=True`` the command keeps
     running when the caller goes away.
     """
-    from contained.runtime import process, served, steps
+    from contained.runtime import process, served
 
     container = get(name)
     if not container.running or not container.persistent:
-        raise ContainerNotRunning(f"container {container.name} is not running: start a new one "
-                                  f"with `contained run --name {container.name} ...` after "
-                                  f"`contained rm {container.name}`")
+        raise ContainerNotRunning.named(container.name)
     spec = container.spec
     if not command:
         raise BadOption("exec needs a command, e.g. ['sh', '-c', 'ls /']")
@@ -305,6 +303,8 @@ def start_exec(name: str, command: list[str], *, env: list[str] = (),
         raise BadOption(f"working directory {working_dir!r} must be an absolute path")
     explaining = explain is not None and explain is not False
     if explaining:
+        from contained.runtime import steps  # the runner's: loaded only to show its steps
+
         for step in steps.exec_steps(container.init_pid, spec, list(command), working_dir):
             os.write(client.explain_fd(explain), f"+ {step.explain()}\n".encode())
     environment = process.merge_environment(spec.env, list(env))

@@ -123,16 +123,9 @@ def _join_cgroup(entry: dict) -> None:
         os._exit(min(os.waitstatus_to_exitcode(status) & 0xFF, 255))
 
 
-def not_running(spec: ContainerSpec) -> ContainerNotRunning:
-    """The container's PID 1 is not the recorded one (gone, or its pid reused): this way in
-    and the one through PID 1 (`contained.runtime.served`) say so alike."""
-    return ContainerNotRunning(f"container {spec.name} is not running: start it again with "
-                               f"`contained rm {spec.name}`, then `contained run --name ...`")
-
-
 def _pid_one(spec: ContainerSpec, pid: int | None, started: int | None) -> int:
     """A pidfd of the container's PID 1, checked against its recorded start time."""
-    gone = not_running(spec)
+    gone = ContainerNotRunning.named(spec.name)
     if not pid or not started:
         raise gone
     try:

@@ -32,7 +32,8 @@ from array import array
 from pathlib import Path
 
 from contained import procfs
-from contained.runtime import client, enter, init, process, state, wire
+from contained.errors import ContainerNotRunning
+from contained.runtime import client, process, state, wire
 from contained.runtime.cgroups import files
 from contained.runtime.spec import ContainerSpec
 
@@ -99,7 +100,7 @@ def _resolve_user(spec: ContainerSpec, pid: int, started: int | None, user: str)
         # Checked after opening: had PID 1 died and its pid been reused before, the start
         # time would now be another process's.
         if root is None or procfs.start_time(pid) != started:
-            raise enter.not_running(spec)
+            raise ContainerNotRunning.named(spec.name)
         return process.resolve_user(user or "", Path(f"/proc/self/fd/{root}"))
     finally:
         if root is not None:
@@ -141,6 +142,10 @@ class ServedRequest(client.Request):
         if not waiting:
             return  # `Cleaned`, for `settle`: the result was worded already
         if isinstance(self.result, wire.Refused):
+            # Loaded here: init brings the runner's modules (steps, subprocess), which the
+            # CLI's `exec` otherwise never needs.
+            from contained.runtime import init
+
             error = init.start_failure(self.result.stage, self.result.errno, self._name,
                                        self._working_dir, self._spec.name)
             self.result = wire.Error.of(error)
