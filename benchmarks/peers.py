@@ -5,7 +5,6 @@ missing otherwise (`scripts/setup.sh --bench` installs them all). Every peer kee
 under a directory the benchmark gives it, so nothing is left on the host.
 """
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -51,12 +50,7 @@ class Podman:
 
     def load_busybox(self) -> None:
         """The same busybox root as `contained import busybox`, as podman's `busybox`."""
-        # podman names the pulled image after the layout's path, which must then be a valid
-        # reference: mkdtemp's random names may hold "-_" or "___" (once in ~5 runs here), a
-        # pid never does.
-        scratch = Path(tempfile.gettempdir()) / f"contained-bench-podman-{os.getpid()}"
-        shutil.rmtree(scratch, ignore_errors=True)  # a dead run's, with the same pid
-        scratch.mkdir(mode=0o700)
+        scratch = _reference_safe_tempdir("contained-bench-podman-")
         try:
             root = busybox_rootfs(scratch / "rootfs")
             layout = scratch / "layout"
@@ -80,6 +74,18 @@ class Podman:
         subprocess.run(["sh", "-c", f"grep -o ' {self.state}/[^ ]*' /proc/self/mounts"
                         " | sort -r | xargs -r -n1 umount -l"], capture_output=True)
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _reference_safe_tempdir(prefix: str) -> Path:
+    """A private temporary directory whose path is a valid image reference: podman names an
+    image pulled from an OCI layout after the layout's path, and mkdtemp's random part may
+    hold "_" next to the prefix's "-" or three in a row (refused about once in 5 runs here).
+    Still mkdtemp's, not a guessable name in /tmp: this runs as root."""
+    while True:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        if path.name[len(prefix):].isalnum():
+            return path
+        path.rmdir()
 
 
 def remove_cgroup_parent(parent: str) -> None:
