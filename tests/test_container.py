@@ -18,7 +18,7 @@ import pytest
 from conftest import exec_capture, needs_root, run_capture
 
 from contained import procfs
-from contained.runtime import container, namespaces
+from contained.runtime import cgroups, container, namespaces
 
 pytestmark = needs_root
 
@@ -346,6 +346,64 @@ def test_interrupt_kills_the_container_within_a_second(busybox_home, runner_proc
         container.gc()
         time.sleep(0.05)
     assert not Path(spec.directory).exists()
+
+
+def test_a_root_runner_supervises_its_spares_pid_one_itself(busybox_home, runner_process):
+    """Issue 15: no Python process per container stands beside a spare's PID 1; the runner
+    helper (the server) records the container and is PID 1's parent."""
+    with open(os.devnull) as null:
+        container.run("busybox", ["true"], stdin=null, stdout=null, runner_=runner_process,
+                      settle=True)  # the helper hands over a spare meanwhile
+        execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
+                                    runner_=runner_process)
+        try:
+            execution.wait_started()
+            record = container.state.read(execution.spec.id)
+            server = runner_process._process.pid
+            assert record["runner_pid"] == server
+            assert _parent_of(record["init_pid"]) == server
+            assert record["cgroup"].startswith(f"spare-{server}-")
+        finally:
+            execution.kill()
+            assert execution.wait(settle=True).status == 137
+    assert not Path(execution.spec.directory).exists()
+
+
+def test_a_killed_client_leaves_its_runner_to_tear_down_and_exit(busybox_home):
+    """A kernel SIGKILLed while its container runs on a spare: the server notices the end of
+    the request, finishes that container (its directory, its cgroup) and exits — no gc."""
+    code = (
+        "import sys; sys.path[:0] = " + repr(sys.path) + "\n"
+        "from contained.runtime import container\n"
+        "runner = container.Runner()\n"
+        "container.run('busybox', ['true'], runner_=runner, settle=True)\n"  # a spare is ready
+        "e = container.start('busybox', ['sleep', '300'], runner_=runner)\n"
+        "e.wait_started()\n"
+        "print(runner._process.pid, e.spec.directory, flush=True)\n"
+        "e.wait()\n")
+    client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        server, directory = client.stdout.readline().split()
+        record = container.state.read(Path(directory).name, directory)
+        assert record["cgroup"].startswith(f"spare-{server}-")
+        group = cgroups.Cgroup.open(record["cgroup"])
+        assert group is not None
+    finally:
+        client.kill()
+        client.wait()
+        client.stdout.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (Path(directory).exists() or _sleepers()
+                                           or procfs.running(int(server))):
+        time.sleep(0.05)
+    assert not _sleepers()
+    assert not Path(directory).exists()
+    assert not any(path.exists() for path in group.paths)
+    assert not procfs.running(int(server))
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _sleepers() -> list[int]:

@@ -27,8 +27,8 @@ its own, so the container has no controlling terminal of the host. The descripto
 - 0, 1, 2: the command's stdio, until the command is started (then /dev/null): pipes the
   client relays, or /dev/null, never the caller's own files (`contained.runtime.relay`);
 - the report channel: the pipe to the runner that forked it (`contained.runtime.pid1.RunnerReport`),
-  or, for a spare's PID 1, the caller's reply socket and the link to the spare's runner
-  (``CallerReport``), so that the result gets out;
+  or, for a spare's PID 1, the caller's reply socket and the link to its supervisor
+  (``CallerReport``; the server, or a rootless spare's own process), so that the result gets out;
 - with ``-t``, the reply socket until the pty's master has been passed on (SCM_RIGHTS);
 - the cgroup's OOM counter file (a spare's PID 1 reports OOM kills itself; opened before
   pivot_root, read-only);

@@ -44,6 +44,7 @@ def fork_pid_one(rootless: bool, pid_one, cgroup_entry: dict | None = None) -> i
     except BaseException:
         if os.getpid() != runner:  # the child could not join its group: it must not go on
             os._exit(EXIT_SETUP_FAILED)  # as the runner; the runner says PID 1 exited
+        _children_in_host_pidns(host_pidns, rootless)  # the server lives on after a failure
         raise
     if pid == 0:
         try:
@@ -52,14 +53,21 @@ def fork_pid_one(rootless: bool, pid_one, cgroup_entry: dict | None = None) -> i
             pid_one()  # never returns, unless it fails outside its own error handling
         finally:
             os._exit(EXIT_SETUP_FAILED)  # never back into the runner's code
-    if not rootless:
-        # Later children (ip, nft, nsenter) belong to the host's PID namespace again: in the
-        # container's they would not see PID 1 by its host pid, and once PID 1 has died every
-        # fork into that namespace fails (ENOMEM), the teardown's included. A rootless runner
-        # may not re-enter it (it has no CAP_SYS_ADMIN there) and runs none of these tools.
-        syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)
-    os.close(host_pidns)
+    _children_in_host_pidns(host_pidns, rootless)
     return pid
+
+
+def _children_in_host_pidns(host_pidns: int, rootless: bool) -> None:
+    """Later children (ip, nft, nsenter, the server's next spares) belong to the host's PID
+    namespace again: in the container's they would not see PID 1 by its host pid, and once
+    PID 1 has died every fork into that namespace fails (ENOMEM), the teardown's included. A
+    rootless runner may not re-enter it (it has no CAP_SYS_ADMIN there) and runs none of
+    these tools; it is a spare's own process, which forks no other PID 1."""
+    try:
+        if not rootless:
+            syscalls.setns(host_pidns, syscalls.CLONE_NEWPID)
+    finally:
+        os.close(host_pidns)
 
 
 def sync_with_runner(hooks: steps.Hooks, report, explain, go_read: int) -> None:
@@ -146,7 +154,7 @@ def _set_up(plan: steps.Plan, explain, persistent: bool, staged: bool) -> None:
     init.set_title()
     init.restore_default_signals()
     if staged:
-        run_steps(plan.host.steps)  # a spare's runner made no directories: PID 1 does
+        run_steps(plan.host.steps)  # a spare's supervisor made no directories: PID 1 does
     run_steps(plan.namespaces.steps + plan.inside.steps, explain)
     plan.hooks.call("after_set_up")
 
@@ -207,7 +215,7 @@ class RunnerReport:
 class CallerReport:
     """A spare's PID 1 reporting to the caller itself, in the runner's words (`Started`,
     `Exit`, `Error`), and watching the caller's socket for "kill" or its end. Then it tells
-    the spare's runner (on `link`) that it has reported, so the runner does not again."""
+    its supervisor (on `link`) that it has reported, so the supervisor does not again."""
 
     def __init__(self, reply: socket.socket, link: socket.socket, host_pid: int,
                  memory: int | None):
@@ -265,7 +273,7 @@ def wait_as_spare(staging: Path, skeleton: Path, requests: socket.socket,
     request, (stdin, stdout, stderr, _explain_fd, reply_fd) = received
     spec = ContainerSpec.from_json(request["spec"])
     _adopt_skeleton(skeleton, Path(spec.directory))  # before the runner records anything there
-    wire.send_request(link, request, [reply_fd])  # for the spare's runner (`supervise`)
+    wire.send_request(link, request, [reply_fd])  # for its supervisor (`Prepared.on_link`)
     # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target, inheritable=True)
@@ -300,7 +308,7 @@ def normal_priority() -> None:
 def _adopt_skeleton(skeleton: Path, directory: Path) -> None:
     """The spare's skeleton becomes the container's directory, by a rename. A named container
     has its directory already (its caller claimed the name there): then it keeps it, and the
-    spare's runner removes the skeleton afterwards."""
+    supervisor removes the skeleton afterwards."""
     try:
         os.rename(skeleton, directory)
     except OSError:

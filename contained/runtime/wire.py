@@ -91,9 +91,9 @@ class Marker(bytes, enum.Enum):
     IN_CGROUP = b"g"
     #: runner → PID 1, explained bridge runs: the veth is plugged and its steps are printed
     NETWORK_PLUGGED = b"n"
-    #: a spare's runner → its PID 1: the container is on record, say "started"
+    #: a spare's supervisor → its PID 1: the container is on record, say "started"
     RECORDED = b"r"
-    #: a spare's PID 1 → its runner: the caller has the final event, do not send another
+    #: a spare's PID 1 → its supervisor: the caller has the final event, do not send another
     REPORTED = b"R"
     #: caller → runner or PID 1: SIGKILL the command (an interrupt); the result still follows
     KILL = b"k"
