@@ -18,7 +18,7 @@ import pytest
 from conftest import exec_capture, needs_root, run_capture
 
 from contained import procfs
-from contained.runtime import cgroups, container, namespaces
+from contained.runtime import cgroups, container, namespaces, server
 
 pytestmark = needs_root
 
@@ -400,6 +400,35 @@ def test_a_killed_client_leaves_its_runner_to_tear_down_and_exit(busybox_home):
     assert not Path(directory).exists()
     assert not any(path.exists() for path in group.paths)
     assert not procfs.running(int(server))
+
+
+def test_a_container_that_wrote_many_files_is_removed_beside_the_server(
+        busybox_home, runner_process):
+    """Its rm -rf runs in a child of the server (over `INLINE_REMOVAL_ENTRIES` files), which
+    still says Cleaned: the directory and the group are gone once `settle` returns."""
+    many = server.INLINE_REMOVAL_ENTRIES + 50
+    with open(os.devnull) as null:
+        container.run("busybox", ["true"], stdin=null, stdout=null, runner_=runner_process,
+                      settle=True)  # the helper hands over a spare meanwhile
+        execution = container.start(
+            "busybox", ["sh", "-c", f"mkdir /many && cd /many && seq {many} | xargs touch"],
+            stdin=null, stdout=null, runner_=runner_process)
+        execution.wait_started()
+        record = container.state.read(execution.spec.id)
+        assert record["runner_pid"] == runner_process._process.pid  # on a spare
+        group = cgroups.Cgroup.open(record["cgroup"])
+        assert execution.wait(settle=True).status == 0
+    assert not Path(execution.spec.directory).exists()
+    assert not any(path.exists() for path in group.paths)
+
+
+def test_counting_a_tree_stops_at_the_limit_and_follows_no_link(tmp_path):
+    for i in range(3):
+        (tmp_path / "a" / str(i)).mkdir(parents=True)  # a, a/0, a/1, a/2: 4 entries
+    (tmp_path / "link").symlink_to("/usr")  # 5: counted, not entered
+    assert server._has_at_most(tmp_path, 5)
+    assert not server._has_at_most(tmp_path, 4)
+    assert server._has_at_most(tmp_path / "absent", 0)
 
 
 def _parent_of(pid: int) -> int:

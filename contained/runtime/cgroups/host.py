@@ -46,7 +46,6 @@ class CgroupHost:
     v1_mounts: dict[str, Path] = field(default_factory=dict)  # controller -> mount point
     can_kill: bool = False  # v2 groups have cgroup.kill
     can_freeze: bool = False  # v2 groups have cgroup.freeze
-    problems: list[str] = field(default_factory=list)  # sentences for `contained doctor`
 
     def where(self, controller: str) -> str | None:
         """ "v2" or "v1" for the tree that has `controller`, None if neither has it."""
@@ -57,6 +56,13 @@ class CgroupHost:
         return None
 
     @property
+    def problems(self) -> list[str]:
+        """Sentences for `contained doctor`: what does not work, and what to do. Worked out
+        when asked (it looks at delegations and permissions, which change): a container's
+        start needs none of it."""
+        return _problems(self)
+
+    @property
     def controllers(self) -> dict[str, str | None]:
         """Where each controller a container uses lives, e.g. {"memory": "v1", ...}."""
         return {name: self.where(name) for name in CONTROLLERS}
@@ -64,7 +70,7 @@ class CgroupHost:
 
 def detect(table: Path = Path(mountinfo.MOUNTINFO)) -> CgroupHost:
     """Find the cgroup trees from the mount table and say what works and what does not."""
-    unified, v1_mounts = _cgroup_mounts(mountinfo.parse(table.read_text()))
+    unified, v1_mounts = _cgroup_mounts_in(table.read_text())
     v2_controllers: frozenset[str] = frozenset()
     if unified is not None:
         try:
@@ -80,7 +86,7 @@ def detect(table: Path = Path(mountinfo.MOUNTINFO)) -> CgroupHost:
     else:
         mode = "none"
     kernel = _kernel_version()
-    host = CgroupHost(
+    return CgroupHost(
         mode=mode,
         unified=unified,
         v2_controllers=v2_controllers,
@@ -88,8 +94,18 @@ def detect(table: Path = Path(mountinfo.MOUNTINFO)) -> CgroupHost:
         can_kill=unified is not None and kernel >= KILL_KERNEL,
         can_freeze=unified is not None and kernel >= FREEZE_KERNEL,
     )
-    host.problems = _problems(host)
-    return host
+
+
+#: the last mount table read, and its cgroup trees: a runner and a kernel ask for every
+#: container, and the table has hardly ever changed (parsing it again: ~0.1 ms each time)
+_last_table: list = [None, (None, {})]
+
+
+def _cgroup_mounts_in(table: str) -> tuple[Path | None, dict[str, Path]]:
+    if table != _last_table[0]:
+        _last_table[:] = [table, _cgroup_mounts(mountinfo.parse(table))]
+    unified, v1 = _last_table[1]
+    return unified, dict(v1)
 
 
 def _cgroup_mounts(mounts: list[mountinfo.Mount]) -> tuple[Path | None, dict[str, Path]]:
@@ -322,7 +338,22 @@ def host_euid() -> int:
     """This process's effective uid on the host, also inside a user namespace (where it is 0)."""
     euid = os.geteuid()
     try:
-        lines = Path("/proc/self/uid_map").read_text().splitlines()
+        # the answer, kept for this uid in this user namespace (asked a few times a container)
+        key = (euid, os.stat("/proc/self/ns/user").st_ino)
+    except OSError:
+        key = None
+    if key is None or _host_euids.get(key) is None:
+        _host_euids[key] = _host_euid(euid)
+    return _host_euids[key]
+
+
+_host_euids: dict = {}
+
+
+def _host_euid(euid: int) -> int:
+    try:
+        with open("/proc/self/uid_map") as uid_map:
+            lines = uid_map.read().splitlines()
     except OSError:
         return euid
     for line in lines:
