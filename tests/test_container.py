@@ -18,7 +18,7 @@ import pytest
 from conftest import exec_capture, needs_root, run_capture
 
 from contained import procfs
-from contained.runtime import cgroups, container, namespaces, server
+from contained.runtime import cgroups, container, namespaces, spares
 
 pytestmark = needs_root
 
@@ -406,7 +406,7 @@ def test_a_container_that_wrote_many_files_is_removed_beside_the_server(
         busybox_home, runner_process):
     """Its rm -rf runs in a child of the server (over `INLINE_REMOVAL_ENTRIES` files), which
     still says Cleaned: the directory and the group are gone once `settle` returns."""
-    many = server.INLINE_REMOVAL_ENTRIES + 50
+    many = spares.INLINE_REMOVAL_ENTRIES + 50
     with open(os.devnull) as null:
         container.run("busybox", ["true"], stdin=null, stdout=null, runner_=runner_process,
                       settle=True)  # the helper hands over a spare meanwhile
@@ -426,9 +426,9 @@ def test_counting_a_tree_stops_at_the_limit_and_follows_no_link(tmp_path):
     for i in range(3):
         (tmp_path / "a" / str(i)).mkdir(parents=True)  # a, a/0, a/1, a/2: 4 entries
     (tmp_path / "link").symlink_to("/usr")  # 5: counted, not entered
-    assert server._has_at_most(tmp_path, 5)
-    assert not server._has_at_most(tmp_path, 4)
-    assert server._has_at_most(tmp_path / "absent", 0)
+    assert spares._has_at_most(tmp_path, 5)
+    assert not spares._has_at_most(tmp_path, 4)
+    assert spares._has_at_most(tmp_path / "absent", 0)
 
 
 def _parent_of(pid: int) -> int:

@@ -305,3 +305,34 @@ def test_a_garbage_line_from_the_runner_is_raised_not_swallowed(pair):
     theirs.sendall(b"not an event\n")
     with pytest.raises(wire.WireError):
         request.wait()
+
+
+def test_a_spares_supervisor_takes_no_more_than_a_marker_from_pid_one(tmp_path):
+    """The server supervises spares' PID 1s in its own loop: a PID 1 that sends more than the
+    REPORTED marker (it never does; a compromised one might) is killed and its container torn
+    down, instead of filling the server's memory."""
+    import subprocess
+
+    from contained.runtime import spares, steps
+
+    link, pid_one_end = socket.socketpair()
+    reply, caller = socket.socketpair()
+    pid_one = subprocess.Popen(["sleep", "60"])
+    directory = tmp_path / "container"
+    directory.mkdir()
+    prepared = spares.Prepared(steps.NoCgroup(), pid_one.pid, link, tmp_path / ".spare")
+    prepared.reply = reply
+    prepared.spec = ContainerSpec(id="0" * 64, name="flooded", image="busybox",
+                                  directory=str(directory), lowers=[], args=["true"], env=[])
+    try:
+        pid_one_end.sendall(b"x" * 100_000)
+        assert prepared.on_link(lambda pid: pid_one.wait()) is True
+        assert pid_one.returncode == -9
+        event = wire.decode(caller.recv(4096).split(b"\n")[0])
+        assert isinstance(event, wire.Error) and "REPORTED marker" in event.message
+        assert not directory.exists()
+    finally:
+        pid_one.kill()
+        pid_one.wait()
+        for sock in (pid_one_end, caller):
+            sock.close()

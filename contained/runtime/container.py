@@ -86,10 +86,10 @@ def cgroup_of(container_id: str) -> "cgroups.Cgroup | None":  # noqa: F821
 
 def _live_spares() -> set[str]:
     """Cgroups that runners made ahead of time and still hold."""
-    from contained.runtime import cgroups, server
+    from contained.runtime import cgroups, spares
 
     return {entry.name for parent in cgroups.parent_paths() if parent.exists()
-            for entry in parent.iterdir() if server.is_live_spare(entry.name)}
+            for entry in parent.iterdir() if spares.is_live_spare(entry.name)}
 
 
 def writable_size(item: Container) -> int:
@@ -403,7 +403,7 @@ def _abandoned(directory: Path) -> bool:
 def _own_cgroup_names(listed: list[Container]) -> set[str]:
     """The cgroup names this home can prove its own, for a parent other homes share: its
     containers' (recorded, or named after a directory of its own) and its spares' (named
-    after the directory each spare makes ahead, ``.spare-PID-START``)."""
+    after the directory each spare makes ahead, ``.spare-PID-START-N``)."""
     names = {state.cgroup_name(c.id) for c in listed}
     directory = state.containers_dir()
     if directory.exists():
@@ -422,7 +422,7 @@ def gc() -> list[str]:
     from contained import network
     from contained.images import buildcache
     from contained.images.store import Store
-    from contained.runtime import cgroups, server
+    from contained.runtime import cgroups, spares
 
     removed = []
     with _locked():
@@ -438,8 +438,8 @@ def gc() -> list[str]:
         if directory.exists():
             for entry in directory.iterdir():
                 # Dot entries are the runners' own: .lock, .staging where spares build,
-                # .spare-PID-START a spare's directory made ahead (see server.Prepared).
-                if entry.name.startswith(".spare-") and not server.is_live_spare(entry.name[1:]):
+                # .spare-PID-START-N a spare's directory made ahead (see spares.Prepared).
+                if entry.name.startswith(".spare-") and not spares.is_live_spare(entry.name[1:]):
                     remove_tree(entry)
                 elif entry.is_dir() and not entry.name.startswith(".") \
                         and state.read(entry.name) is None and _abandoned(entry):

@@ -4,51 +4,29 @@ Taught in notebook 06 (what ``%%container`` does underneath). The runner (`runne
 once per kernel as ``python -m contained.runtime.runner --serve FD`` and serves requests on
 that socket until it closes, forking one child per request (`runner.handle`).
 
-Speed: the server keeps one *spare* forked ahead of time, with what does not depend on the
-container already done — its cgroup made and PID 1 born in it (moving a process into a cgroup
-waits for an RCU grace period: 5-20 ms), its directory made (renamed into place later), PID 1's
-namespaces unshared, /proc, /sys and /dev built in a staging tmpfs (moved into the root later),
-and a rehearsal that warms up the forked Python (`pid1.wait_as_spare`). The caller sends a
+Speed: the server keeps one *spare* (`contained.runtime.spares`): a container made ahead of
+time with what does not depend on it, whose PID 1 waits for the request. The caller sends a
 plain throwaway run straight to that PID 1, which answers it directly (`Started`, `Exit`); the
 server (rootless: a process of the spare's own) watches it, records the container, and tears
 it down after the caller has its answer. An explained run never takes a spare, so
-``--explain`` shows, and runs, every step in place. There is no shell equivalent;
-``ls $CONTAINED_HOME/containers/.spare-*`` shows them.
+``--explain`` shows, and runs, every step in place.
 """
 
-import itertools
 import json
 import os
 import select
 import signal
 import socket
-from pathlib import Path
 
-from contained import procfs, syscalls
-from contained.images.trees import remove_tree
-from contained.runtime import (
-    cgroups,
-    pid1,
-    runner,
-    seccomp,
-    state,
-    steps,
-    wire,
-)
+from contained import syscalls
+from contained.runtime import cgroups, runner, seccomp, wire
 from contained.runtime.pid1 import ROOTLESS
-from contained.runtime.plan import run_steps
-from contained.runtime.spec import ContainerSpec
-from contained.runtime.status import ContainerSetupFailed, describe, exit_code
+from contained.runtime.spares import Prepared
+from contained.runtime.status import ContainerSetupFailed, describe
 
 # Spares kept ready. Each is an idle PID 1 (rootless, two idle processes), an empty cgroup and
 # an empty container directory; two measured no faster than one back to back on 2 cores.
 SPARES = 1
-SPARE_NICENESS = 10
-# A container that wrote more files than this in its upper directory is removed by a child of
-# the server, so that the server's loop (the next spare, a named container) does not wait on a
-# long rm -rf; below it, removing inline is cheaper than forking (measured: ~1 ms a fork).
-INLINE_REMOVAL_ENTRIES = 256
-_MADE = itertools.count()  # spares this process made: part of their names
 
 
 def serve(control: socket.socket) -> None:
@@ -288,217 +266,3 @@ def suits_spare(request: dict) -> bool:
     # A spare's PID 1 has made its network namespace already: only --net none fits.
     return spec.get("net") == "none" and bool(spec.get("rootless")) == ROOTLESS \
         and not (spec.get("rootless") and limited)
-
-
-class Prepared:
-    """What a spare makes before it knows the container: an empty cgroup and PID 1 in it.
-
-    PID 1 has been forked into a new PID namespace, has built what it can (`spare_steps`) and
-    waits for the request itself: the caller talks to it directly, and it answers directly
-    (`Started`, `Exit`), which saves a process hop each way. Its supervisor — the server, or a
-    rootless spare's own process — hears from it on `link`: PID 1 passes it the request and the
-    reply socket, and the supervisor records the container, waits for PID 1's end, tears
-    everything down and says `Cleaned` — or, should PID 1 die without a word (SIGKILLed),
-    reports its end instead. Each message on `link` is one step (`on_link`), so the server
-    can supervise many in its loop.
-    """
-
-    def __init__(self, group, pid: int, link: socket.socket, skeleton: Path):
-        self.group, self.pid, self.link = group, pid, link
-        self.skeleton = skeleton
-        self.reply: socket.socket | None = None  # the caller's, once PID 1 has its request
-        self.spec: ContainerSpec | None = None
-        self.said = b""  # what PID 1 said once running: the REPORTED marker, or nothing
-        self.failed = False
-        self.forget = None  # in the server: what a child forked to tear down must drop
-
-    @classmethod
-    def make(cls, requests: socket.socket, forget=None) -> "Prepared":
-        """Make the group, the directory and PID 1, which waits on `requests`. `forget`, in
-        PID 1 first: what of the forking process it must drop (the server's sockets)."""
-        name = spare_cgroup_name()
-        if not ROOTLESS:
-            group, cgroup_steps = cgroups.Cgroup.plan(
-                name, cgroups.Limits(), extra_devices=steps.device_rules(rootless=False))
-            run_steps(cgroup_steps)
-        else:
-            group = steps.NoCgroup()
-        staging = steps.staging_directory()
-        skeleton = staging.parent / ("." + name)
-        try:
-            link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            _make_skeleton(skeleton)
-            if ROOTLESS:
-                steps.enter_user_namespace(os.geteuid(), os.getegid())
-
-            def spare_pid_one():
-                if forget is not None:
-                    forget()
-                if not ROOTLESS:
-                    # Getting ready must not slow down the container that runs meanwhile:
-                    # nice until a request comes (`pid1.normal_priority`). Only root may go
-                    # back, so a rootless spare keeps the normal priority throughout.
-                    os.setpriority(os.PRIO_PROCESS, 0, SPARE_NICENESS)
-                link.close()
-                syscalls.close_fds_except((requests.fileno(), link_init.fileno()))
-                pid1.wait_as_spare(staging, skeleton, requests, link_init, group)
-
-            # Born in its group (`cgroups.born`): moving it there would wait for an RCU grace
-            # period, 5-20 ms, which the server would spend blocked.
-            pid = pid1.fork_pid_one(ROOTLESS, spare_pid_one, group.entry())
-        except BaseException:
-            group.remove()
-            remove_tree(skeleton)
-            raise
-        link_init.close()
-        prepared = cls(group, pid, link, skeleton)
-        prepared.forget = forget
-        try:
-            # PID 1 starts no command before it is in the cgroup: it is, from birth
-            wire.send_marker(link, wire.Marker.IN_CGROUP)
-        except BaseException:
-            prepared.discard(_wait_status)
-            raise
-        return prepared
-
-    def supervise(self) -> int:
-        """In a rootless spare's own process: stay beside PID 1 until its container has ended,
-        and clean up; the exit code for that process."""
-        while not self.on_link(_wait_status):
-            pass
-        return 1 if self.failed else 0
-
-    def on_link(self, status_of) -> bool:
-        """One step, when `link` is readable: PID 1's request (record the container), what it
-        says while running, or its end (tear down). True once the container is gone;
-        `status_of(pid)` reaps PID 1 once it has left."""
-        try:
-            if self.reply is None:
-                return self._record(status_of)
-            chunk = self.link.recv(64)
-            if chunk:
-                self.said += chunk
-                return False
-            self._end(status_of)
-        except BaseException as error:  # noqa: BLE001 — reported, never a silent death
-            self._fail(error, status_of)
-        self.link.close()
-        return True
-
-    def _record(self, status_of) -> bool:
-        received = wire.receive_request(self.link)
-        if received is None:  # never used: the caller closed the spare, and PID 1 left
-            self.discard(status_of)
-            return True
-        request, fds = received
-        self.reply = socket.socket(fileno=fds[0])
-        self.spec = ContainerSpec.from_json(request["spec"])
-        state.write_state(self.spec, **(request.get("owner") or {}), **runner.runner_values(),
-                          cgroup=getattr(self.group, "name", None), init_pid=self.pid,
-                          init_start_time=procfs.start_time(self.pid))
-        wire.send_marker(self.link, wire.Marker.RECORDED)  # PID 1 may say "started"
-        return False
-
-    def _end(self, status_of) -> None:
-        """PID 1 has closed `link`, so it is exiting: reap it, report its end unless it did,
-        tear the container down, say `Cleaned`."""
-        if self.said not in (b"", wire.Marker.REPORTED.value):
-            raise wire.WireError(f"[internal error] expected the REPORTED marker, got "
-                                 f"{self.said!r}")
-        runner.kill(self.pid)  # it is exiting already; a dying process ignores the signal
-        status = status_of(self.pid)
-        if self.said != wire.Marker.REPORTED.value:  # killed: its status and the cgroup tell
-            _tell(self.reply, wire.Exit.of(exit_code(status), self.group.oom_kills(),
-                                           self.spec.memory))
-        if self.forget is None or not self.spec.remove or _has_at_most(
-                Path(self.spec.directory) / "upper", INLINE_REMOVAL_ENTRIES):
-            self._tear_down()
-        elif os.fork() == 0:  # a big tree: its rm -rf must not hold up the server's loop
-            try:
-                self.forget(keep=self.reply)
-                self._tear_down()
-            finally:
-                os._exit(0)
-        self.reply.close()
-
-    def _tear_down(self) -> None:
-        runner.tear_down(self.spec, self.group, None)
-        remove_tree(self.skeleton)  # still there if the container had its own
-        _tell(self.reply, wire.Cleaned())
-
-    def _fail(self, error: BaseException, status_of) -> None:
-        self.failed = True
-        runner.kill(self.pid)
-        try:
-            status_of(self.pid)
-        except ChildProcessError:
-            pass  # reaped already
-        if self.reply is not None:
-            _tell(self.reply, wire.Error("InternalError", f"runner failed: {describe(error)}"))
-            self.reply.close()
-        try:  # what is left, `contained gc` finds
-            self.group.remove()
-            remove_tree(self.skeleton)
-        except Exception:  # noqa: BLE001
-            pass
-
-    def discard(self, status_of) -> None:
-        """Unused: kill PID 1, remove the group and the directory."""
-        runner.kill(self.pid)
-        try:
-            status_of(self.pid)
-        except ChildProcessError:
-            pass
-        self.group.remove()
-        remove_tree(self.skeleton)
-
-
-def _has_at_most(directory: Path, limit: int) -> bool:
-    """Whether the tree under `directory` holds at most `limit` entries (links not followed;
-    the walk stops at the first one too many)."""
-    pending, seen = [directory], 0
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    seen += 1
-                    if seen > limit:
-                        return False
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
-        except FileNotFoundError:
-            continue
-    return True
-
-
-def _tell(reply: socket.socket, event) -> None:
-    """An event for the caller, who may have gone (a killed kernel): the teardown goes on."""
-    try:
-        wire.send_event(reply, event)
-    except OSError:
-        pass
-
-
-def _wait_status(pid: int) -> int:
-    return os.waitpid(pid, 0)[1]
-
-
-def _make_skeleton(path: Path) -> None:
-    """A container directory made ahead of time (upper, work, root), named after the spare:
-    creating files is slow on a busy ext4 (it searches for inodes not freed recently), so
-    none is created while a caller waits. gc removes it if the spare dies."""
-    for sub in ("", "upper", "work", "root"):
-        (path / sub).mkdir()
-
-
-def spare_cgroup_name() -> str:
-    """The cgroup a spare makes for the container it will become, named after the process
-    that makes it (the server, or a rootless spare's own): spare-PID-STARTTIME-N."""
-    return f"spare-{os.getpid()}-{procfs.start_time('self')}-{next(_MADE)}"
-
-
-def is_live_spare(name: str) -> bool:
-    """Whether `name` is a spare's cgroup (see `spare_cgroup_name`) whose maker still runs."""
-    kind, *numbers = name.split("-")
-    return kind == "spare" and len(numbers) in (2, 3) and all(n.isdigit() for n in numbers) \
-        and procfs.alive(int(numbers[0]), int(numbers[1]))
