@@ -336,3 +336,26 @@ def test_a_spares_supervisor_takes_no_more_than_a_marker_from_pid_one(tmp_path):
         pid_one.wait()
         for sock in (pid_one_end, caller):
             sock.close()
+
+
+def test_a_request_the_server_cannot_fork_for_fails_alone(monkeypatch):
+    """fork() failing (EAGAIN: too many processes) fails that request in one line; the
+    server goes on, with the containers it supervises."""
+    import errno
+
+    from contained.runtime import server
+
+    def no_fork():
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    reply, caller = socket.socketpair()
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(4)] + [reply.detach()]
+    monkeypatch.setattr(os, "fork", no_fork)
+    server._fork_for({"op": "run"}, fds, control=None, spares=None)
+    event = wire.decode(caller.recv(4096).split(b"\n")[0])
+    assert isinstance(event, wire.Error) and event.type == "ContainerSetupFailed"
+    assert "cannot start another process" in event.message
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # each one closed: the request is done
+    caller.close()

@@ -80,14 +80,32 @@ def _serve_one(control: socket.socket, spares: "Spares") -> bool:
     request, fds = received
     if request.get("op") == "want-spare":
         spares.wanted += 1
-    elif os.fork() == 0:
-        _forget_the_server(control, spares)
-        os._exit(runner.handle(request, fds))
     else:
-        for fd in fds:
-            os.close(fd)
+        _fork_for(request, fds, control, spares)
     spares.top_up()  # also after a spare could not be made: try again at each request
     return True
+
+
+def _fork_for(request: dict, fds: list[int], control: socket.socket, spares: "Spares") -> None:
+    """A child of its own for `request` (`runner.handle`). A fork that fails (too many
+    processes) fails that request, in a line; never the server, whose spares' containers
+    would die with it."""
+    try:
+        child = os.fork()
+    except OSError as error:
+        with socket.socket(fileno=os.dup(fds[-1])) as reply:
+            try:
+                wire.send_event(reply, wire.Error.of(ContainerSetupFailed(
+                    f"the runner cannot start another process ({error.strerror}): stop some "
+                    "containers or processes, then run it again")))
+            except OSError:
+                pass  # the caller has gone too
+        child = None
+    if child == 0:
+        _forget_the_server(control, spares)
+        os._exit(runner.handle(request, fds))
+    for fd in fds:
+        os.close(fd)
 
 
 def _forget_the_server(control: socket.socket, spares: "Spares", keep=None) -> None:
