@@ -422,6 +422,28 @@ def test_a_container_that_wrote_many_files_is_removed_beside_the_server(
     assert not any(path.exists() for path in group.paths)
 
 
+def test_a_spare_that_cannot_be_made_leaves_nothing_open_or_made(busybox_home, monkeypatch):
+    """The server makes spares in its own process and lives on after a failure: no group,
+    no directory, no descriptor of the failed spare may stay."""
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spares.steps, "staging_directory", full_disk)  # its group is made
+    before = set(os.listdir("/proc/self/fd"))
+    left, right = socket.socketpair()
+    with pytest.raises(OSError, match="No space left"):
+        spares.Prepared.make(right)
+    left.close()
+    right.close()
+    assert set(os.listdir("/proc/self/fd")) == before
+    directory = container.state.containers_dir()
+    assert not directory.exists() or not [
+        p for p in directory.iterdir() if p.name.startswith(".spare-")]
+    made = [entry.name for parent in cgroups.parent_paths() if parent.exists()
+            for entry in parent.iterdir() if entry.name.startswith(f"spare-{os.getpid()}-")]
+    assert made == []
+
+
 def test_counting_a_tree_stops_at_the_limit_and_follows_no_link(tmp_path):
     for i in range(3):
         (tmp_path / "a" / str(i)).mkdir(parents=True)  # a, a/0, a/1, a/2: 4 entries

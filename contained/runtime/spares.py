@@ -60,16 +60,16 @@ class Prepared:
         """Make the group, the directory and PID 1, which waits on `requests`. `forget`, in
         PID 1 first: what of the forking process it must drop (the server's sockets)."""
         name = spare_cgroup_name()
+        group, cgroup_steps = steps.NoCgroup(), []
         if not ROOTLESS:
             group, cgroup_steps = cgroups.Cgroup.plan(
                 name, cgroups.Limits(), extra_devices=steps.device_rules(rootless=False))
-            run_steps(cgroup_steps)
-        else:
-            group = steps.NoCgroup()
-        staging = steps.staging_directory()
-        skeleton = staging.parent / ("." + name)
+        skeleton = None
+        link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            run_steps(cgroup_steps)
+            staging = steps.staging_directory()
+            skeleton = staging.parent / ("." + name)
             _make_skeleton(skeleton)
             if ROOTLESS:
                 steps.enter_user_namespace(os.geteuid(), os.getegid())
@@ -90,8 +90,11 @@ class Prepared:
             # period, 5-20 ms, which the server would spend blocked.
             pid = pid1.fork_pid_one(ROOTLESS, spare_pid_one, group.entry())
         except BaseException:
+            link.close()  # the server lives on: nothing of a failed spare stays open
+            link_init.close()
             group.remove()
-            remove_tree(skeleton)
+            if skeleton is not None:
+                remove_tree(skeleton)
             raise
         link_init.close()
         prepared = cls(group, pid, link, skeleton)
