@@ -56,6 +56,7 @@ from contained.images.decompress import (  # noqa: F401 (the errors are unpack's
     decompressor,
 )
 from contained.images.tar_extract import LayerError, LayerReport, TarExtractor
+from contained.images.tar_header import QuickTarInfo
 from contained.images.trees import remove_tree
 
 #: decompressed chunks waiting for the tar parser; bounds memory to a few MiB
@@ -377,7 +378,8 @@ def _extract_tar(stream: _VerifiedStream, extractor: TarExtractor, report: Layer
     label = stream.label
     try:
         # Not tarfile.open(): no format sniffing, and no extract(): we create every entry.
-        tar = tarfile.TarFile(fileobj=stream, mode="r", errorlevel=2)
+        # Headers read by `QuickTarInfo`: tarfile's own result, in half its time.
+        tar = tarfile.TarFile(fileobj=stream, mode="r", errorlevel=2, tarinfo=QuickTarInfo)
         while True:
             info = tar.next()
             # TarFile keeps every member it has seen; a layer may have millions.
