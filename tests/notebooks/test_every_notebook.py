@@ -34,15 +34,20 @@ pytestmark = pytest.mark.skipif(
 
 
 def outputs(path: Path) -> tuple[str, list[dict]]:
-    """All text a notebook printed, and its error outputs."""
+    """All text a notebook printed, and its error outputs. A cell's printed text is one piece,
+    as Jupyter shows it: the kernel may send one print() as two stream messages (its flush
+    timer fired between the writes of "label:", " ", "value")."""
     book = nbformat.read(path, as_version=4)
     texts, errors = [], []
     for cell in book.cells:
+        streams: dict[str, str] = {}
         for output in cell.get("outputs", []):
             if output["output_type"] == "error":
                 errors.append(output)
-            texts.append(output.get("text", ""))
+            if output["output_type"] == "stream":
+                streams[output["name"]] = streams.get(output["name"], "") + output["text"]
             texts.append(output.get("data", {}).get("text/plain", ""))
+        texts += streams.values()
     return "\n".join(texts), errors
 
 
