@@ -30,8 +30,9 @@ def executed(tmp_path_factory):
     try:
         path = workbook.execute_notebook(NOTEBOOK, out, env=env)
         book = nbformat.read(path, as_version=4)
-        yield "\n".join(output.get("text", "") for cell in book.cells
-                        for output in cell.get("outputs", []))
+        # A cell's text in one piece: the kernel may send one print() as two stream messages.
+        yield "\n".join("".join(output.get("text", "") for output in cell.get("outputs", []))
+                        for cell in book.cells)
     finally:
         workbook.unmount_all(out, echo=False)
         script = ("from contained.runtime import container\n"
