@@ -359,3 +359,31 @@ def test_a_request_the_server_cannot_fork_for_fails_alone(monkeypatch):
         with pytest.raises(OSError):
             os.fstat(fd)  # each one closed: the request is done
     caller.close()
+
+
+def test_a_spares_pid_one_is_killed_and_reaped_once_only(tmp_path, monkeypatch):
+    """Once reaped, PID 1's pid may be reused by another process (the server's next spare):
+    a failure or a discard afterwards must neither kill nor wait for that pid again."""
+    import subprocess
+
+    from contained.runtime import runner, spares, steps
+
+    killed, waited = [], []
+    monkeypatch.setattr(runner, "kill", lambda pid: (killed.append(pid), os.kill(pid, 9)))
+    pid_one = subprocess.Popen(["sleep", "60"])
+    link, other_end = socket.socketpair()
+    prepared = spares.Prepared(steps.NoCgroup(), pid_one.pid, link, tmp_path / ".spare")
+
+    def status_of(pid):
+        waited.append(pid)
+        return os.waitpid(pid, 0)[1]
+
+    try:
+        assert prepared._reap(status_of) == 9  # SIGKILLed
+        prepared._fail(RuntimeError("later"), status_of)
+        prepared.discard(status_of)
+        assert (killed, waited) == ([pid_one.pid], [pid_one.pid])
+    finally:
+        pid_one.returncode = -9  # reaped above: the Popen must not wait for it again
+        link.close()
+        other_end.close()

@@ -14,6 +14,7 @@ tmpfs (moved into the root later), and a rehearsal that warms up the forked Pyth
 
 import itertools
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -53,6 +54,7 @@ class Prepared:
         self.spec: ContainerSpec | None = None
         self.said = b""  # what PID 1 said once running: the REPORTED marker, or nothing
         self.failed = False
+        self.status: int | None = None  # PID 1's wait status, once reaped
         self.forget = None  # in the server: what a child forked to tear down must drop
 
     @classmethod
@@ -150,8 +152,7 @@ class Prepared:
     def _end(self, status_of) -> None:
         """PID 1 has closed `link`, so it is exiting: reap it, report its end unless it did,
         tear the container down, say `Cleaned`."""
-        runner.kill(self.pid)  # it is exiting already; a dying process ignores the signal
-        status = status_of(self.pid)
+        status = self._reap(status_of)
         if self.said != wire.Marker.REPORTED.value:  # killed: its status and the cgroup tell
             _tell(self.reply, wire.Exit.of(exit_code(status), self.group.oom_kills(),
                                            self.spec.memory))
@@ -159,12 +160,28 @@ class Prepared:
                 Path(self.spec.directory) / "upper", INLINE_REMOVAL_ENTRIES):
             self._tear_down()
         elif os.fork() == 0:  # a big tree: its rm -rf must not hold up the server's loop
+            code = 1
             try:
                 self.forget(keep=self.reply)
                 self._tear_down()
+                code = 0
+            except BaseException as error:  # noqa: BLE001 — the caller hears of it
+                _tell(self.reply, wire.Error("InternalError",
+                                             f"runner failed: {describe(error)}"))
             finally:
-                os._exit(0)
+                os._exit(code)
         self.reply.close()
+
+    def _reap(self, status_of) -> int:
+        """Kill PID 1 (if it has not left, it must) and reap it: once only, since afterwards
+        its pid may be another process's."""
+        if self.status is None:
+            runner.kill(self.pid)  # one that is exiting already ignores the signal
+            try:
+                self.status = status_of(self.pid)
+            except ChildProcessError:  # reaped elsewhere, status unknown: say it was killed,
+                self.status = signal.SIGKILL  # never that it succeeded (a wait status: 137)
+        return self.status
 
     def _tear_down(self) -> None:
         runner.tear_down(self.spec, self.group, None)
@@ -173,11 +190,7 @@ class Prepared:
 
     def _fail(self, error: BaseException, status_of) -> None:
         self.failed = True
-        runner.kill(self.pid)
-        try:
-            status_of(self.pid)
-        except ChildProcessError:
-            pass  # reaped already
+        self._reap(status_of)
         if self.reply is not None:
             _tell(self.reply, wire.Error("InternalError", f"runner failed: {describe(error)}"))
             self.reply.close()
@@ -191,11 +204,7 @@ class Prepared:
 
     def discard(self, status_of) -> None:
         """Unused: kill PID 1, remove the group and the directory."""
-        runner.kill(self.pid)
-        try:
-            status_of(self.pid)
-        except ChildProcessError:
-            pass
+        self._reap(status_of)
         self.group.remove()
         remove_tree(self.skeleton)
 
