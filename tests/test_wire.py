@@ -326,8 +326,9 @@ def test_a_spares_supervisor_takes_no_more_than_a_marker_from_pid_one(tmp_path):
                                   directory=str(directory), lowers=[], args=["true"], env=[])
     try:
         pid_one_end.sendall(b"x" * 100_000)
-        assert prepared.on_link(lambda pid: pid_one.wait()) is True
-        assert pid_one.returncode == -9
+        assert prepared.on_link(spares._wait_status) is True  # the status function kills
+        pid_one.returncode = -9  # reaped there: the Popen must not wait for it again
+        assert os.WIFSIGNALED(prepared.status) and os.WTERMSIG(prepared.status) == 9
         event = wire.decode(caller.recv(4096).split(b"\n")[0])
         assert isinstance(event, wire.Error) and "REPORTED marker" in event.message
         assert not directory.exists()
@@ -376,7 +377,7 @@ def test_a_spares_pid_one_is_killed_and_reaped_once_only(tmp_path, monkeypatch):
 
     def status_of(pid):
         waited.append(pid)
-        return os.waitpid(pid, 0)[1]
+        return spares._wait_status(pid)
 
     try:
         assert prepared._reap(status_of) == 9  # SIGKILLed
@@ -385,5 +386,25 @@ def test_a_spares_pid_one_is_killed_and_reaped_once_only(tmp_path, monkeypatch):
         assert (killed, waited) == ([pid_one.pid], [pid_one.pid])
     finally:
         pid_one.returncode = -9  # reaped above: the Popen must not wait for it again
+        link.close()
+        other_end.close()
+
+
+def test_a_pid_one_the_server_reaped_already_is_not_signalled(tmp_path, monkeypatch):
+    """The server's loop may reap PID 1 (SIGCHLD) before it reads the end of its link; from
+    then on that pid may be any process's, and the server is root: no SIGKILL may go to it."""
+    from contained.runtime import runner, server, spares, steps
+
+    killed = []
+    monkeypatch.setattr(runner, "kill", killed.append)
+    children = object.__new__(server.Children)  # its state only: no signal handling here
+    children.watched, children.statuses = {4_000_000}, {4_000_000: 9}
+    link, other_end = socket.socketpair()
+    prepared = spares.Prepared(steps.NoCgroup(), 4_000_000, link, tmp_path / ".spare")
+    try:
+        assert prepared._reap(children.status) == 9
+        assert killed == []
+        assert children.watched == set() and children.statuses == {}
+    finally:
         link.close()
         other_end.close()

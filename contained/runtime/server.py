@@ -157,10 +157,12 @@ class Children:
         self.reap()
 
     def status(self, pid: int) -> int:
-        """The wait status of watched child `pid`, which has ended or is ending."""
+        """The wait status of watched child `pid`, killed first unless `reap` has reaped it
+        already: then its pid may be another process's, which must not be signalled."""
         self.watched.discard(pid)
         if pid in self.statuses:
             return self.statuses.pop(pid)
+        runner.kill(pid)  # unreaped, a zombie at worst: the pid is still its own
         return os.waitpid(pid, 0)[1]
 
 

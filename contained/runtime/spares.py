@@ -173,10 +173,9 @@ class Prepared:
         self.reply.close()
 
     def _reap(self, status_of) -> int:
-        """Kill PID 1 (if it has not left, it must) and reap it: once only, since afterwards
-        its pid may be another process's."""
+        """Kill PID 1 (if it has not left, it must) and reap it (`status_of`): once only, since
+        afterwards its pid may be another process's."""
         if self.status is None:
-            runner.kill(self.pid)  # one that is exiting already ignores the signal
             try:
                 self.status = status_of(self.pid)
             except ChildProcessError:  # reaped elsewhere, status unknown: say it was killed,
@@ -241,6 +240,9 @@ def _tell(reply: socket.socket, event) -> None:
 
 
 def _wait_status(pid: int) -> int:
+    """Kill child `pid` and reap it; in a process where nothing else reaps it, its pid is
+    still its own here (a zombie keeps it)."""
+    runner.kill(pid)  # one that is exiting already ignores the signal
     return os.waitpid(pid, 0)[1]
 
 
