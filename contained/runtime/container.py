@@ -351,10 +351,10 @@ def _terminate(pid: int, timeout: float) -> None:
     try:
         if timeout > 0:
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-            if _wait_pidfd(pidfd, timeout):
-                return
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        _wait_pidfd(pidfd, 5)
+        if timeout <= 0 or not _wait_pidfd(pidfd, timeout):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            _wait_pidfd(pidfd, 5)
+        _wait_reaped(pidfd)
     except ProcessLookupError:
         pass
     finally:
@@ -366,6 +366,18 @@ def _wait_pidfd(pidfd: int, timeout: float) -> bool:
 
     ready, _, _ = select.select([pidfd], [], [], timeout)
     return bool(ready)
+
+
+def _wait_reaped(pidfd: int, timeout: float = 2.0) -> None:
+    """A pidfd turns readable when PID 1 exits, while it is still a zombie: its parent (the
+    runner, or the server for a spare) reaps it a moment later. `stop` returns once it has, so
+    nothing of the container is left in the host's process table (``docker stop`` returns a
+    stopped container). Signal 0 through the pidfd fails only once the pid is released; the
+    pidfd names this process, so a reused pid never answers for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        signal.pidfd_send_signal(pidfd, 0)  # ProcessLookupError once reaped
+        time.sleep(0.002)
 
 
 def remove(name: str, force: bool = False) -> None:
