@@ -233,6 +233,73 @@ def test_symlinked_special_directories_never_make_the_runtime_write_on_the_host(
 
 
 # ---------------------------------------------------------------------------------------------
+# The runtime's /etc files
+
+
+def _image_with_etc(home: Path, name: str, mode: int, gid: int, mtime: int) -> None:
+    """busybox with a top layer that gives /etc its own mode, group and time."""
+    import io
+    import tarfile
+
+    from contained.images import build
+    from contained.images.busybox import IMAGE_CONFIG, busybox_rootfs
+    from contained.images.store import Store
+
+    rootfs = busybox_rootfs(home.parent / f"{name}-rootfs")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("etc")
+        info.type, info.mode, info.gid, info.mtime = tarfile.DIRTYPE, mode, gid, mtime
+        tar.addfile(info)
+    Store(home).add_image([build.tar_directory(rootfs), buffer.getvalue()], f"{name}:latest",
+                          IMAGE_CONFIG)
+
+
+def _on_a_spare(runner_process) -> None:
+    """Let the runner hand a spare over before the next run."""
+    with open(os.devnull) as null:
+        container.run("busybox", ["true"], stdin=null, stdout=null, runner_=runner_process,
+                      settle=True)
+
+
+def test_a_spares_etc_files_are_a_layer_in_memory_not_files_on_disk(busybox_home,
+                                                                      runner_process):
+    """Issue 15: on a spare, /etc/hostname and /etc/hosts come from a small layer above the
+    image's (on the spare's tmpfs), not from a copy-up of /etc into upper on disk; the merged
+    /etc keeps the image's mode, owner and time, and the container may still write them."""
+    _image_with_etc(busybox_home, "etc-attrs", 0o750, 42, 1234567890)
+    _on_a_spare(runner_process)
+    with open(os.devnull) as null:
+        execution = container.start("etc-attrs", ["sleep", "300"], stdin=null, stdout=null,
+                                    runner_=runner_process, hostname="box")
+        try:
+            execution.wait_started()
+            assert container.state.read(execution.spec.id)["cgroup"].startswith("spare-")
+            assert list((Path(execution.spec.directory) / "upper").iterdir()) == []
+        finally:
+            execution.kill()
+            execution.wait(settle=True)
+    _on_a_spare(runner_process)
+    result, out = run_capture("etc-attrs", [
+        "sh", "-c", "stat -c '%a %u %g %Y' /etc; cat /etc/hostname; grep -c box /etc/hosts; "
+        "ls /etc | grep -c passwd; echo 10.0.0.9 db >> /etc/hosts && tail -1 /etc/hosts"],
+        runner_process, hostname="box")
+    assert result.status == 0, out
+    assert out.splitlines() == ["750 0 42 1234567890", "box", "1", "1", "10.0.0.9 db"]
+
+
+def test_built_in_place_or_on_a_spare_etc_reads_the_same(busybox_home, runner_process):
+    """The two ways to the same files (explained runs never take a spare)."""
+    _image_with_etc(busybox_home, "etc-same", 0o755, 7, 0)
+    script = "stat -c '%a %u %g' /etc; cat /etc/hostname /etc/hosts; ls /etc"
+    _on_a_spare(runner_process)
+    spare = run_capture("etc-same", ["sh", "-c", script], runner_process, hostname="same")
+    in_place = run_in_place("etc-same", ["sh", "-c", script], runner_process, hostname="same")
+    assert spare[0].status == in_place[0].status == 0
+    assert spare[1] == in_place[1] and spare[1].startswith("755 0 7\nsame\n127.0.0.1"), spare
+
+
+# ---------------------------------------------------------------------------------------------
 # Volumes
 
 

@@ -39,6 +39,7 @@ is refused.
 import errno
 import os
 import shlex
+import stat
 from pathlib import Path
 
 from contained import syscalls
@@ -108,11 +109,18 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
     """Every mount and write that builds the root, in order (run inside the new mount ns).
 
     With `staged` (see `plan_staging`), /proc, /sys and /dev were built ahead of time and are
-    moved into place instead.
+    moved into place instead, and the /etc files come as a layer above the image's, made on
+    the staging tmpfs (`_etc_layer_step`), where the image's /etc lets them.
     """
     root = spec.root
     steps = [] if staged else [_private_step()]
-    steps.append(mount_overlay_step(spec.lowers, spec.upper, spec.work, root, fuse=spec.fuse))
+    lowers, files = spec.lowers, etc_files(spec)
+    mergeable, image_etc = _image_etc(spec.lowers) if staged else (False, None)
+    if mergeable:
+        layer = staged / "etc-layer"
+        steps.append(_etc_layer_step(layer, files, image_etc))
+        lowers, files = [*spec.lowers, layer], {}
+    steps.append(mount_overlay_step(lowers, spec.upper, spec.work, root, fuse=spec.fuse))
     steps.append(Step(f"mount -o remount,bind,nodev {root}",
                       "a device node made in the container's files does not open",
                       lambda: _remount_nodev(str(root))))
@@ -120,7 +128,7 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
         steps += [_move_step(staged, root, path) for path in STAGED]
     else:
         steps += _proc_sys_steps(root, spec.host_sys) + _dev_steps(root)
-    steps += _etc_steps(spec)
+    steps += _etc_steps(spec, files)
     steps += [_volume_step(root, volume) for volume in spec.volumes]
     steps.append(Step(f"mkdir -p {root}{spec.working_dir}", "the image's WorkingDir must exist",
                       lambda: safepath.mkdirs_in_root(root, spec.working_dir)))
@@ -276,13 +284,19 @@ def _dev_links(root: Path) -> None:
         safepath.symlink_in_root(root, f"/dev/{name}", target)
 
 
-def _etc_steps(spec: RootfsSpec) -> list[Step]:
-    root = spec.root
+def etc_files(spec: RootfsSpec) -> dict[str, bytes]:
+    """The files the runtime gives every container, by their path inside it."""
     files = {"/etc/hostname": (spec.hostname + "\n").encode()}
     if spec.hosts_file is None:
         files["/etc/hosts"] = spec.hosts
     if spec.resolv_conf is not None:
         files["/etc/resolv.conf"] = spec.resolv_conf
+    return files
+
+
+def _etc_steps(spec: RootfsSpec, files: dict[str, bytes]) -> list[Step]:
+    """`files` written into the root, and the bridge's shared /etc/hosts bind-mounted."""
+    root = spec.root
     shared = []
     if spec.hosts_file is not None:
         shared.append(_volume_step(root, Volume(str(spec.hosts_file), "/etc/hosts")))
@@ -292,6 +306,68 @@ def _etc_steps(spec: RootfsSpec) -> list[Step]:
              lambda path=path, data=data: safepath.write_in_root(root, path, data, 0o644))
         for path, data in files.items()
     ]
+
+
+def _image_etc(lowers: list[Path]) -> tuple[bool, os.stat_result | None]:
+    """Whether a layer of our own may go on top of the image's /etc: it may when the image's
+    /etc is a directory (whose attributes come back, for ours to copy) or absent. The top-most
+    layer with an entry there decides; overlayfs's whiteout (a 0:0 character device) means
+    absent. A symlink (``etc -> usr/etc``) may not: a directory above would hide what it
+    points to, so the files are written through it, inside the root, as before."""
+    for lower in reversed(lowers):
+        try:
+            found = os.lstat(Path(lower) / "etc")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False, None
+        if stat.S_ISDIR(found.st_mode):
+            return True, found
+        return stat.S_ISCHR(found.st_mode) and found.st_rdev == 0, None
+    return True, None
+
+
+def _etc_layer_step(layer: Path, files: dict[str, bytes],
+                    image_etc: os.stat_result | None) -> Step:
+    """The runtime's /etc files as a small layer above the image's, on a spare's staging tmpfs.
+
+    Written into the root instead, each would be a copy-up of /etc and new files in the
+    container's upper directory on disk, made and deleted again for every container; on an
+    ext4 without a journal, creating a file within minutes of deleting others costs 0.1-0.6 ms
+    (`recently_deleted`). Measured back to back: 3 inodes fewer made and freed per container
+    (ext4_allocate_inode, 1846 → 1542 for 104 containers), and, paired runs, 2.5 ms of CPU
+    and 1.5 ms per run less (medians of 6 pairs). The container still writes them as any
+    image file (a copy-up into upper), and `commit` leaves them out as before. Docker
+    bind-mounts these files, which needs them in the root as mount points first.
+    """
+    etc = layer / "etc"
+    writes = " && ".join(f"printf {_printf_literal(data)} > {etc}/{Path(path).name}"
+                         for path, data in files.items())
+
+    def build():
+        os.makedirs(etc, 0o755)
+        for path, data in files.items():
+            fd = os.open(etc / Path(path).name, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        if image_etc is not None:  # the merged /etc shows the top layer's own attributes
+            _copy_attributes(image_etc, etc)
+
+    return Step(f"mkdir -p {etc} && {writes}",
+                "a layer of its own on top of the image's, in memory: nothing made on disk",
+                build)
+
+
+def _copy_attributes(source: os.stat_result, target: Path) -> None:
+    try:
+        os.chown(target, source.st_uid, source.st_gid)
+    except OSError:
+        pass  # rootless: an owner outside our user namespace's map stays root
+    os.chmod(target, stat.S_IMODE(source.st_mode))
+    os.utime(target, ns=(source.st_atime_ns, source.st_mtime_ns))
 
 
 def _printf_literal(data: bytes) -> str:
