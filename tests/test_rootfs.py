@@ -265,8 +265,9 @@ def _on_a_spare(runner_process) -> None:
 def test_a_spares_etc_files_are_a_layer_in_memory_not_files_on_disk(busybox_home,
                                                                       runner_process):
     """Issue 15: on a spare, /etc/hostname and /etc/hosts come from a small layer above the
-    image's (on the spare's tmpfs), not from a copy-up of /etc into upper on disk; the merged
-    /etc keeps the image's mode, owner and time, and the container may still write them."""
+    image's (on the spare's tmpfs), not from a copy-up of /etc into upper on disk, and the
+    root's mount point is on that tmpfs too; the merged /etc keeps the image's mode, owner
+    and time, and the container may still write the files."""
     _image_with_etc(busybox_home, "etc-attrs", 0o750, 42, 1234567890)
     _on_a_spare(runner_process)
     with open(os.devnull) as null:
@@ -275,7 +276,11 @@ def test_a_spares_etc_files_are_a_layer_in_memory_not_files_on_disk(busybox_home
         try:
             execution.wait_started()
             assert container.state.read(execution.spec.id)["cgroup"].startswith("spare-")
-            assert list((Path(execution.spec.directory) / "upper").iterdir()) == []
+            # On disk: the record and the writable layer only (the root is mounted on the
+            # spare's tmpfs), and nothing written in it yet.
+            directory = Path(execution.spec.directory)
+            assert sorted(p.name for p in directory.iterdir()) == ["state.json", "upper", "work"]
+            assert list((directory / "upper").iterdir()) == []
         finally:
             execution.kill()
             execution.wait(settle=True)

@@ -137,20 +137,33 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
 
 # What does not depend on the image: a runner's spare PID 1 builds these ahead of time.
 STAGED = ("/proc", "/sys", "/dev")
+STAGED_ROOT = "root"  # the container's mount point, in the staging tmpfs
 
 
 def plan_staging(staging: Path) -> list[Step]:
     """/proc, /sys and /dev built under `staging` (a private tmpfs) before the image is known.
 
     A runner keeps a spare PID 1 ready in new namespaces; it builds these while it waits, and
-    `plan_rootfs(..., staged=staging)` moves them into the container's root. Explained runs
-    never use a spare: they show (and run) the steps in place.
+    `plan_rootfs(..., staged=staging)` moves them into the container's root, which is
+    mounted here too (`root_of`). Explained runs never use a spare: they show (and run) the
+    steps in place.
     """
+    mount_point = staging / STAGED_ROOT
     return ([_private_step(),
              Step(f"mount -t tmpfs -o mode=755 staging {staging}", "a place to build in",
                   lambda: syscalls.mount("staging", str(staging), "tmpfs", MS_NOSUID,
-                                         "mode=755"))]
+                                         "mode=755")),
+             Step(f"mkdir {mount_point}", "where the container's root will be mounted",
+                  lambda: os.mkdir(mount_point, 0o755))]
             + _proc_sys_steps(staging) + _dev_steps(staging))
+
+
+def root_of(directory: Path, staged: Path | None) -> Path:
+    """Where a container's root is mounted: ``DIRECTORY/root``, or, on a spare, a directory
+    of its staging tmpfs. A spare's mount namespace is its own, so nobody on the host would
+    see the mount anyway; on the tmpfs, the mount point is not one more directory made and
+    removed on disk for every container (see `_etc_layer_step` for what that costs)."""
+    return staged / STAGED_ROOT if staged else directory / "root"
 
 
 def _private_step() -> Step:

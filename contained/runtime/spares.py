@@ -247,10 +247,11 @@ def _wait_status(pid: int) -> int:
 
 
 def _make_skeleton(path: Path) -> None:
-    """A container directory made ahead of time (upper, work, root), named after the spare:
+    """A container directory made ahead of time (upper, work), named after the spare:
     creating files is slow on a busy ext4 (it searches for inodes not freed recently), so
-    none is created while a caller waits. gc removes it if the spare dies."""
-    for sub in ("", "upper", "work", "root"):
+    none is created while a caller waits. gc removes it if the spare dies. Its root is
+    mounted on the spare's staging tmpfs (`rootfs.root_of`)."""
+    for sub in ("", "upper", "work"):
         (path / sub).mkdir()
 
 

@@ -126,7 +126,7 @@ def build(spec: ContainerSpec, *, with_cgroup: bool = True, staged: Path | None 
           ) -> Plan:
     """The plan for `spec`. With `staged` (a spare's PID 1), the namespaces and /proc, /sys,
     /dev exist already (`spare_steps`); `with_cgroup=False`: the cgroup is someone else's."""
-    group, host = host_steps(spec, with_cgroup)
+    group, host = host_steps(spec, with_cgroup, staged)
     hooks = Hooks()
     kinds = namespace_kinds(spec)
     pid_one = [] if staged else [unshare_step(kinds)]
@@ -160,8 +160,9 @@ def inside_steps(spec: ContainerSpec, kinds: list[str], hooks: Hooks,
                   lambda: syscalls.sethostname(spec.hostname))]
     if "net" in kinds and not staged:
         steps.append(loopback_step())
-    steps += rootfs.plan_rootfs(rootfs_spec(spec), staged)
-    steps += rootfs.plan_switch_root(Path(spec.directory) / "root", spec.chroot)
+    root = rootfs.root_of(Path(spec.directory), staged)
+    steps += rootfs.plan_rootfs(rootfs_spec(spec, root), staged)
+    steps += rootfs.plan_switch_root(root, spec.chroot)
     steps.append(Step(
         "unshare --cgroup", "after joining its cgroup: the container sees that cgroup as /",
         lambda: (hooks.call("wait_for_cgroup"), syscalls.unshare(syscalls.CLONE_NEWCGROUP))))
@@ -177,10 +178,11 @@ def confinement_steps(spec: ContainerSpec) -> list[Step]:
 # ---------------------------------------------------------------------------------------------
 # The host phase
 
-def host_steps(spec: ContainerSpec, with_cgroup: bool = True):
-    """Steps done on the host before the namespaces exist: directories and the cgroup."""
+def host_steps(spec: ContainerSpec, with_cgroup: bool = True, staged: Path | None = None):
+    """Steps done on the host before the namespaces exist: directories and the cgroup. A
+    spare (`staged`) mounts the root on its staging tmpfs, so it makes no mount point here."""
     directory = Path(spec.directory)
-    dirs = [directory / "upper", directory / "work", directory / "root"]
+    dirs = [directory / name for name in ("upper", "work", "root")[:2 if staged else 3]]
 
     def make_directories():
         for path in dirs:
@@ -189,7 +191,7 @@ def host_steps(spec: ContainerSpec, with_cgroup: bool = True):
             # Bind-mounted over /etc/hosts; the network code rewrites it in place.
             (directory / "hosts").touch()
 
-    steps = [Step(f"mkdir -p {directory}/upper {directory}/work {directory}/root",
+    steps = [Step(f"mkdir -p {' '.join(str(path) for path in dirs)}",
                   "this container's writable layer, overlay's scratch dir, the mount point",
                   make_directories)]
     limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
@@ -295,7 +297,7 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
+def rootfs_spec(spec: ContainerSpec, root: Path | None = None) -> rootfs.RootfsSpec:
     directory = Path(spec.directory)
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{spec.hostname}\n").encode()
@@ -308,7 +310,7 @@ def rootfs_spec(spec: ContainerSpec) -> rootfs.RootfsSpec:
         resolv = network.resolv_conf()
     return rootfs.RootfsSpec(
         lowers=[Path(p) for p in spec.lowers], upper=directory / "upper",
-        work=directory / "work", root=directory / "root", hostname=spec.hostname,
+        work=directory / "work", root=root or directory / "root", hostname=spec.hostname,
         hosts=hosts, resolv_conf=resolv,
         # On the bridge, /etc/hosts is a host-side file bind-mounted in: it is rewritten as
         # containers come and go, so they find each other by name.
