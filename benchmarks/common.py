@@ -48,6 +48,22 @@ def back_to_back(action, runs: int) -> tuple[float, float]:
     return wall * 1000 / runs, busy * 1000 / runs
 
 
+def back_to_back_in_turns(actions: dict, runs: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """`back_to_back` of each action, `rounds` times, the actions taking turns (the first
+    one first, then the last first, and so on): the median wall and CPU milliseconds per run
+    of each. The machine drifts, and the turns share the drift: on an ext4 without a journal,
+    creating files gets slower for minutes after many were deleted (`benchmarks/unpack.py`),
+    and one container's run back to back was seen at 12 ms and 18 ms minutes apart."""
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in actions}
+    names = list(actions)
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else reversed(names):
+            samples[name].append(back_to_back(actions[name], runs))
+    return {name: (statistics.median(wall for wall, _ in values),
+                   statistics.median(busy for _, busy in values))
+            for name, values in samples.items()}
+
+
 def _busy_seconds() -> float:
     """CPU time the whole machine spent not idle since boot (all CPUs, /proc/stat)."""
     with open("/proc/stat") as f:

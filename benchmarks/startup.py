@@ -1,6 +1,6 @@
 """Start-up latency of a container, against baselines measured in the same run (root only).
 
-    sudo .venv/bin/python benchmarks/startup.py [--runs 60] [--pause 50]
+    sudo .venv/bin/python benchmarks/startup.py [--runs 60] [--pause 50] [--rounds 3]
 
 From one Python process, for /bin/true in busybox:
   floor      bare `unshare --mount --uts --ipc --net --pid --fork chroot ROOT /bin/true`
@@ -20,7 +20,8 @@ as it does between two notebook cells.
 
 Back to back: throwaway and crun again, each run right after the last, so that work competes
 with the next run; with the machine's busy CPU time per run (issue 15's targets: ≤ 1.0× crun
-per run, ≤ 1.5× its CPU).
+per run, ≤ 1.5× its CPU). Medians of `--rounds` rounds, the contenders taking turns: the
+machine drifts by more than the differences measured.
 
 Figures on a shared 2-core machine are noisy: read the ratios, not the milliseconds.
 """
@@ -37,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import back_to_back, interleaved_medians, needs_root  # noqa: E402
+from common import back_to_back_in_turns, interleaved_medians, needs_root  # noqa: E402
 from peers import remove_cgroup_parent  # noqa: E402
 
 from contained import syscalls  # noqa: E402
@@ -101,6 +102,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--pause", type=float, default=50, help="idle ms before each run")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="back to back: rounds of --runs runs each, contenders in turn")
     args = parser.parse_args()
     if not needs_root("startup.py"):
         return 1
@@ -150,10 +153,9 @@ def main() -> int:
         container.remove("bench", force=True)
 
         confinement = confinement_costs(args.runs)
-        in_a_row = {"throwaway": back_to_back(contenders["throwaway"], args.runs)}
-        for what in ("crun", "crun, no cgroup"):
-            if what in contenders:
-                in_a_row[what] = back_to_back(contenders[what], args.runs)
+        in_a_row = back_to_back_in_turns(
+            {what: contenders[what] for what in ("throwaway", "crun", "crun, no cgroup")
+             if what in contenders}, args.runs, args.rounds)
     finally:
         runner.close()
         if holder:
@@ -186,7 +188,8 @@ def main() -> int:
           f"{confinement['build']:.1f} ms)")
     print(f"new session keyring        = {confinement['keyring']:.3f} ms")
     print()
-    print(f"back to back: {args.runs} runs in a row")
+    print(f"back to back: {args.runs} runs in a row, median of {args.rounds} rounds, "
+          "contenders in turn")
     print(f"{'what':<28}{'ms/run':>8}{'busy CPU ms/run':>17}")
     for what, (wall, busy) in in_a_row.items():
         wall -= wrapper if what.startswith("crun") else 0.0
