@@ -111,8 +111,8 @@ out = []
 for options in ({}, {"memory": "32M"}, {}, {}):
     read, write = os.pipe()
     try:
-        result = container.run("busybox", ["sh", "-c", "echo ok"], stdout=write, runner_=runner,
-                               **options)
+        result = container.run("busybox", ["sh", "-c", "echo ok; cat /etc/hostname"],
+                               stdout=write, runner_=runner, hostname="box", **options)
         out.append([result.status, os.read(read, 4096).decode()])
     except container.ContainedError as error:
         out.append(["error", str(error)])
@@ -130,9 +130,10 @@ def test_a_failed_rootless_cell_leaves_the_next_ones_working(nobody_home):
     """Issue 16: a rootless spare decided "rootless" after entering its user namespace (where
     it is uid 0), so every spare failed, and the cell after a failing one found a broken one."""
     plain, limited, *after = run_as_nobody(nobody_home, SPARES_SCENARIO)
-    assert plain == [0, "ok\n"]
+    assert plain == [0, "ok\nbox\n"]
     assert limited[0] == "error" and "cgroup" in limited[1].lower()
-    assert after == [[0, "ok\n"], [0, "ok\n"]]
+    # On spares: their /etc/hostname is the layer on the spare's tmpfs (`rootfs`).
+    assert after == [[0, "ok\nbox\n"], [0, "ok\nbox\n"]]
 
 
 HOST_NET_SCENARIO = r'''
