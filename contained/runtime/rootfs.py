@@ -114,7 +114,7 @@ def plan_rootfs(spec: RootfsSpec, staged: Path | None = None) -> list[Step]:
     """
     root = spec.root
     steps = [] if staged else [_private_step()]
-    lowers, files = spec.lowers, etc_files(spec)
+    lowers, files = spec.lowers, _etc_files(spec)
     mergeable, image_etc = _image_etc(spec.lowers) if staged else (False, None)
     if mergeable:
         layer = staged / "etc-layer"
@@ -297,7 +297,7 @@ def _dev_links(root: Path) -> None:
         safepath.symlink_in_root(root, f"/dev/{name}", target)
 
 
-def etc_files(spec: RootfsSpec) -> dict[str, bytes]:
+def _etc_files(spec: RootfsSpec) -> dict[str, bytes]:
     """The files the runtime gives every container, by their path inside it."""
     files = {"/etc/hostname": (spec.hostname + "\n").encode()}
     if spec.hosts_file is None:

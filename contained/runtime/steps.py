@@ -182,7 +182,9 @@ def host_steps(spec: ContainerSpec, with_cgroup: bool = True, staged: Path | Non
     """Steps done on the host before the namespaces exist: directories and the cgroup. A
     spare (`staged`) mounts the root on its staging tmpfs, so it makes no mount point here."""
     directory = Path(spec.directory)
-    dirs = [directory / name for name in ("upper", "work", "root")[:2 if staged else 3]]
+    dirs = [directory / "upper", directory / "work"]
+    if not staged:
+        dirs.append(rootfs.root_of(directory, None))
 
     def make_directories():
         for path in dirs:
@@ -297,7 +299,7 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def rootfs_spec(spec: ContainerSpec, root: Path | None = None) -> rootfs.RootfsSpec:
+def rootfs_spec(spec: ContainerSpec, root: Path) -> rootfs.RootfsSpec:
     directory = Path(spec.directory)
     hosts = (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
              f"127.0.1.1\t{spec.hostname}\n").encode()
@@ -310,7 +312,7 @@ def rootfs_spec(spec: ContainerSpec, root: Path | None = None) -> rootfs.RootfsS
         resolv = network.resolv_conf()
     return rootfs.RootfsSpec(
         lowers=[Path(p) for p in spec.lowers], upper=directory / "upper",
-        work=directory / "work", root=root or directory / "root", hostname=spec.hostname,
+        work=directory / "work", root=root, hostname=spec.hostname,
         hosts=hosts, resolv_conf=resolv,
         # On the bridge, /etc/hosts is a host-side file bind-mounted in: it is rewritten as
         # containers come and go, so they find each other by name.
