@@ -114,6 +114,19 @@ def test_diff_id_mismatch(tmp_path):
         unpack.apply_layers([layer.args()], tmp_path / "dest")
 
 
+@pytest.mark.parametrize("side_by_side", [False, True])
+def test_the_diff_id_is_checked_whichever_thread_hashes_it(tmp_path, side_by_side):
+    # Alone, the parser's thread hashes the tar; side by side, the inflating thread does.
+    good = layer_blob(tmp_path / "good", SIMPLE)
+    (tmp_path / "a").mkdir()
+    report = unpack.unpack_layer(*good.args(), tmp_path / "a", side_by_side=side_by_side)
+    assert report.entries and (tmp_path / "a/etc/hostname").read_bytes() == b"box\n"
+    bad = layer_blob(tmp_path / "bad", SIMPLE, diff_id="sha256:" + "1" * 64)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(unpack.LayerDiffIDMismatch, match=good.diff_id.split(":")[1]):
+        unpack.unpack_layer(*bad.args(), tmp_path / "b", side_by_side=side_by_side)
+
+
 def test_truncated_gzip(tmp_path):
     from contained.images import build
     layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE)[:-30])

@@ -10,7 +10,8 @@ This module does the three in one streaming pass, for any image, as umoci's ``un
 `contained.images.tar_extract` creates each entry without trusting it. The blob's size and
 digest, and the uncompressed stream's digest (the diff_id), are checked while extracting: a
 thread reads, hashes and decompresses (zlib releases the GIL, so this uses the second core)
-while the caller's thread parses the tar and writes files. A truncated gzip or tar stream,
+while the caller's thread parses the tar and writes files (and, for a layer unpacked alone,
+hashes the tar: `_VerifiedStream`). A truncated gzip or tar stream,
 bytes after the end, or any mismatch is an error naming the blob. Extracting before the
 digests are known is safe because extraction itself trusts nothing: a blob that fails
 verification only ever wrote inside the destination, and `cached_layer` then throws the
@@ -86,18 +87,19 @@ class LayerDiffIDMismatch(LayerError, oci.BlobMismatch):
 
 
 def unpack_layer(blob: Path, descriptor: oci.Descriptor, diff_id: str, dest: Path, *,
-                 whiteouts: str = "overlay") -> LayerReport:
+                 whiteouts: str = "overlay", side_by_side: bool = False) -> LayerReport:
     """Verify and extract one layer blob into the existing directory `dest` in one pass.
 
     whiteouts="overlay": whiteouts become overlayfs markers (`dest` should start empty);
     whiteouts="apply": whiteouts delete from `dest`, which holds the layers below.
+    `side_by_side`: other layers unpack at the same time (`_VerifiedStream` says what changes).
     """
     if whiteouts not in ("overlay", "apply"):
         raise ValueError(f"whiteouts must be 'overlay' or 'apply', not {whiteouts!r}")
     oci.validate_digest(descriptor.digest)
     oci.validate_digest(diff_id)
     report = LayerReport(descriptor.digest)
-    stream = _VerifiedStream(Path(blob), descriptor, diff_id)
+    stream = _VerifiedStream(Path(blob), descriptor, diff_id, side_by_side)
     try:
         extractor = TarExtractor(Path(dest), whiteouts, report)
         try:
@@ -110,7 +112,8 @@ def unpack_layer(blob: Path, descriptor: oci.Descriptor, diff_id: str, dest: Pat
     return report
 
 
-def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: str) -> Path:
+def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: str, *,
+                 side_by_side: bool = False) -> Path:
     """The layer's overlay-form directory, ``cache/sha256/<hex>``, unpacked at most once.
 
     Built in a private ``cache/tmp-<hex>-*`` directory and renamed into place, so a directory
@@ -137,7 +140,8 @@ def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: s
             # mkdtemp makes 0700; a layer without a "./" entry must still give the merged
             # root the usual 0755, or nobody but root could use the container.
             os.chmod(tmp, 0o755)
-            unpack_layer(blob, descriptor, diff_id, tmp, whiteouts="overlay")
+            unpack_layer(blob, descriptor, diff_id, tmp, whiteouts="overlay",
+                         side_by_side=side_by_side)
             try:
                 os.rename(tmp, final)
             except OSError as err:
@@ -175,7 +179,8 @@ def cached_layers(cache: Path, layers: list[tuple[Path, oci.Descriptor, str]]) -
 
         with ThreadPoolExecutor(min(len(missing), PARALLEL_LAYERS),
                                 thread_name_prefix="unpack") as pool:
-            futures = [pool.submit(cached_layer, cache, *layer) for layer in missing]
+            futures = [pool.submit(cached_layer, cache, *layer, side_by_side=True)
+                       for layer in missing]
             try:
                 for future in futures:
                     future.result()
@@ -208,9 +213,18 @@ class _VerifiedStream:
     The thread hands over chunks through a small queue; `read`, `skip` and `copy_to` are the
     forward-only file interface tarfile and the extractor use. `finish` drains what the parser
     left (the tar's end padding) and raises if any digest, size or stream end was wrong.
+
+    Who hashes the uncompressed stream (the diff_id) depends on `side_by_side`. A layer alone
+    has two threads on two cores: the inflating thread, which also reads and hashes the blob,
+    was the slower one, so the parser's thread hashes what it takes (sha256 releases the GIL);
+    on a journaled ext4, the 4-layer benchmark image one layer at a time took 0.69-0.71 s
+    instead of 0.81-0.93 s, its 87 MB layer 0.19 s instead of 0.26. Layers side by side keep
+    every core busy already: there the parsers hashing too only contended for the GIL (0.85 s
+    against 0.74).
     """
 
-    def __init__(self, blob: Path, descriptor: oci.Descriptor, diff_id: str):
+    def __init__(self, blob: Path, descriptor: oci.Descriptor, diff_id: str,
+                 side_by_side: bool = False):
         self.blob = blob
         self.descriptor = descriptor
         self.diff_id = diff_id
@@ -223,6 +237,8 @@ class _VerifiedStream:
         self._offset = 0
         self._ended = False
         self._result: tuple[str, str] | None = None
+        self._diff_hash = hashlib.new(oci.validate_digest(diff_id)[0])
+        self._parser_hashes = not side_by_side
         self.last_read = b""
         self._fd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
         size = os.fstat(self._fd).st_size
@@ -240,7 +256,6 @@ class _VerifiedStream:
     def _produce(self) -> None:
         try:
             compressed = hashlib.new(oci.validate_digest(self.descriptor.digest)[0])
-            uncompressed = hashlib.new(oci.validate_digest(self.diff_id)[0])
             remaining = self.descriptor.size
 
             def read(size: int) -> bytes:
@@ -256,9 +271,10 @@ class _VerifiedStream:
                 return data
 
             for chunk in self._decompress(read, self.label):
-                uncompressed.update(chunk)
+                if not self._parser_hashes:
+                    self._diff_hash.update(chunk)
                 self._put(chunk)
-            self._put((compressed.hexdigest(), uncompressed.hexdigest()))
+            self._put(compressed.hexdigest())  # the end: after every chunk, in queue order
         except BaseException as err:  # handed to the parser's thread, which raises it
             self._put(err)
 
@@ -279,10 +295,12 @@ class _VerifiedStream:
         if isinstance(item, BaseException):
             self._ended = True
             raise item
-        if isinstance(item, tuple):
+        if isinstance(item, str):  # the blob's digest: the stream has ended
             self._ended = True
-            self._result = item
+            self._result = (item, self._diff_hash.hexdigest())
             return False
+        if self._parser_hashes:
+            self._diff_hash.update(item)
         self._chunk = memoryview(item)
         self._pos = 0
         return True
