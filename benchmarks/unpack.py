@@ -207,6 +207,10 @@ def timed(command: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="unpack on this directory's filesystem (default: the temporary"
+                             " directory's); e.g. a journaled ext4, to leave out the"
+                             " journal-less one's recently_deleted walk")
     options = parser.parse_args()
     root, source = rootfs()
     layout = build_image(root)
@@ -225,7 +229,10 @@ def main() -> None:
         print(f"the same layers with zstd -3: {sum(s[2] for s in zstd_specs) / 1e6:.0f} MB")
     else:
         print("zstd: not installed, zstd layers not measured (apt-get install zstd)")
-    work = Path(tempfile.mkdtemp(prefix="contained-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="contained-bench-", dir=options.dir))
+    where = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", str(work)],
+                           capture_output=True, text=True).stdout.split()
+    print(f"unpacking in {work.parent}, on {' '.join(where) or 'an unknown filesystem'}")
     results: dict[str, list[float]] = {}
     try:
         counter = iter(range(10**6))
