@@ -271,6 +271,20 @@ def test_kill_sends_the_kill_marker_and_the_result_still_follows(fake, tmp_path)
     assert execution.wait(settle=True).status == EXIT_KILLED
 
 
+def test_a_result_read_with_started_is_kept_when_the_runner_then_closes(tmp_path):
+    """A fast command (`exec -t CTR sh -c 'tty; stty size'` on a loaded machine): Started and
+    Exit are read at once by `wait_started`, the runner closes its end, and the relay's next
+    `poll` reads that end of file. The command's exit stays the result: not "the runner
+    stopped without a result", which for an exec says 137 "killed: container stopped"."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    execution = client.Execution(client.Request(ours), a_spec(tmp_path, persistent=True))
+    theirs.sendall(wire.encode(wire.Started(pid=5)) + wire.encode(wire.Exit(0)))
+    theirs.close()
+    execution.wait_started()
+    result = execution.poll()
+    assert result is not None and (result.status, result.message) == (0, None)
+
+
 def test_a_runner_that_dies_without_a_result_is_runner_died_and_its_files_go(fake, tmp_path):
     directory = tmp_path / "c"
     (directory / "upper").mkdir(parents=True)

@@ -262,6 +262,9 @@ class Request:
 
     def poll(self):
         """Read what is available without blocking; the final message once there is one."""
+        if self.result is not None:  # read already, e.g. with Started by `wait_started`
+            self.close()
+            return self.result
         self._sock.setblocking(False)
         try:
             self._read()
@@ -334,8 +337,11 @@ class Request:
             else:
                 os.close(fd)
         if not chunk:
-            self.result = wire.Error(RUNNER_DIED, "the runner stopped without a result; run "
-                                     "`contained gc`")
+            # The end, after a result or without one. A fast command's Exit may have come in
+            # the same read as its Started: the runner's leaving after it is no death.
+            if self.result is None:
+                self.result = wire.Error(RUNNER_DIED, "the runner stopped without a result; "
+                                         "run `contained gc`")
             return
         for event in self._events.feed(chunk):
             if self.result is not None:
