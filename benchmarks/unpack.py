@@ -20,13 +20,15 @@ and our peak memory (ru_maxrss of a child process doing the cold unpack).
 Every run unpacks into a directory of its own, and all of them are removed at the end, not
 between runs. Where the time goes depends on the filesystem more than on the unpacker: on an
 ext4 without a journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``, as on this VM),
-creating a file first walks past every inode of its group freed in the last 30-35 s
-(``recently_deleted``, one buffer lookup each), so right after a previous run's ``rm -rf`` one
-``open(O_CREAT)`` took 570-650 µs here, against 6 µs on a tmpfs, and such lookups were 55% of
-our CPU. Removing each run's tree before the next would measure the benchmark's own deletions
-(4× the CPU after a few rounds, for tar and us alike), not what a user's first pull pays. Run
-it again no sooner than a minute after the last run's removal, for the same reason. It needs
-about 1.5 GB of free space per run (`--runs`).
+creating a file first walks past every recently freed inode of its group
+(``recently_deleted``, one buffer lookup each; the kernel's window is 30-35 s, yet here 2,000
+creates still took 330 ms instead of ~25 ms 150-240 s after 50,000 files were deleted), so
+right after a previous run's ``rm -rf`` one ``open(O_CREAT)`` took 570-650 µs here, against
+6 µs on a tmpfs, and such lookups were 55% of our CPU. Removing each run's tree before the
+next would measure the benchmark's own deletions (4× the CPU after a few rounds, for tar and
+us alike), not what a user's first pull pays. Run it again no sooner than a few minutes after
+the last run's removal, for the same reason. It needs about 1.5 GB of free space per run
+(`--runs`).
 """
 
 import argparse
