@@ -285,7 +285,7 @@ def wait_as_spare(staging: Path, skeleton: Path, requests: socket.socket,
     requests.close()
     request, (stdin, stdout, stderr, _explain_fd, reply_fd) = received
     spec = ContainerSpec.from_json(request["spec"])
-    _adopt_skeleton(skeleton, Path(spec.directory))  # before the runner records anything there
+    adopt_skeleton(skeleton, Path(spec.directory))  # before the runner records anything there
     wire.send_request(link, request, [reply_fd])  # for its supervisor (`Prepared.on_link`)
     # The caller's stdin/stdout/stderr, which this PID 1 was forked too early to have.
     for target, fd in enumerate((stdin, stdout, stderr)):
@@ -318,7 +318,7 @@ def normal_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
-def _adopt_skeleton(skeleton: Path, directory: Path) -> None:
+def adopt_skeleton(skeleton: Path, directory: Path) -> None:
     """The spare's skeleton becomes the container's directory, by a rename. A named container
     has its directory already (its caller claimed the name there): then it keeps it, and the
     supervisor removes the skeleton afterwards."""

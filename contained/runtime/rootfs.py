@@ -212,12 +212,24 @@ def _mount_step(shell: str, why: str, root: Path, path: str, source: str, fstype
                                                    flags, data))
 
 
+# The kernel's filesystems every container gets, as (path, source, type, flags, data): the
+# steps below mount them, and a spare's C PID 1 from `spare_init.staging_ops`.
+_SECURE = MS_NOSUID | MS_NODEV | MS_NOEXEC
+PROC = ("/proc", "proc", "proc", _SECURE, None)
+SYSFS = ("/sys", "sysfs", "sysfs", _SECURE | MS_RDONLY, None)
+DEV = ("/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME, "mode=755,size=65536k")
+DEVPTS = ("/dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+          "newinstance,ptmxmode=0666,mode=0620")
+SHM = ("/dev/shm", "shm", "tmpfs", _SECURE, "mode=1777,size=65536k")
+DEV_LINKS = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
+             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
+
+
 def _proc_sys_steps(root: Path, host_sys: bool = False) -> list[Step]:
-    secure = MS_NOSUID | MS_NODEV | MS_NOEXEC
     steps = [
         _mount_step(f"mount -t proc -o nosuid,nodev,noexec proc {root}/proc",
                     "ps and top read /proc; this one shows only the new PID namespace",
-                    root, "/proc", "proc", "proc", secure),
+                    root, *PROC),
         Step(f"mount --rbind /sys {root}/sys && mount -o remount,bind,ro,nosuid,nodev,noexec "
              f"{root}/sys  # and every mount below it",
              "rootless --net host: only the owner of a network namespace may mount sysfs, so "
@@ -225,7 +237,7 @@ def _proc_sys_steps(root: Path, host_sys: bool = False) -> list[Step]:
              lambda: _bind_host_sys(root)) if host_sys else
         _mount_step(f"mount -t sysfs -o ro,nosuid,nodev,noexec sysfs {root}/sys",
                     "programs expect /sys; read-only so the host's devices can't be changed",
-                    root, "/sys", "sysfs", "sysfs", secure | MS_RDONLY),
+                    root, *SYSFS),
     ]
     masked = " ".join(MASKED_PATHS)
     readonly = " ".join(READONLY_PATHS)
@@ -262,21 +274,17 @@ def _make_readonly(root: Path, path: str) -> None:
 def _dev_steps(root: Path) -> list[Step]:
     steps = [_mount_step(f"mount -t tmpfs -o nosuid,nodev,mode=755,size=65536k tmpfs {root}/dev",
                          "a fresh /dev instead of the image's (empty) one or the host's; nodev: "
-                         "only the devices bound in below open",
-                         root, "/dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_STRICTATIME,
-                         "mode=755,size=65536k")]
+                         "only the devices bound in below open", root, *DEV)]
     names = " ".join(DEVICES)
     steps += [
         Step(f"for d in {names}; do touch {root}/dev/$d; mount --bind /dev/$d {root}/dev/$d; "
              "done", "the devices every program expects, bound from the host's",
              lambda: [_bind_device(root, name) for name in DEVICES]),
         _mount_step(f"mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts {root}/dev/pts",
-                    "a private set of pseudo-terminals", root, "/dev/pts", "devpts", "devpts",
-                    MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+                    "a private set of pseudo-terminals", root, *DEVPTS),
         _mount_step(f"mount -t tmpfs -o nosuid,nodev,noexec,mode=1777,size=65536k shm "
                     f"{root}/dev/shm", "POSIX shared memory, private to the container",
-                    root, "/dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                    "mode=1777,size=65536k"),
+                    root, *SHM),
         Step(f"ln -s pts/ptmx {root}/dev/ptmx && ln -s /proc/self/fd {root}/dev/fd",
              "the usual /dev links", lambda: _dev_links(root)),
     ]
@@ -291,9 +299,7 @@ def _bind_device(root: Path, name: str) -> None:
 def _dev_links(root: Path) -> None:
     # /dev is our tmpfs, but where it is mounted depends on the image (its /dev may be a
     # symlink): resolved inside the root, like the mount was, never as root / "dev".
-    links = {"ptmx": "pts/ptmx", "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0",
-             "stdout": "/proc/self/fd/1", "stderr": "/proc/self/fd/2"}
-    for name, target in links.items():
+    for name, target in DEV_LINKS.items():
         safepath.symlink_in_root(root, f"/dev/{name}", target)
 
 

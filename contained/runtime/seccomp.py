@@ -369,6 +369,14 @@ def step(setting: str, capabilities=DOCKER_DEFAULT_CAPABILITIES) -> Step:
     return Step(f"# seccomp: {built.summary()}", why, built.load)
 
 
+def program_for(setting: str) -> bytes:
+    """The compiled filter `step` would load (empty: unconfined), for a PID 1 that loads it
+    itself (a spare's C init, `contained.runtime.spare_init`); errors as `step` words them."""
+    if setting == UNCONFINED:
+        return b""
+    return _filter_for(setting, DOCKER_DEFAULT_CAPABILITIES).program
+
+
 def _filter_for(setting: str, capabilities: tuple[str, ...]) -> Filter:
     if setting == DEFAULT and capabilities == DOCKER_DEFAULT_CAPABILITIES:
         return default_filter()  # built ahead of time, by the runner

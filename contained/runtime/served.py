@@ -80,10 +80,19 @@ def start(spec: ContainerSpec, args: list[str], env: list[str], working_dir: str
 def _payload(spec: ContainerSpec, pid: int, started: int | None, args: list[str],
              env: list[str], working_dir: str, user: str, detached: bool) -> bytes:
     """tiny_init.c's request: the user resolved in the container, the environment built."""
-    uid, gid, groups, home = _resolve_user(spec, pid, started, user)
+    identity = _resolve_user(spec, pid, started, user)
+    return encode_request(identity, env, args, working_dir, detached,
+                          process.setgroups_allowed(pid))  # PID 1's user namespace
+
+
+def encode_request(identity: tuple, env: list[str], args: list[str], working_dir: str,
+                   detached: bool, setgroups: bool = True) -> bytes:
+    """tiny_init.c's request for `identity` (`process.resolve_user`'s answer), the image's
+    `env`, the command and its working directory: NUL-terminated fields."""
+    uid, gid, groups, home = identity
     environment = process.build_environment(env, [], home=home)
     switch = (uid, gid) != (0, 0)  # PID 1 is the container's root, as `enter` would be
-    if not switch or not process.setgroups_allowed(pid):  # PID 1's user namespace
+    if not switch or not setgroups:
         groups = None
     fields = [int(switch), uid, gid, -1 if groups is None else len(groups), *(groups or ()),
               int(detached), working_dir, len(args), *args, *environment]

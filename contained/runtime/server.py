@@ -19,7 +19,7 @@ import signal
 import socket
 
 from contained import syscalls
-from contained.runtime import cgroups, process, runner, seccomp, wire
+from contained.runtime import cgroups, process, runner, seccomp, spare_init, wire
 from contained.runtime.pid1 import ROOTLESS
 from contained.runtime.spares import Prepared
 from contained.runtime.status import ContainerSetupFailed, describe
@@ -185,8 +185,19 @@ class Spares:
     def links(self) -> list[socket.socket]:
         return list(self.prepared)
 
+    def spares(self) -> list[Prepared]:
+        """Each spare once (one may have more than one socket watched)."""
+        return list({id(spare): spare for spare in self.prepared.values()}.values())
+
     def in_use(self) -> bool:
-        return any(spare.reply is not None for spare in self.prepared.values())
+        return any(spare.reply is not None for spare in self.spares())
+
+    def _watch(self, spare: Prepared) -> None:
+        """Watch exactly the spare's sockets (`Prepared.sockets`) from now on."""
+        for sock in [s for s, watched in self.prepared.items() if watched is spare]:
+            del self.prepared[sock]
+        for sock in spare.sockets():
+            self.prepared[sock] = spare
 
     def top_up(self) -> None:
         while self.wanted:
@@ -205,36 +216,46 @@ class Spares:
     def _make(self) -> socket.socket:
         if ROOTLESS:
             return _fork_spare(self)
+        kind = spare_init.CSpare if spare_init.usable() else Prepared
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            prepared = Prepared.make(
+            prepared = kind.make(
                 theirs, lambda keep=None: _forget_the_server(self.control, self, keep))
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        self.prepared[prepared.link] = prepared
+        # A request a C PID 1 cannot serve gets a runner of its own, as any other request.
+        prepared.handled_elsewhere = lambda request, fds: _fork_for(request, fds,
+                                                                    self.control, self)
+        self._watch(prepared)
         self.children.watched.add(prepared.pid)
         return ours
 
-    def on_link(self, link) -> None:
-        """PID 1 said something on its link (or left): one step of its supervision."""
-        spare = self.prepared.get(link)
-        if spare is not None and spare.on_link(self.children.status):
-            del self.prepared[link]
+    def on_link(self, sock) -> None:
+        """A spare's socket is readable (its PID 1 said something, or left; or, for a C
+        spare, the request came): one step of its supervision."""
+        spare = self.prepared.get(sock)
+        if spare is None:
+            return
+        if spare.on_readable(sock, self.children.status):
+            for watched in [s for s, which in self.prepared.items() if which is spare]:
+                del self.prepared[watched]
+        else:
+            self._watch(spare)  # a C spare stops watching its request socket once used
 
     def discard_unused(self) -> None:
-        for link, spare in list(self.prepared.items()):
+        for spare in self.spares():
             if spare.reply is None:
                 spare.discard(self.children.status)
-                del self.prepared[link]
+                for sock in spare.sockets():
+                    self.prepared.pop(sock, None)
+                    sock.close()
 
     def close_in_child(self, keep=None) -> None:
-        for spare in self.prepared.values():
-            spare.link.close()
-            if spare.reply is not None and spare.reply is not keep:
-                spare.reply.close()
+        for spare in self.spares():
+            spare.close_in_child(keep)
 
 
 def _fork_spare(spares: Spares) -> socket.socket:

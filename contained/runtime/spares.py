@@ -10,6 +10,10 @@ equivalent; ``ls -d $CONTAINED_HOME/containers/.spare-*`` shows the directories 
 Made ahead: the cgroup (PID 1 born in it: moving a process into a cgroup waits for an RCU
 grace period, 5-20 ms), the directory, PID 1's namespaces, /proc, /sys and /dev in a staging
 tmpfs (moved into the root later), and a rehearsal that warms up the forked Python.
+
+This module's `Prepared` is a spare whose PID 1 is a fork of the server, in Python. As root,
+with the tiny init compiled, the server's spares are `contained.runtime.spare_init.CSpare`s
+instead: the same supervision, with a PID 1 that executes the C init at once.
 """
 
 import itertools
@@ -47,6 +51,8 @@ class Prepared:
     can supervise many in its loop.
     """
 
+    LINK_TYPE = socket.SOCK_STREAM  # PID 1's link to its supervisor
+
     def __init__(self, group, pid: int, link: socket.socket, skeleton: Path):
         self.group, self.pid, self.link = group, pid, link
         self.skeleton = skeleton
@@ -67,7 +73,7 @@ class Prepared:
             group, cgroup_steps = cgroups.Cgroup.plan(
                 name, cgroups.Limits(), extra_devices=steps.device_rules(rootless=False))
         skeleton = None
-        link, link_init = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        link, link_init = socket.socketpair(socket.AF_UNIX, cls.LINK_TYPE)
         try:
             run_steps(cgroup_steps)
             staging = steps.staging_directory()
@@ -75,22 +81,10 @@ class Prepared:
             _make_skeleton(skeleton)
             if ROOTLESS:
                 steps.enter_user_namespace(os.geteuid(), os.getegid())
-
-            def spare_pid_one():
-                if forget is not None:
-                    forget()
-                if not ROOTLESS:
-                    # Getting ready must not slow down the container that runs meanwhile:
-                    # nice until a request comes (`pid1.normal_priority`). Only root may go
-                    # back, so a rootless spare keeps the normal priority throughout.
-                    os.setpriority(os.PRIO_PROCESS, 0, SPARE_NICENESS)
-                link.close()
-                syscalls.close_fds_except((requests.fileno(), link_init.fileno()))
-                pid1.wait_as_spare(staging, skeleton, requests, link_init, group)
-
+            pid_one = cls._pid_one(requests, link_init, staging, skeleton, group, forget)
             # Born in its group (`cgroups.born`): moving it there would wait for an RCU grace
             # period, 5-20 ms, which the server would spend blocked.
-            pid = pid1.fork_pid_one(ROOTLESS, spare_pid_one, group.entry())
+            pid = pid1.fork_pid_one(ROOTLESS, pid_one, group.entry())
         except BaseException:
             link.close()  # the server lives on: nothing of a failed spare stays open
             link_init.close()
@@ -102,12 +96,47 @@ class Prepared:
         prepared = cls(group, pid, link, skeleton)
         prepared.forget = forget
         try:
-            # PID 1 starts no command before it is in the cgroup: it is, from birth
-            wire.send_marker(link, wire.Marker.IN_CGROUP)
+            prepared._after_fork(requests)
         except BaseException:
             prepared.discard(_wait_status)
             raise
         return prepared
+
+    @classmethod
+    def _pid_one(cls, requests, link_init, staging, skeleton, group, forget):
+        """What the forked PID 1 runs: here, the Python spare (`pid1.wait_as_spare`)."""
+
+        def spare_pid_one():
+            if forget is not None:
+                forget()
+            if not ROOTLESS:
+                # Getting ready must not slow down the container that runs meanwhile: nice
+                # until a request comes (`pid1.normal_priority`). Only root may go back, so a
+                # rootless spare keeps the normal priority throughout.
+                os.setpriority(os.PRIO_PROCESS, 0, SPARE_NICENESS)
+            syscalls.close_fds_except((requests.fileno(), link_init.fileno()))
+            pid1.wait_as_spare(staging, skeleton, requests, link_init, group)
+
+        return spare_pid_one
+
+    def _after_fork(self, requests: socket.socket) -> None:
+        # PID 1 starts no command before it is in the cgroup: it is, from birth
+        wire.send_marker(self.link, wire.Marker.IN_CGROUP)
+
+    def sockets(self) -> list[socket.socket]:
+        """What the server watches for this spare: its link."""
+        return [self.link]
+
+    def on_readable(self, sock: socket.socket, status_of) -> bool:
+        """`sock` (one of `sockets`) is readable: `on_link`."""
+        return self.on_link(status_of)
+
+    def close_in_child(self, keep=None) -> None:
+        """In a child the server forked: none of this spare's sockets but `keep`."""
+        for sock in self.sockets():
+            sock.close()
+        if self.reply is not None and self.reply is not keep:
+            self.reply.close()
 
     def supervise(self) -> int:
         """In a rootless spare's own process: stay beside PID 1 until its container has ended,
@@ -153,9 +182,9 @@ class Prepared:
         """PID 1 has closed `link`, so it is exiting: reap it, report its end unless it did,
         tear the container down, say `Cleaned`."""
         status = self._reap(status_of)
-        if self.said != wire.Marker.REPORTED.value:  # killed: its status and the cgroup tell
-            _tell(self.reply, wire.Exit.of(exit_code(status), self.group.oom_kills(),
-                                           self.spec.memory))
+        final = self._final_event(status)
+        if final is not None:
+            _tell(self.reply, final)
         if self.forget is None or not self.spec.remove or _has_at_most(
                 Path(self.spec.directory) / "upper", INLINE_REMOVAL_ENTRIES):
             self._tear_down()
@@ -171,6 +200,13 @@ class Prepared:
             finally:
                 os._exit(code)
         self.reply.close()
+
+    def _final_event(self, status: int):
+        """What the caller hears from the supervisor once PID 1 has gone: nothing if PID 1
+        reported itself; if it was killed, its status and the cgroup tell."""
+        if self.said == wire.Marker.REPORTED.value:
+            return None
+        return wire.Exit.of(exit_code(status), self.group.oom_kills(), self.spec.memory)
 
     def _reap(self, status_of) -> int:
         """Kill PID 1 (if it has not left, it must) and reap it (`status_of`): once only, since

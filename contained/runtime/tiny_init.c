@@ -1,5 +1,6 @@
 /*
- * contained's PID 1 for a named container, once the container is set up (notebook 06).
+ * contained's PID 1 for a named container, once the container is set up (notebook 06); and,
+ * with --spare, a spare's PID 1 from birth (below, "A spare's PID 1").
  *
  * A named container keeps its PID 1 for as long as it lives: while it is idle, PID 1 is all it
  * costs. A copy of the runner's Python process costs ~15 MiB; this costs what podman's
@@ -42,11 +43,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -64,7 +74,7 @@
 extern char **environ;
 
 struct request {
-    int switch_user, detached, ngroups;
+    int switch_user, detached, ngroups, new_session;
     uid_t uid;
     gid_t gid;
     gid_t groups[MAX_GROUPS];
@@ -168,7 +178,8 @@ static void start_command(const struct request *r, int report)
 
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    setsid();  /* its own process group: the caller's kill reaches all of it */
+    if (r->new_session)
+        setsid();  /* its own process group: the caller's kill reaches all of it */
     for (int fd = 0; fd < 3; fd++)
         if (dup2(r->fds[fd], fd) < 0)
             refuse(report, "stdio", errno);
@@ -303,6 +314,7 @@ static void serve(int listener)
         close(conn);
         return;
     }
+    r.new_session = 1;
     if (nrunning == MAX_EXECS || parse(message, size, &r) != 0) {
         reply_refused(conn, nrunning == MAX_EXECS ? "busy" : "request", 0);
     } else if (pipe2(report, O_CLOEXEC) != 0 || (pid = fork()) < 0) {
@@ -365,6 +377,424 @@ static void caller_spoke(int i)
     }
 }
 
+/* ---- A spare's PID 1: this program from birth (contained/runtime/spare_init.py) ----
+ *
+ * Forked by the server into a new PID namespace and its cgroup, it executes this program at
+ * once, with the link to the server as descriptor 3 (a SOCK_SEQPACKET socket). Then:
+ *   1. the server sends the staging plan, which runs now, before anyone asks for a container:
+ *      NUL-terminated items, an operation's name followed by its arguments (`run_ops`);
+ *      PID 1 answers "ready", or "ahead INDEX ERRNO" and exits;
+ *   2. the server builds the container's root from outside, in this process's mount namespace
+ *      (setns), then sends the rest with the caller's stdin, stdout, stderr and reply socket:
+ *          hostname root host-pid capabilities last-capability seccomp-length request bpf
+ *      where request is an exec request (above) and bpf the seccomp program's raw bytes;
+ *   3. PID 1 switches root, takes the container's confinement, starts the command on the
+ *      caller's stdio (in its own session, as a shell's child is), says "started" to the
+ *      caller, forwards signals, and exits with the command's status, which the server reports
+ *      with the cgroup's OOM count. A failure is "STAGE ERRNO" on the link, which the server
+ *      words for the caller.
+ */
+#define LINK_FD 3
+#define KEYCTL_JOIN_SESSION_KEYRING 1
+
+struct go {
+    const char *hostname, *root;
+    long host_pid, last_cap, bpf_len;
+    unsigned long long caps;
+    const char *bpf;
+};
+
+static void tell_server(const char *stage, long index, int error)
+{
+    char line[64];
+    int n = index < 0 ? snprintf(line, sizeof line, "%s %d", stage, error)
+                      : snprintf(line, sizeof line, "%s-%ld %d", stage, index, error);
+
+    send(LINK_FD, line, n, MSG_NOSIGNAL);
+}
+
+static int loopback_up(void)
+{
+    struct ifreq request;
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), result, saved;
+
+    if (sock < 0)
+        return -1;
+    memset(&request, 0, sizeof request);
+    strcpy(request.ifr_name, "lo");
+    result = ioctl(sock, SIOCGIFFLAGS, &request);
+    if (result == 0) {
+        request.ifr_flags |= IFF_UP;
+        result = ioctl(sock, SIOCSIFFLAGS, &request);
+    }
+    saved = errno;
+    close(sock);
+    errno = saved;
+    return result;
+}
+
+/* runc's masked paths: an empty read-only tmpfs over a directory, /dev/null over a file */
+static int mask(const char *path)
+{
+    struct stat info;
+
+    if (stat(path, &info) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (S_ISDIR(info.st_mode))
+        return mount("tmpfs", path, "tmpfs", MS_RDONLY, NULL);
+    return mount("/dev/null", path, NULL, MS_BIND, NULL);
+}
+
+static int make_readonly(const char *path)
+{
+    struct stat info;
+
+    if (stat(path, &info) != 0)
+        return errno == ENOENT ? 0 : -1;
+    if (mount(path, path, NULL, MS_BIND | MS_REC, NULL) != 0)
+        return -1;
+    return mount(path, path, NULL,
+                 MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static int touch(const char *path, unsigned long mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, (mode_t)mode);
+
+    return fd < 0 ? -1 : close(fd);
+}
+
+static int number(const char *item, unsigned long long *value)
+{
+    char *rest;
+
+    errno = 0;
+    *value = strtoull(item, &rest, 0);
+    return errno || !*item || *rest ? -1 : 0;
+}
+
+static const char *or_null(const char *item)
+{
+    return *item ? item : NULL;
+}
+
+/* One operation of the staging plan; `a` holds its arguments (see spare_init.staging_plan). */
+static int run_op(const char *op, char **a)
+{
+    unsigned long long x, y;
+
+    if (!strcmp(op, "unshare"))
+        return number(a[0], &x) ? (errno = EINVAL, -1) : unshare((int)x);
+    if (!strcmp(op, "loopback"))
+        return loopback_up();
+    if (!strcmp(op, "mount"))
+        return number(a[3], &x) ? (errno = EINVAL, -1)
+             : mount(a[0], a[1], or_null(a[2]), (unsigned long)x, or_null(a[4]));
+    if (!strcmp(op, "mkdir"))
+        return number(a[1], &x) ? (errno = EINVAL, -1)
+             : (mkdir(a[0], (mode_t)x) == 0 || errno == EEXIST ? 0 : -1);
+    if (!strcmp(op, "mask"))
+        return mask(a[0]);
+    if (!strcmp(op, "readonly"))
+        return make_readonly(a[0]);
+    if (!strcmp(op, "touch"))
+        return number(a[1], &y) ? (errno = EINVAL, -1) : touch(a[0], (unsigned long)y);
+    if (!strcmp(op, "symlink"))
+        return symlink(a[0], a[1]);
+    errno = EINVAL;
+    return -1;
+}
+
+static int arity(const char *op)
+{
+    static const struct { const char *name; int count; } ops[] = {
+        {"unshare", 1}, {"loopback", 0}, {"mount", 5}, {"mkdir", 2}, {"mask", 1},
+        {"readonly", 1}, {"touch", 2}, {"symlink", 2},
+    };
+
+    for (size_t i = 0; i < sizeof ops / sizeof *ops; i++)
+        if (!strcmp(op, ops[i].name))
+            return ops[i].count;
+    return -1;
+}
+
+/* The staging plan, in order; the index of the operation that failed in `failed`. */
+static int run_ops(char *data, size_t size, long *failed)
+{
+    char *cursor = data, *end = data + size, *args[5];
+
+    for (*failed = 0; cursor < end; (*failed)++) {
+        char *op = next_item(&cursor, end);
+        int count = op ? arity(op) : -1;
+
+        if (count < 0) {
+            errno = EINVAL;
+            return -1;
+        }
+        for (int i = 0; i < count; i++)
+            if (!(args[i] = next_item(&cursor, end))) {
+                errno = EINVAL;
+                return -1;
+            }
+        if (run_op(op, args) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_go(char *data, size_t size, struct go *g, struct request *r)
+{
+    char *cursor = data, *end = data + size;
+    long value;
+
+    if (!(g->hostname = next_item(&cursor, end)) || !(g->root = next_item(&cursor, end)))
+        return -1;
+    if (next_number(&cursor, end, 1, 0x7fffffff, &g->host_pid))
+        return -1;
+    char *caps = next_item(&cursor, end);
+    if (!caps || number(caps, &g->caps))
+        return -1;
+    if (next_number(&cursor, end, 0, 63, &g->last_cap)
+            || next_number(&cursor, end, 0, 8 * 4096, &value) || value % 8
+            || value > end - cursor)
+        return -1;
+    g->bpf_len = value;
+    g->bpf = end - value;
+    return parse(cursor, end - value - cursor, r);
+}
+
+static int capset3(unsigned long long effective, unsigned long long permitted)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2] = {
+        {(__u32)effective, (__u32)permitted, 0},
+        {(__u32)(effective >> 32), (__u32)(permitted >> 32), 0},
+    };
+
+    return syscall(SYS_capset, &header, data);
+}
+
+/* As contained.runtime.process.drop_capabilities: the bounding set loses all but `wanted`,
+ * the ambient and inheritable sets are emptied, effective and permitted become `wanted`. */
+static int drop_capabilities(unsigned long long wanted, long last)
+{
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    unsigned long long permitted;
+
+    if (syscall(SYS_capget, &header, data) != 0)
+        return -1;
+    permitted = data[0].permitted | (unsigned long long)data[1].permitted << 32;
+    if (capset3(permitted, permitted) != 0)
+        return -1;
+    for (long n = 0; n <= last; n++)
+        if (!(wanted >> n & 1) && prctl(PR_CAPBSET_DROP, n, 0, 0, 0) != 0)
+            return -1;
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0)
+        return -1;
+    wanted = geteuid() == 0 ? wanted & permitted : 0;
+    return capset3(wanted, wanted);
+}
+
+/* The plan's inside phase from the switch of roots on (steps.inside_steps): `stage` says
+ * which step failed. */
+static int become(const struct go *g, const char **stage)
+{
+    int old;
+
+    *stage = "hostname";
+    if (sethostname(g->hostname, strlen(g->hostname)) != 0)
+        return -1;
+    /* runc's pivot_root(".", "."): the old root ends up stacked on the new one, unmounted */
+    *stage = "pivot_root";
+    if ((old = open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC)) < 0 || chdir(g->root) != 0
+            || syscall(SYS_pivot_root, ".", ".") != 0 || fchdir(old) != 0
+            || mount("none", ".", NULL, MS_SLAVE | MS_REC, NULL) != 0
+            || umount2(".", MNT_DETACH) != 0 || close(old) != 0 || chdir("/") != 0)
+        return -1;
+    *stage = "cgroupns";
+    if (unshare(CLONE_NEWCGROUP) != 0)
+        return -1;
+    *stage = "keyring";
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0 && errno != ENOSYS)
+        return -1;
+    *stage = "capabilities";
+    if (drop_capabilities(g->caps, g->last_cap) != 0)
+        return -1;
+    *stage = "no_new_privs";
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return -1;
+    if (g->bpf_len) {
+        struct sock_fprog program = {(unsigned short)(g->bpf_len / 8),
+                                     (struct sock_filter *)g->bpf};
+
+        *stage = "seccomp";
+        if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Receive one message with exactly `want` descriptors (close-on-exec) into `message`. */
+static ssize_t receive_with_fds(int conn, int *fds, int want)
+{
+    char control[CMSG_SPACE(8 * sizeof(int))];
+    struct iovec data = {message, sizeof message};
+    struct msghdr header = {.msg_iov = &data, .msg_iovlen = 1,
+                            .msg_control = control, .msg_controllen = sizeof control};
+    ssize_t got = recvmsg(conn, &header, MSG_CMSG_CLOEXEC);
+    int nfds = 0;
+
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&header); got >= 0 && c; c = CMSG_NXTHDR(&header, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int *received = (int *)CMSG_DATA(c);
+        int count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (int i = 0; i < count; i++) {
+            if (nfds < want)
+                fds[nfds] = received[i];
+            else
+                close(received[i]);
+            nfds++;
+        }
+    }
+    if (got > 0 && nfds == want && !(header.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+        return got;
+    for (int i = 0; i < nfds && i < want; i++)
+        close(fds[i]);
+    return -1;
+}
+
+/* Fork the command (start_command); -1 with the failure told to the server. */
+static pid_t start(struct request *r)
+{
+    int report[2];
+    char failure[48];
+    struct pollfd started;
+    pid_t pid;
+    ssize_t n;
+
+    if (pipe2(report, O_CLOEXEC) != 0 || (pid = fork()) < 0) {
+        tell_server("fork", -1, errno);
+        return -1;
+    }
+    if (pid == 0) {
+        close(report[0]);
+        start_command(r, report[1]);
+    }
+    close(report[1]);
+    started = (struct pollfd){report[0], POLLIN, 0};
+    if (poll(&started, 1, START_TIMEOUT_MS) == 1) {
+        n = read(report[0], failure, sizeof failure - 1);
+    } else {
+        kill(pid, SIGKILL);
+        n = snprintf(failure, sizeof failure, "start %d", ETIMEDOUT);
+    }
+    close(report[0]);
+    if (n <= 0)
+        return pid;
+    failure[n] = '\0';
+    send(LINK_FD, failure, n, MSG_NOSIGNAL);  /* "STAGE ERRNO", as start_command wrote it */
+    return -1;
+}
+
+/* What contained.runtime.init.reap_until does for a throwaway container's PID 1: forward
+ * signals to the command, SIGKILL it when the caller says so or goes, and leave with its
+ * status once it has ended (the kernel then kills whatever else is left). */
+static void wait_for(pid_t command, int reply, int signals)
+{
+    static const int forwarded[] = {SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+
+    for (;;) {
+        struct pollfd watched[2] = {{signals, POLLIN, 0}, {reply, POLLIN, 0}};
+        struct signalfd_siginfo info;
+        int status;
+        pid_t pid;
+
+        if (poll(watched, reply >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+            _exit(EXIT_FAILURE);
+        while (read(signals, &info, sizeof info) == sizeof info) {
+            for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+                if ((int)info.ssi_signo == forwarded[i])
+                    kill(command, info.ssi_signo);
+            if (info.ssi_signo == SIGINT)  /* as the Python PID 1: the container ends */
+                _exit(128 + SIGINT);
+        }
+        if (reply >= 0 && watched[1].revents) {  /* the KILL marker, or the caller has gone */
+            char byte[64];
+            ssize_t n = recv(reply, byte, sizeof byte, MSG_DONTWAIT);
+
+            if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
+                kill(command, SIGKILL);
+                close(reply);
+                reply = -1;
+            }
+        }
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            if (pid == command)
+                _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+    }
+}
+
+static void spare(void)
+{
+    static struct request r;
+    static const int handled[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
+                                  SIGWINCH};
+    struct go g;
+    int fds[4], signals;
+    const char *stage;
+    sigset_t mask;
+    ssize_t size;
+    long failed;
+    pid_t command;
+    char line[64];
+
+    fcntl(LINK_FD, F_SETFD, FD_CLOEXEC);
+    /* What the server ignores (SIGINT, SIGPIPE) must not stay ignored in the command. */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    size = recv(LINK_FD, message, sizeof message, 0);
+    if (size <= 0)
+        _exit(0);
+    if (run_ops(message, size, &failed) != 0) {
+        tell_server("ahead", failed, errno);
+        _exit(EXIT_FAILURE);
+    }
+    if (send(LINK_FD, "ready", 5, MSG_NOSIGNAL) != 5)
+        _exit(0);
+    size = receive_with_fds(LINK_FD, fds, 4);
+    if (size < 0)
+        _exit(0);  /* the server has let this spare go unused */
+    setpriority(PRIO_PROCESS, 0, 0);  /* as niced while it waited; the command inherits it */
+    if (parse_go(message, size, &g, &r) != 0) {
+        tell_server("request", -1, 0);
+        _exit(EXIT_FAILURE);
+    }
+    if (become(&g, &stage) != 0) {
+        tell_server(stage, -1, errno);
+        _exit(EXIT_FAILURE);
+    }
+    sigemptyset(&mask);
+    for (size_t i = 0; i < sizeof handled / sizeof *handled; i++)
+        sigaddset(&mask, handled[i]);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    signals = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    memcpy(r.fds, fds, sizeof r.fds);
+    r.new_session = 0;
+    r.detached = 0;
+    if (signals < 0 || (command = start(&r)) < 0) {
+        if (signals < 0)
+            tell_server("signalfd", -1, errno);
+        _exit(EXIT_FAILURE);
+    }
+    for (int i = 0; i < 3; i++)  /* the command has them: PID 1 holds none of the caller's */
+        close(fds[i]);
+    snprintf(line, sizeof line, "{\"event\": \"started\", \"pid\": %ld}\n", g.host_pid);
+    send(fds[3], line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
+    wait_for(command, fds[3], signals);
+}
+
 int main(int argc, char **argv)
 {
     struct pollfd watched[MAX_EXECS + 2];
@@ -373,6 +803,10 @@ int main(int argc, char **argv)
     int signals;
 
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (argc > 1 && strcmp(argv[1], "--spare") == 0) {
+        prctl(PR_SET_NAME, "contained-init", 0, 0, 0);
+        spare();  /* never returns */
+    }
     close(SEALED_FD);  /* tells the runner: sealed, commands may come in now */
     prctl(PR_SET_NAME, "contained-init", 0, 0, 0);
     /* Every signal is read from a signalfd: no handler runs, none is lost. SIGCHLD must not

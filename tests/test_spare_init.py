@@ -1,0 +1,142 @@
+"""A spare's PID 1 is the tiny C init from birth, and gives the container the Python one gave.
+
+`contained.runtime.spare_init`: the runner helper (a kernel's) builds a spare's root from
+outside, in PID 1's mount namespace, and PID 1 (tiny_init.c, ``--spare``) does the plan's last
+steps. Each test runs a command twice through one helper: the first run makes the helper hand
+over a spare, the second takes it (its PID 1's command line says so). The same probe through
+`contained run` (the CLI's in-process runner, whose PID 1 is Python) must print the same:
+capabilities, no_new_privs, seccomp, ids, /dev, the mounts, stdio, sessions (root only).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_root
+
+from contained.errors import ContainedError
+from contained.runtime import container, spare_init
+
+pytestmark = needs_root
+
+VENV_CONTAINED = Path(sys.executable).parent / "contained"
+C_PID_ONE = "contained-init --spare"
+
+# Everything a container's command can see of how it was set up; the hostname is random and
+# the overlay's options name the container's own directories, so neither is compared, and
+# a spare's root has its /proc, /sys and /dev from before the overlay: the order of mounts
+# differs from a root built in place.
+PROBE = r"""
+tr '\0' ' ' < /proc/1/cmdline; echo
+grep -E '^(Cap|NoNewPrivs|Seccomp|Uid|Gid|Groups)' /proc/self/status
+id; umask; pwd; hostname | wc -c; cat /proc/self/cgroup
+ls -la /dev /dev/pts /dev/shm | awk '{print $1, $3, $4, $NF}'
+awk '{ if ($3 == "overlay") print $1, $2, $3; else print $1, $2, $3, $4 }' /proc/mounts | sort
+env | grep -v '^HOSTNAME=' | sort
+ls /proc/self/fd
+cut -d' ' -f5,6 /proc/self/stat
+cat /proc/1/environ 2>&1 | head -c 100; echo
+(exec 3<>/proc/1/mem) 2>/dev/null && echo opened-mem
+readlink /proc/1/fd/3 && echo named-fd
+true
+"""
+
+
+@pytest.fixture(scope="module")
+def helper(busybox_home):
+    if not spare_init.usable():
+        pytest.skip("the tiny init is not compiled here (needs gcc and libc6-dev)")
+    runner = container.Runner()
+    yield runner
+    runner.close()
+
+
+def on_a_spare(helper, command: list[str], **options) -> tuple[container.RunResult, str]:
+    """`command` run twice through `helper`; the second run's result and output."""
+    for _ in range(2):
+        with tempfile.TemporaryFile() as out, open(os.devnull, "rb") as null:
+            result = container.run("busybox", command, runner_=helper, stdin=null,
+                                   stdout=out.fileno(), stderr=out.fileno(), settle=True,
+                                   **options)
+            out.seek(0)
+            text = out.read().decode()
+    return result, text
+
+
+def through_the_cli(home: Path, *argv) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ["PATH"], "CONTAINED_HOME": str(home),
+           "CONTAINED_CGROUP_PARENT": os.environ["CONTAINED_CGROUP_PARENT"]}
+    return subprocess.run([str(VENV_CONTAINED), "run", "--rm", *argv], env=env, text=True,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+
+
+def test_a_spares_c_pid_one_sets_up_the_container_the_python_one_does(helper, busybox_home):
+    result, spared = on_a_spare(helper, ["sh", "-c", PROBE])
+    cli = through_the_cli(busybox_home, "busybox", "sh", "-c", PROBE)
+    assert result.status == 0 and cli.returncode == 0, (spared, cli.stderr)
+    first, _, spared_rest = spared.partition("\n")
+    python_first, _, cli_rest = cli.stdout.partition("\n")
+    assert first.strip() == C_PID_ONE and python_first.strip() != C_PID_ONE
+    assert spared_rest == cli_rest
+    # and what that is: Docker's capabilities, no_new_privs, the filter, nothing of PID 1's
+    assert "CapEff:\t00000000a80425fb" in spared_rest
+    assert "NoNewPrivs:\t1" in spared_rest and "Seccomp:\t2" in spared_rest
+    assert "opened-mem" not in spared_rest and "named-fd" not in spared_rest
+
+
+def test_a_spares_c_pid_one_runs_a_user_of_the_image_without_capabilities(helper):
+    result, out = on_a_spare(helper, ["sh", "-c", "id; grep CapEff /proc/self/status"],
+                             user="nobody")
+    assert result.status == 0, out
+    assert "uid=65534(nobody)" in out and "CapEff:\t0000000000000000" in out, out
+
+
+def test_a_spares_c_pid_one_passes_on_the_status_and_the_words_of_a_failed_start(helper):
+    result, _ = on_a_spare(helper, ["sh", "-c", "exit 42"])
+    assert result.status == 42
+    with pytest.raises(ContainedError) as missing:
+        on_a_spare(helper, ["no-such-command"])
+    assert missing.value.exit_status == 127
+    assert "no-such-command" in str(missing.value) and "PATH" in str(missing.value)
+    with pytest.raises(ContainedError) as directory:
+        on_a_spare(helper, ["/etc"])
+    assert directory.value.exit_status == 126
+
+
+def test_a_spares_c_pid_one_forwards_sigterm_to_the_command(helper):
+    script = "trap 'echo got-term; exit 7' TERM; echo ready; sleep 30 & wait"
+    on_a_spare(helper, ["true"])  # a spare is ready for the next one
+    with tempfile.TemporaryFile() as out, open(os.devnull, "rb") as null:
+        execution = container.start("busybox", ["sh", "-c", script], runner_=helper,
+                                    stdin=null, stdout=out.fileno(), stderr=out.fileno())
+        execution.wait_started()
+        pid_one = execution.request.started.pid
+        assert Path(f"/proc/{pid_one}/cmdline").read_bytes().startswith(b"contained-init\0")
+        deadline = time.monotonic() + 10
+        while b"ready" not in (out.seek(0) or out.read()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(pid_one, signal.SIGTERM)
+        result = execution.wait(settle=True)
+        out.seek(0)
+        assert result.status == 7 and b"got-term" in out.read()
+
+
+def test_a_root_that_cannot_be_built_is_refused_and_the_runner_stays_in_its_mounts(
+        helper, busybox_home, tmp_path):
+    """The runner builds the root inside PID 1's mount namespace: an error there (a volume
+    that would land in /proc) reaches the caller, and the runner is back in its own mounts,
+    with nothing mounted on the host, and runs the next container."""
+    with pytest.raises(ContainedError) as refused:
+        on_a_spare(helper, ["true"], volumes=[f"{tmp_path}:/proc/sys:ro"])
+    assert "/proc" in str(refused.value)
+    server = helper._process.pid
+    assert os.readlink(f"/proc/{server}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    assert os.readlink(f"/proc/{server}/cwd") == "/"
+    assert str(busybox_home) not in Path("/proc/self/mountinfo").read_text()
+    result, out = on_a_spare(helper, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"])
+    assert result.status == 0 and out.strip() == C_PID_ONE
