@@ -43,6 +43,9 @@ cut -d' ' -f5,6 /proc/self/stat
 cat /proc/1/environ 2>&1 | head -c 100; echo
 (exec 3<>/proc/1/mem) 2>/dev/null && echo opened-mem
 readlink /proc/1/fd/3 && echo named-fd
+readlink /proc/1/exe && echo named-exe
+cat /proc/1/exe > /dev/null 2>&1 && echo read-exe
+kill -INT 1; sleep 0.1; echo still-here
 true
 """
 
@@ -86,7 +89,9 @@ def test_a_spares_c_pid_one_sets_up_the_container_the_python_one_does(helper, bu
     # and what that is: Docker's capabilities, no_new_privs, the filter, nothing of PID 1's
     assert "CapEff:\t00000000a80425fb" in spared_rest
     assert "NoNewPrivs:\t1" in spared_rest and "Seccomp:\t2" in spared_rest
-    assert "opened-mem" not in spared_rest and "named-fd" not in spared_rest
+    for attack in ("opened-mem", "named-fd", "named-exe", "read-exe"):
+        assert attack not in spared_rest
+    assert "still-here" in spared_rest  # a signal from inside does not end the container
 
 
 def test_a_spares_c_pid_one_runs_a_user_of_the_image_without_capabilities(helper):
@@ -140,3 +145,13 @@ def test_a_root_that_cannot_be_built_is_refused_and_the_runner_stays_in_its_moun
     assert str(busybox_home) not in Path("/proc/self/mountinfo").read_text()
     result, out = on_a_spare(helper, ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline"])
     assert result.status == 0 and out.strip() == C_PID_ONE
+
+
+def test_a_spares_c_pid_one_reports_an_oom_kill_as_such(helper):
+    """PID 1 reads the cgroup's OOM count (a file the runner opened for it) before it tells
+    the caller the command's end."""
+    result, _ = on_a_spare(helper, ["sh", "-c", "x=$(head -c 67108864 /dev/zero | tr '\\0' a)"],
+                           memory="16M")
+    assert (result.status, result.oom) == (137, True)
+    assert result.message == "killed: out of memory, limit 16M"
+

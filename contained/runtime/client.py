@@ -42,6 +42,9 @@ class RunResult:
 
 
 RUNNER_ENVIRONMENT = ("PATH", "LANG")
+# How long a request waits for a spare the runner owes (seconds): a bound for a runner that
+# is stuck, since one that works hands it over in a few milliseconds or says it has none.
+SPARE_WAIT = 1.0
 
 
 def runner_environment() -> dict[str, str]:
@@ -98,6 +101,7 @@ class Runner:
         self._control: socket.socket | None = None
         self._process = None  # the helper's subprocess.Popen, once started
         self._spares: list[socket.socket] = []
+        self._owed = 0  # spares asked for ("want-spare") and not yet handed over
         self._ahead = ahead  # an `ahead.Worker`, until it has the first request
 
     @classmethod
@@ -119,15 +123,28 @@ class Runner:
         return self.in_process or (self._process is not None and self._process.poll() is None)
 
     def _take_spare(self) -> socket.socket | None:
-        """A spare the runner handed over (see `server.serve`), if one has arrived."""
+        """A spare the runner handed over (see `server.serve`), if one has arrived, or one it
+        owes us (for "want-spare") unless it says it has none ("no-spare").
+
+        Waiting for the one owed is never slower than not: a request sent to the runner
+        instead waits for the same loop that is making the spare, and then a fork. Containers
+        back to back come faster than a spare is made (~2 ms) since a spare's PID 1 reports
+        the end itself (`spare_init`)."""
         control = self._start()
-        while select.select([control], [], [], 0)[0]:
+        while True:
+            wait = SPARE_WAIT if self._owed and not self._spares else 0
+            if not select.select([control], [], [], wait)[0]:
+                self._owed = 0 if wait else self._owed  # late: it is taken when it comes
+                break
             received = wire.receive_request(control)
             if received is None:
                 break
             message, fds = received
             if message.get("op") == "spare" and fds:
                 self._spares.append(socket.socket(fileno=fds[0]))
+                self._owed = max(0, self._owed - 1)
+            elif message.get("op") == "no-spare":
+                self._owed = 0
         # The oldest first: it had the most time to get ready.
         return self._spares.pop(0) if self._spares else None
 
@@ -219,6 +236,7 @@ class Runner:
             try:
                 wire.send_request(spare, request, fds)
                 wire.send_request(self._start(), {"op": "want-spare"}, [])
+                self._owed += 1
                 return
             except OSError:
                 pass  # that spare died: the runner forks one on the spot instead

@@ -204,6 +204,10 @@ class Spares:
             try:
                 spare = self._make()
             except Exception:  # noqa: BLE001 — no spare: requests come here instead
+                try:  # and the client need not wait for one
+                    wire.send_request(self.control, {"op": "no-spare"}, [])
+                except OSError:
+                    pass
                 return
             self.wanted -= 1
             try:

@@ -53,7 +53,7 @@ from contained.runtime import (
 )
 from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
-from contained.runtime.status import ContainerSetupFailed
+from contained.runtime.status import EXIT_KILLED, ContainerSetupFailed
 
 LINK_FD = 3  # tiny_init.c's LINK_FD
 READY = b"ready"
@@ -193,18 +193,21 @@ class CSpare(spares.Prepared):
         stdin, stdout, stderr, explain, reply = fds
         os.close(explain)
         self.reply, self.spec = socket.socket(fileno=reply), spec
+        events = None
         try:
             pid1.adopt_skeleton(self.skeleton, Path(spec.directory))
             self._record_state(request)
             message = self._prepare(spec)
+            events = self._oom_events()
             self.link.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                           _fd_array(stdin, stdout, stderr, reply))])
+                                           _fd_array(stdin, stdout, stderr, reply, events))])
         except BaseException as error:  # noqa: BLE001 — the caller hears it; PID 1 goes
             self.refusal = wire.Error.of(error)
             runner.kill(self.pid)  # then its link closes, and `_end` tears down
         finally:
-            for fd in (stdin, stdout, stderr):
-                os.close(fd)
+            for fd in (stdin, stdout, stderr, events):
+                if fd is not None:
+                    os.close(fd)
 
     def _prepare(self, spec: ContainerSpec) -> bytes:
         """PID 1's root built in its mount namespace; the message with everything else."""
@@ -223,15 +226,22 @@ class CSpare(spares.Prepared):
         identity = in_mount_namespace(self.pid, build)
         command = served.encode_request(identity, spec.env, spec.args, spec.working_dir or "/",
                                         detached=False)
+        oom_exit = wire.encode(wire.Exit.of(EXIT_KILLED, 1, spec.memory)).decode().strip()
         header = [spec.hostname, str(root), self.pid,
                   process.capability_mask(process.DOCKER_DEFAULT_CAPABILITIES),
-                  process.last_capability(), len(program)]
+                  process.last_capability(), oom_exit, len(program)]
         message = _items(*header) + command + program
         if len(message) > served.MAX_REQUEST:
             raise ContainedError(f"the command and its environment take {len(message)} bytes, "
                                  f"more than a container's PID 1 takes ({served.MAX_REQUEST}):"
                                  " pass less, or pass it in a file")
         return message
+
+    def _oom_events(self) -> int:
+        """The cgroup's file that counts OOM kills, opened here: PID 1 reads it once the
+        command has ended, when the host's /sys/fs/cgroup is long out of its sight."""
+        path = self.group.oom_file()
+        return os.open(path if path is not None else os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def _record_state(self, request: dict) -> None:
         state.write_state(self.spec, **(request.get("owner") or {}), **runner.runner_values(),
@@ -242,9 +252,9 @@ class CSpare(spares.Prepared):
         """What the caller hears once PID 1 has gone: what failed, or the command's exit."""
         if self.refusal is not None:
             return self.refusal
-        if self.said:
+        if self.said and self.said != wire.Marker.REPORTED.value:
             return wire.Error.of(self._failure())
-        return super()._final_event(status)
+        return super()._final_event(status)  # nothing, if PID 1 told the caller itself
 
     def _failure(self) -> ContainedError:
         stage, _, number = self.said.decode(errors="replace").partition(" ")

@@ -385,20 +385,26 @@ static void caller_spoke(int i)
  *      NUL-terminated items, an operation's name followed by its arguments (`run_ops`);
  *      PID 1 answers "ready", or "ahead INDEX ERRNO" and exits;
  *   2. the server builds the container's root from outside, in this process's mount namespace
- *      (setns), then sends the rest with the caller's stdin, stdout, stderr and reply socket:
- *          hostname root host-pid capabilities last-capability seccomp-length request bpf
- *      where request is an exec request (above) and bpf the seccomp program's raw bytes;
+ *      (setns), then sends the rest with the caller's stdin, stdout, stderr and reply socket,
+ *      and the cgroup's OOM events file (memory.events, or /dev/null):
+ *          hostname root host-pid capabilities last-capability oom-exit seccomp-length
+ *          request bpf
+ *      where request is an exec request (above), bpf the seccomp program's raw bytes and
+ *      oom-exit the caller's event for a command the OOM killer stopped;
  *   3. PID 1 switches root, takes the container's confinement, starts the command on the
- *      caller's stdio (in its own session, as a shell's child is), says "started" to the
- *      caller, forwards signals, and exits with the command's status, which the server reports
- *      with the cgroup's OOM count. A failure is "STAGE ERRNO" on the link, which the server
- *      words for the caller.
+ *      caller's stdio (in PID 1's session, as the Python PID 1 did), says "started" to the
+ *      caller, forwards signals, and once the command has ended tells the caller its status
+ *      (or oom-exit, if the cgroup counted an OOM kill), says "R" to the server (the
+ *      caller has its result) and exits with that status; the server tears down. Telling
+ *      the caller before exiting matters: PID 1's exit unmounts everything of the container,
+ *      which the caller need not wait for. A failure is "STAGE ERRNO" on the link, which the
+ *      server words for the caller.
  */
 #define LINK_FD 3
 #define KEYCTL_JOIN_SESSION_KEYRING 1
 
 struct go {
-    const char *hostname, *root;
+    const char *hostname, *root, *oom_exit;
     long host_pid, last_cap, bpf_len;
     unsigned long long caps;
     const char *bpf;
@@ -555,6 +561,7 @@ static int parse_go(char *data, size_t size, struct go *g, struct request *r)
     if (!caps || number(caps, &g->caps))
         return -1;
     if (next_number(&cursor, end, 0, 63, &g->last_cap)
+            || !(g->oom_exit = next_item(&cursor, end))
             || next_number(&cursor, end, 0, 8 * 4096, &value) || value % 8
             || value > end - cursor)
         return -1;
@@ -698,12 +705,40 @@ static pid_t start(struct request *r)
     return -1;
 }
 
+/* The command's end, for the caller: its status, or oom_exit if the cgroup's OOM killer has
+ * killed anything of it (the "oom_kill N" line of memory.events or memory.oom_control). Then
+ * PID 1 leaves, with that status. */
+static void report_exit(int reply, int events, const char *oom_exit, int code)
+{
+    char data[4096], line[64];
+    ssize_t n = pread(events, data, sizeof data - 1, 0);
+    long kills = 0;
+
+    data[n > 0 ? n : 0] = '\0';
+    for (char *at = data; *at; at = strchrnul(at, '\n') + (strchr(at, '\n') != NULL)) {
+        if (!strncmp(at, "oom_kill ", 9)) {
+            kills = strtol(at + 9, NULL, 10);
+            break;
+        }
+    }
+    if (kills > 0) {
+        send(reply, oom_exit, strlen(oom_exit), MSG_NOSIGNAL);
+        send(reply, "\n", 1, MSG_NOSIGNAL);
+    } else {
+        n = snprintf(line, sizeof line, "{\"event\": \"exit\", \"status\": %d}\n", code);
+        send(reply, line, n, MSG_NOSIGNAL);
+    }
+    send(LINK_FD, "R", 1, MSG_NOSIGNAL);
+    _exit(code);
+}
+
 /* What contained.runtime.init.reap_until does for a throwaway container's PID 1: forward
- * signals to the command, SIGKILL it when the caller says so or goes, and leave with its
- * status once it has ended (the kernel then kills whatever else is left). */
-static void wait_for(pid_t command, int reply, int signals)
+ * signals to the command, SIGKILL it when the caller says so (its result still follows) or
+ * goes, and report its status once it has ended (the kernel then kills whatever is left). */
+static void wait_for(pid_t command, int reply, int signals, int events, const char *oom_exit)
 {
     static const int forwarded[] = {SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+    int watching = 1;
 
     for (;;) {
         struct pollfd watched[2] = {{signals, POLLIN, 0}, {reply, POLLIN, 0}};
@@ -711,28 +746,31 @@ static void wait_for(pid_t command, int reply, int signals)
         int status;
         pid_t pid;
 
-        if (poll(watched, reply >= 0 ? 2 : 1, -1) < 0 && errno != EINTR)
+        if (poll(watched, watching ? 2 : 1, -1) < 0 && errno != EINTR)
             _exit(EXIT_FAILURE);
         while (read(signals, &info, sizeof info) == sizeof info) {
             for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
                 if ((int)info.ssi_signo == forwarded[i])
                     kill(command, info.ssi_signo);
-            if (info.ssi_signo == SIGINT)  /* as the Python PID 1: the container ends */
+            /* SIGINT from the host ends the container, as the Python PID 1's default action
+             * did; from inside (a sender PID 1 can see) it is ignored, as the kernel ignored
+             * it there. Blocked for the signalfd, it would otherwise arrive from anyone. */
+            if (info.ssi_signo == SIGINT && info.ssi_pid == 0)
                 _exit(128 + SIGINT);
         }
-        if (reply >= 0 && watched[1].revents) {  /* the KILL marker, or the caller has gone */
+        if (watching && watched[1].revents) {  /* the KILL marker, or the caller has gone */
             char byte[64];
             ssize_t n = recv(reply, byte, sizeof byte, MSG_DONTWAIT);
 
             if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
                 kill(command, SIGKILL);
-                close(reply);
-                reply = -1;
+                watching = 0;
             }
         }
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
             if (pid == command)
-                _exit(WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
+                report_exit(reply, events, oom_exit, WIFSIGNALED(status)
+                            ? 128 + WTERMSIG(status) : WEXITSTATUS(status));
     }
 }
 
@@ -742,7 +780,7 @@ static void spare(void)
     static const int handled[] = {SIGCHLD, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2,
                                   SIGWINCH};
     struct go g;
-    int fds[4], signals;
+    int fds[5], signals;
     const char *stage;
     sigset_t mask;
     ssize_t size;
@@ -763,7 +801,7 @@ static void spare(void)
     }
     if (send(LINK_FD, "ready", 5, MSG_NOSIGNAL) != 5)
         _exit(0);
-    size = receive_with_fds(LINK_FD, fds, 4);
+    size = receive_with_fds(LINK_FD, fds, 5);
     if (size < 0)
         _exit(0);  /* the server has let this spare go unused */
     setpriority(PRIO_PROCESS, 0, 0);  /* as niced while it waited; the command inherits it */
@@ -792,7 +830,7 @@ static void spare(void)
         close(fds[i]);
     snprintf(line, sizeof line, "{\"event\": \"started\", \"pid\": %ld}\n", g.host_pid);
     send(fds[3], line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
-    wait_for(command, fds[3], signals);
+    wait_for(command, fds[3], signals, fds[4], g.oom_exit);
 }
 
 int main(int argc, char **argv)

@@ -89,7 +89,7 @@ class Cgroup:
         directory, the v1 trees' ``tasks`` files (writing 0 there moves only the calling
         thread, which takes no global lock; a whole process in cgroup.procs does), and the
         file that counts OOM kills."""
-        v2, oom = self.dirs.get("v2"), self._oom_file()
+        v2, oom = self.dirs.get("v2"), self.oom_file()
         return {"v2": str(v2) if v2 else None,
                 "v1_tasks": [str(path / "tasks") for path in self.paths if path != v2],
                 "oom": str(oom) if oom else None}
@@ -208,14 +208,15 @@ class Cgroup:
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for going over the memory limit."""
-        path = self._oom_file()
+        path = self.oom_file()
         return 0 if path is None else files.keyed(files.read_optional(path), "oom_kill") or 0
 
     def oom_counter(self) -> Callable[[], int]:
         """`oom_kills` through a file opened now (`oom_counter_at`)."""
-        return oom_counter_at(self._oom_file())
+        return oom_counter_at(self.oom_file())
 
-    def _oom_file(self) -> Path | None:
+    def oom_file(self) -> Path | None:
+        """The file that counts this group's OOM kills (None without a memory controller)."""
         memory = self._dir("memory")
         return None if memory is None else memory / self._tree("memory").oom_events
 
