@@ -155,3 +155,21 @@ def test_a_spares_c_pid_one_reports_an_oom_kill_as_such(helper):
     assert (result.status, result.oom) == (137, True)
     assert result.message == "killed: out of memory, limit 16M"
 
+
+
+def test_a_waiting_spares_pid_one_holds_nothing_of_the_runners(helper):
+    """The launcher is spawned with whatever the runner holds without close-on-exec (the
+    descriptors callers pass it, such as the last container's reply socket): the spare's PID 1,
+    and so the next container, must have none of them."""
+    on_a_spare(helper, ["true"])
+    server = helper._process.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        waiting = [pid for pid in Path(f"/proc/{server}/task/{server}/children").read_text()
+                   .split() if Path(f"/proc/{pid}/cmdline").read_bytes()
+                   .startswith(b"contained-init\0--spare")]
+        if waiting:
+            break
+        time.sleep(0.05)
+    assert waiting
+    assert sorted(os.listdir(f"/proc/{waiting[0]}/fd"), key=int) == ["0", "1", "2", "3"]

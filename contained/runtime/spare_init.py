@@ -30,7 +30,6 @@ import fcntl
 import functools
 import os
 import select
-import signal
 import socket
 from pathlib import Path
 
@@ -55,7 +54,8 @@ from contained.runtime.plan import run_steps
 from contained.runtime.spec import ContainerSpec
 from contained.runtime.status import EXIT_KILLED, ContainerSetupFailed
 
-LINK_FD = 3  # tiny_init.c's LINK_FD
+LINK_FD = 3  # tiny_init.c's LINK_FD, followed by the launcher's other descriptors
+HIGH_FD = 64  # where descriptors wait, so that none is overwritten as they are moved
 READY = b"ready"
 # How long a request waits for a PID 1 still getting ready (its ahead steps take ~1 ms); one
 # that is not ready by then is given up, and the request gets a runner of its own.
@@ -71,8 +71,40 @@ _refused: str | None = None
 
 @functools.cache
 def _binary() -> int | None:
-    """The compiled init, opened once per server (close-on-exec)."""
-    return tiny_init.open_binary()
+    """The compiled init, opened once per server (close-on-exec), above the descriptors a
+    launcher is given (`_launch`)."""
+    fd = tiny_init.open_binary()
+    if fd is None:
+        return None
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD)
+    os.close(fd)
+    return high
+
+
+def _launch(fds: list[int], argv: list[str]) -> int:
+    """Spawn the init (posix_spawn) with /dev/null as stdio and `fds` as 3, 4, ...; its pid."""
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIGH_FD) for fd in fds]
+    try:
+        actions = [(os.POSIX_SPAWN_OPEN, n, os.devnull, os.O_RDWR, 0) for n in (0, 1, 2)]
+        actions += [(os.POSIX_SPAWN_DUP2, fd, LINK_FD + i) for i, fd in enumerate(high)]
+        return os.posix_spawn(f"/proc/self/fd/{_binary()}", argv, {}, file_actions=actions)
+    finally:
+        for fd in high:
+            os.close(fd)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 64):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:  # the server's loop reaped it already
+        pass
 
 
 def usable() -> bool:
@@ -101,23 +133,37 @@ class CSpare(spares.Prepared):
         self.refusal: wire.Error | None = None  # what the caller was told, if it failed
 
     @classmethod
-    def _pid_one(cls, requests, link_init, staging, skeleton, group, forget):
-        binary = _binary()
-
-        def exec_init():
-            # Nothing of the server's but the link; the rest is the C program's.
-            os.setpriority(os.PRIO_PROCESS, 0, spares.SPARE_NICENESS)
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
-            null = os.open(os.devnull, os.O_RDWR)
-            moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LINK_FD + 1)
-                     for fd in (binary, link_init.fileno())]  # above what is overwritten
-            for target in (0, 1, 2):
-                os.dup2(null, target)
-            os.dup2(moved[1], LINK_FD)
-            syscalls.close_fds_except((0, 1, 2, LINK_FD, moved[0]))
-            os.execve(moved[0], [init.TITLE, "--spare"], {})
-
-        return exec_init
+    def _spawn(cls, requests, link_init, staging, skeleton, group, forget) -> int:
+        """PID 1, started by ``contained-init --launch-spare`` (tiny_init.c): the server is
+        not forked (a copy of its ~20 MiB, torn down again by the child's exec, and every page
+        it writes afterwards copied), the launcher is spawned (vfork) and clones PID 1 into its
+        PID namespace and group as the server's own child."""
+        entry = group.entry()
+        read_pid, write_pid = os.pipe2(os.O_CLOEXEC)
+        opened = [read_pid, write_pid]
+        try:
+            passed = [link_init.fileno(), write_pid]
+            if entry["v2"]:
+                opened.append(os.open(entry["v2"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                passed.append(opened[-1])
+            for tasks in entry["v1_tasks"]:
+                opened.append(os.open(tasks, os.O_WRONLY | os.O_CLOEXEC))
+                passed.append(opened[-1])
+            launcher = _launch(passed, [init.TITLE, "--launch-spare", "1" if entry["v2"] else "0",
+                                        str(len(entry["v1_tasks"])), str(spares.SPARE_NICENESS)])
+            os.close(write_pid)
+            opened.remove(write_pid)
+            said = _read_all(read_pid)
+            _reap(launcher)
+        finally:
+            for fd in opened:
+                os.close(fd)
+        pid = int(said) if said.lstrip(b"-").isdigit() else 0
+        if pid <= 0:  # e.g. a kernel without clone3's CLONE_INTO_CGROUP: Python spares then
+            reason = os.strerror(-pid) if pid else "the launcher said nothing"
+            _refuse(f"launch: {reason}".encode())
+            raise OSError(-pid, f"cannot start a spare's PID 1: {reason}")
+        return pid
 
     def _after_fork(self, requests: socket.socket) -> None:
         self.requests = requests.dup()  # the caller's end of the spare: its request comes here

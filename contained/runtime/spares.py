@@ -81,10 +81,7 @@ class Prepared:
             _make_skeleton(skeleton)
             if ROOTLESS:
                 steps.enter_user_namespace(os.geteuid(), os.getegid())
-            pid_one = cls._pid_one(requests, link_init, staging, skeleton, group, forget)
-            # Born in its group (`cgroups.born`): moving it there would wait for an RCU grace
-            # period, 5-20 ms, which the server would spend blocked.
-            pid = pid1.fork_pid_one(ROOTLESS, pid_one, group.entry())
+            pid = cls._spawn(requests, link_init, staging, skeleton, group, forget)
         except BaseException:
             link.close()  # the server lives on: nothing of a failed spare stays open
             link_init.close()
@@ -101,6 +98,13 @@ class Prepared:
             prepared.discard(_wait_status)
             raise
         return prepared
+
+    @classmethod
+    def _spawn(cls, requests, link_init, staging, skeleton, group, forget) -> int:
+        """Start PID 1, born in its group (`cgroups.born`: moving it there would wait for an
+        RCU grace period, 5-20 ms, which the server would spend blocked); its pid."""
+        pid_one = cls._pid_one(requests, link_init, staging, skeleton, group, forget)
+        return pid1.fork_pid_one(ROOTLESS, pid_one, group.entry())
 
     @classmethod
     def _pid_one(cls, requests, link_init, staging, skeleton, group, forget):

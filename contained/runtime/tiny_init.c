@@ -833,6 +833,87 @@ static void spare(void)
     wait_for(command, fds[3], signals, fds[4], g.oom_exit);
 }
 
+/* ---- A spare's PID 1 started without a fork of the server ----
+ *
+ *     contained-init --launch-spare V2 NV1 NICENESS
+ *
+ * The server spawns this (posix_spawn: no copy of its address space is made), with the link
+ * as descriptor 3, a pipe for PID 1's pid as 4, the cgroup v2 directory as 5 when V2 is 1, and
+ * NV1 cgroup v1 `tasks` files after it. This process clones PID 1 into a new PID namespace,
+ * born in the v2 group (CLONE_INTO_CGROUP: no migration, no RCU grace period) and a child of
+ * the server (CLONE_PARENT: the server reaps it and hears of its end), writes its pid and
+ * leaves. PID 1 joins the v1 groups, becomes a session leader, sets the spare's niceness and
+ * dies with the server, then goes on as a spare (above). */
+#define PIDS_FD 4
+#define GROUP_FD 5
+
+struct clone_args_v2 {  /* struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2) */
+    unsigned long long flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size,
+        tls, set_tid, set_tid_size, cgroup;
+};
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+/* What `ps` shows for PID 1: "contained-init --spare", in the launcher's argv memory. */
+static void retitle(int argc, char **argv)
+{
+    static const char title[] = "contained-init\0--spare";
+    char *start = argv[0], *end = argv[argc - 1] + strlen(argv[argc - 1]);
+
+    memset(start, 0, end - start);
+    memcpy(start, title, (size_t)(end - start) < sizeof title ? (size_t)(end - start)
+                                                               : sizeof title);
+}
+
+/* Close every descriptor from `first` on: posix_spawn hands over whatever the server holds
+ * without close-on-exec (the descriptors callers pass it, such as a reply socket). */
+static void close_from(int first)
+{
+    if (syscall(SYS_close_range, first, ~0U, 0) != 0)
+        for (long fd = first, max = sysconf(_SC_OPEN_MAX); fd < max && fd < 65536; fd++)
+            close(fd);
+}
+
+static void launch(int argc, char **argv)
+{
+    int in_v2 = argc > 2 && !strcmp(argv[2], "1");
+    int nv1 = argc > 3 ? atoi(argv[3]) : 0;
+    int niceness = argc > 4 ? atoi(argv[4]) : 0;
+    struct clone_args_v2 args = {.flags = CLONE_NEWPID | CLONE_PARENT};
+    sigset_t none;
+    pid_t pid;
+
+    if (nv1 < 0 || nv1 > 64)
+        _exit(EXIT_FAILURE);
+    close_from(GROUP_FD + in_v2 + nv1);
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    if (in_v2) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = GROUP_FD;
+    }
+    pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0) {
+        close(PIDS_FD);
+        for (int i = 0; i < nv1; i++)  /* moves this thread only: no global lock */
+            if (write(GROUP_FD + in_v2 + i, "0", 1) != 1) {
+                tell_server("cgroup", -1, errno);
+                _exit(EXIT_FAILURE);
+            }
+        for (int fd = GROUP_FD; fd < GROUP_FD + in_v2 + nv1; fd++)
+            close(fd);
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        retitle(argc, argv);
+        setsid();
+        setpriority(PRIO_PROCESS, 0, niceness);  /* until a request comes */
+        spare();
+    }
+    dprintf(PIDS_FD, "%d", pid > 0 ? pid : -errno);
+    _exit(pid > 0 ? 0 : EXIT_FAILURE);
+}
+
 int main(int argc, char **argv)
 {
     struct pollfd watched[MAX_EXECS + 2];
@@ -841,9 +922,9 @@ int main(int argc, char **argv)
     int signals;
 
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    if (argc > 1 && strcmp(argv[1], "--spare") == 0) {
+    if (argc > 1 && strcmp(argv[1], "--launch-spare") == 0) {
         prctl(PR_SET_NAME, "contained-init", 0, 0, 0);
-        spare();  /* never returns */
+        launch(argc, argv);  /* never returns */
     }
     close(SEALED_FD);  /* tells the runner: sealed, commands may come in now */
     prctl(PR_SET_NAME, "contained-init", 0, 0, 0);
