@@ -46,14 +46,19 @@ readlink /proc/1/fd/3 && echo named-fd
 readlink /proc/1/exe && echo named-exe
 cat /proc/1/exe > /dev/null 2>&1 && echo read-exe
 kill -INT 1; sleep 0.1; echo still-here
+unshare -m true 2>&1 | head -1; mount -t tmpfs t /mnt 2>&1 | head -1
 true
 """
 
 
 @pytest.fixture(scope="module")
-def helper(busybox_home):
+def compiled():
     if not spare_init.usable():
         pytest.skip("the tiny init is not compiled here (needs gcc and libc6-dev)")
+
+
+@pytest.fixture(scope="module")
+def helper(busybox_home, compiled):
     runner = container.Runner()
     yield runner
     runner.close()
@@ -173,3 +178,46 @@ def test_a_waiting_spares_pid_one_holds_nothing_of_the_runners(helper):
         time.sleep(0.05)
     assert waiting
     assert sorted(os.listdir(f"/proc/{waiting[0]}/fd"), key=int) == ["0", "1", "2", "3"]
+
+
+def launch_by_hand():
+    """``contained-init --launch-spare`` with no cgroup: (its PID 1's pid, our end of the
+    link). PID 1 is this process's child (CLONE_PARENT); the caller reaps it."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    read_pid, write_pid = os.pipe()
+    try:
+        launcher = spare_init._launch([theirs.fileno(), write_pid],
+                                      ["contained-init", "--launch-spare", "0", "0", "0"])
+    finally:
+        theirs.close()
+        os.close(write_pid)
+    with os.fdopen(read_pid, "rb") as said:
+        pid = int(said.read())
+    os.waitpid(launcher, 0)
+    return pid, ours
+
+
+def test_a_c_pid_one_that_cannot_stage_says_which_step_and_why(compiled, tmp_path):
+    pid, link = launch_by_hand()
+    with link:
+        link.sendall(f"mkdir\0{tmp_path}/made\0{0o755}\0mkdir\0{tmp_path}/no/such\0{0o755}\0"
+                     .encode())
+        assert link.recv(64) == b"ahead-1 2"  # the second step, ENOENT
+    assert os.waitpid(pid, 0)[1] != 0
+    assert (tmp_path / "made").is_dir()
+
+
+def test_a_c_pid_one_refuses_a_request_it_cannot_read(compiled, tmp_path):
+    import socket
+    from array import array
+
+    pid, link = launch_by_hand()
+    with link, open(os.devnull, "rb") as null:
+        link.sendall(f"mkdir\0{tmp_path}/made\0{0o755}\0".encode())
+        assert link.recv(64) == b"ready"
+        link.sendmsg([b"hostname\0/\0not-a-pid\0"],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [null.fileno()] * 5))])
+        assert link.recv(64) == b"request 0"
+    assert os.waitpid(pid, 0)[1] != 0

@@ -4,8 +4,9 @@ Taught in notebook 06 (what ``%%container`` does underneath). A spare's PID 1 us
 fork of the server: a copy of a ~20 MiB Python process that wrote to hundreds of its pages
 (each one copied, 3-4 µs here), ran the plan's steps in Python, and tore the copy down at
 its end; the server, whose pages that child shared, paid for every page it wrote too. Now
-the server forks PID 1 into its PID namespace and cgroup and that child executes the tiny
-init at once (`tiny_init.c`, ``--spare``), which:
+the server spawns the tiny init (`tiny_init.c`, ``--launch-spare``; posix_spawn copies no
+memory), which clones PID 1 into a new PID namespace, born in the spare's cgroup, as the
+server's own child, and leaves. PID 1, still the tiny init:
 
     unshare --mount --uts --ipc --net; ip link set lo up      # from `staging_ops`:
     mount -t tmpfs staging STAGING; mount -t proc ...          # /proc, /sys, /dev, staged
