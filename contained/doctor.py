@@ -109,12 +109,14 @@ def _tiny_init() -> Check:
     fd = tiny_init.open_binary()
     if fd is None:
         return Check("tiny init", False, "no C compiler with a static libc: each named "
-                     "container keeps a ~15 MiB Python PID 1 instead of ~0.1 MiB, and exec "
-                     "joins it from outside (~3x slower)",
+                     "container keeps a ~15 MiB Python PID 1 instead of ~0.1 MiB, exec joins "
+                     "it from outside (~3x slower), and a notebook's throwaway containers "
+                     "cost about twice the CPU",
                      "apt-get install gcc libc6-dev", required=False)
     os.close(fd)
     return Check("tiny init", True, "named containers' PID 1 is a static C program that "
-                 "also starts what exec sends (contained/runtime/tiny_init.c)")
+                 "also starts what exec sends, and so is a notebook's throwaway containers' "
+                 "(contained/runtime/tiny_init.c)")
 
 
 def _cgroups() -> list[Check]:

@@ -91,7 +91,7 @@ else
 fi
 # A named container's PID 1 (contained/runtime/tiny_init.c), compiled once beside its source;
 # without it each home compiles its own on first use, or PID 1 stays Python.
-step "compiling the tiny init for named containers (gcc -static)" \
+step "compiling the tiny init, PID 1 of named containers and spares (gcc -static)" \
     .venv/bin/python -m contained.runtime.tiny_init
 # The classroom's hub (tests/test_classroom_hub.py, `contained classroom init`) needs npm's
 # configurable-http-proxy: into the project (.npm-prefix), not globally; without npm the test skips.

@@ -166,7 +166,7 @@ class CSpare(spares.Prepared):
             raise OSError(-pid, f"cannot start a spare's PID 1: {reason}")
         return pid
 
-    def _after_fork(self, requests: socket.socket) -> None:
+    def _after_start(self, requests: socket.socket) -> None:
         self.requests = requests.dup()  # the caller's end of the spare: its request comes here
         ops = [("unshare", _namespace_flags()), ("loopback",),
                *staging_ops(self.staging)]

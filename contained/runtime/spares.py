@@ -93,7 +93,7 @@ class Prepared:
         prepared = cls(group, pid, link, skeleton)
         prepared.forget = forget
         try:
-            prepared._after_fork(requests)
+            prepared._after_start(requests)
         except BaseException:
             prepared.discard(_wait_status)
             raise
@@ -123,7 +123,7 @@ class Prepared:
 
         return spare_pid_one
 
-    def _after_fork(self, requests: socket.socket) -> None:
+    def _after_start(self, requests: socket.socket) -> None:
         # PID 1 starts no command before it is in the cgroup: it is, from birth
         wire.send_marker(self.link, wire.Marker.IN_CGROUP)
 

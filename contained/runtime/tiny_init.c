@@ -298,11 +298,49 @@ static int receive(int conn, struct request *r, size_t *size)
     return -1;
 }
 
+/* Fork the command (start_command) and wait until it has executed: 0 with *pid set; the
+ * length of its "STAGE ERRNO" in `failure` if it could not start; -1 (errno) if no child. */
+static ssize_t fork_command(struct request *r, pid_t *pid, char *failure, size_t size)
+{
+    int report[2];
+    struct pollfd started;
+    ssize_t n;
+
+    if (pipe2(report, O_CLOEXEC) != 0)
+        return -1;
+    if ((*pid = fork()) < 0) {
+        int saved = errno;
+
+        close(report[0]);
+        close(report[1]);
+        errno = saved;
+        return -1;
+    }
+    if (*pid == 0) {
+        close(report[0]);
+        start_command(r, report[1]);
+    }
+    /* Until execve closes the pipe: a failure to start is reported, not a status 127.
+     * Bounded: a child stopped before its execve (SIGSTOP from inside) must not stall
+     * PID 1, which then kills it and carries on. */
+    close(report[1]);
+    started = (struct pollfd){report[0], POLLIN, 0};
+    if (poll(&started, 1, START_TIMEOUT_MS) == 1) {
+        n = read(report[0], failure, size - 1);
+    } else {
+        kill(*pid, SIGKILL);
+        n = snprintf(failure, size, "start %d", ETIMEDOUT);
+    }
+    close(report[0]);
+    n = n > 0 ? n : 0;
+    failure[n] = '\0';
+    return n;
+}
+
 static void serve(int listener)
 {
     static struct request r;
     int conn = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
-    int report[2];
     char failure[48];
     size_t size;
     pid_t pid;
@@ -317,42 +355,23 @@ static void serve(int listener)
     r.new_session = 1;
     if (nrunning == MAX_EXECS || parse(message, size, &r) != 0) {
         reply_refused(conn, nrunning == MAX_EXECS ? "busy" : "request", 0);
-    } else if (pipe2(report, O_CLOEXEC) != 0 || (pid = fork()) < 0) {
+    } else if ((n = fork_command(&r, &pid, failure, sizeof failure)) < 0) {
         reply_refused(conn, "fork", errno);
-    } else if (pid == 0) {
-        close(report[0]);
-        start_command(&r, report[1]);
+    } else if (n > 0) {
+        char stage[16];
+        int error = 0;
+
+        if (sscanf(failure, "%15s %d", stage, &error) != 2)
+            strcpy(stage, "exec");
+        reply_refused(conn, stage, error);
     } else {
-        /* Until execve closes the pipe: a failure to start is reported, not a status 127.
-         * Bounded: a child stopped before its execve (SIGSTOP from inside) must not stall
-         * PID 1, which then kills it and carries on. */
-        struct pollfd started = {report[0], POLLIN, 0};
+        char line[64];
+        int len = snprintf(line, sizeof line, "{\"event\": \"started\", \"pid\": %d}\n", pid);
 
-        close(report[1]);
-        if (poll(&started, 1, START_TIMEOUT_MS) == 1) {
-            n = read(report[0], failure, sizeof failure - 1);
-        } else {
-            kill(pid, SIGKILL);
-            n = snprintf(failure, sizeof failure, "start %d", ETIMEDOUT);
-        }
-        close(report[0]);
-        if (n > 0) {
-            char stage[16];
-            int error = 0;
-
-            failure[n] = '\0';
-            if (sscanf(failure, "%15s %d", stage, &error) != 2)
-                strcpy(stage, "exec");
-            reply_refused(conn, stage, error);
-        } else {
-            char line[64];
-            int len = snprintf(line, sizeof line, "{\"event\": \"started\", \"pid\": %d}\n", pid);
-
-            send(conn, line, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (!r.detached) {
-                running[nrunning++] = (struct running){pid, conn};
-                conn = -1;
-            }
+        send(conn, line, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (!r.detached) {
+            running[nrunning++] = (struct running){pid, conn};
+            conn = -1;
         }
     }
     for (int i = 0; i < 3; i++)
@@ -672,35 +691,19 @@ static ssize_t receive_with_fds(int conn, int *fds, int want)
     return -1;
 }
 
-/* Fork the command (start_command); -1 with the failure told to the server. */
+/* The command started (fork_command); -1 with the failure told to the server. */
 static pid_t start(struct request *r)
 {
-    int report[2];
     char failure[48];
-    struct pollfd started;
     pid_t pid;
-    ssize_t n;
+    ssize_t n = fork_command(r, &pid, failure, sizeof failure);
 
-    if (pipe2(report, O_CLOEXEC) != 0 || (pid = fork()) < 0) {
+    if (n < 0) {
         tell_server("fork", -1, errno);
         return -1;
     }
-    if (pid == 0) {
-        close(report[0]);
-        start_command(r, report[1]);
-    }
-    close(report[1]);
-    started = (struct pollfd){report[0], POLLIN, 0};
-    if (poll(&started, 1, START_TIMEOUT_MS) == 1) {
-        n = read(report[0], failure, sizeof failure - 1);
-    } else {
-        kill(pid, SIGKILL);
-        n = snprintf(failure, sizeof failure, "start %d", ETIMEDOUT);
-    }
-    close(report[0]);
-    if (n <= 0)
+    if (n == 0)
         return pid;
-    failure[n] = '\0';
     send(LINK_FD, failure, n, MSG_NOSIGNAL);  /* "STAGE ERRNO", as start_command wrote it */
     return -1;
 }
