@@ -139,7 +139,7 @@ class CSpare(spares.Prepared):
         not forked (a copy of its ~20 MiB, torn down again by the child's exec, and every page
         it writes afterwards copied), the launcher is spawned (vfork) and clones PID 1 into its
         PID namespace and group as the server's own child."""
-        entry = group.entry()
+        entry = group.entry() or {"v2": None, "v1_tasks": []}  # no group: born where we are
         read_pid, write_pid = os.pipe2(os.O_CLOEXEC)
         opened = [read_pid, write_pid]
         try:
