@@ -661,7 +661,8 @@ static int become(const struct go *g, const char **stage)
     return 0;
 }
 
-/* Receive one message with exactly `want` descriptors (close-on-exec) into `message`. */
+/* Receive one message with exactly `want` descriptors (close-on-exec) into `message`: its
+ * size; 0 if the other side has gone; -1 for anything else (descriptors closed). */
 static ssize_t receive_with_fds(int conn, int *fds, int want)
 {
     char control[CMSG_SPACE(8 * sizeof(int))];
@@ -688,7 +689,7 @@ static ssize_t receive_with_fds(int conn, int *fds, int want)
         return got;
     for (int i = 0; i < nfds && i < want; i++)
         close(fds[i]);
-    return -1;
+    return got == 0 ? 0 : -1;
 }
 
 /* The command started (fork_command); -1 with the failure told to the server. */
@@ -716,6 +717,7 @@ static void report_exit(int reply, int events, const char *oom_exit, int code)
     char data[4096], line[64];
     ssize_t n = pread(events, data, sizeof data - 1, 0);
     long kills = 0;
+    int told;
 
     data[n > 0 ? n : 0] = '\0';
     for (char *at = data; *at; at = strchrnul(at, '\n') + (strchr(at, '\n') != NULL)) {
@@ -724,14 +726,19 @@ static void report_exit(int reply, int events, const char *oom_exit, int code)
             break;
         }
     }
+    /* Never blocking on a caller that does not read: if the line does not go, the server says
+     * the end instead (it hears no "R"). */
     if (kills > 0) {
-        send(reply, oom_exit, strlen(oom_exit), MSG_NOSIGNAL);
-        send(reply, "\n", 1, MSG_NOSIGNAL);
+        char full[512];
+
+        n = snprintf(full, sizeof full, "%s\n", oom_exit);
+        told = n < (ssize_t)sizeof full && send(reply, full, n, MSG_NOSIGNAL | MSG_DONTWAIT) == n;
     } else {
         n = snprintf(line, sizeof line, "{\"event\": \"exit\", \"status\": %d}\n", code);
-        send(reply, line, n, MSG_NOSIGNAL);
+        told = send(reply, line, n, MSG_NOSIGNAL | MSG_DONTWAIT) == n;
     }
-    send(LINK_FD, "R", 1, MSG_NOSIGNAL);
+    if (told)
+        send(LINK_FD, "R", 1, MSG_NOSIGNAL);
     _exit(code);
 }
 
@@ -805,10 +812,10 @@ static void spare(void)
     if (send(LINK_FD, "ready", 5, MSG_NOSIGNAL) != 5)
         _exit(0);
     size = receive_with_fds(LINK_FD, fds, 5);
-    if (size < 0)
+    if (size == 0)
         _exit(0);  /* the server has let this spare go unused */
     setpriority(PRIO_PROCESS, 0, 0);  /* as niced while it waited; the command inherits it */
-    if (parse_go(message, size, &g, &r) != 0) {
+    if (size < 0 || parse_go(message, size, &g, &r) != 0) {
         tell_server("request", -1, 0);
         _exit(EXIT_FAILURE);
     }
