@@ -4,8 +4,9 @@
 outside, in PID 1's mount namespace, and PID 1 (tiny_init.c, ``--spare``) does the plan's last
 steps. Each test runs a command twice through one helper: the first run makes the helper hand
 over a spare, the second takes it (its PID 1's command line says so). The same probe through
-`contained run` (the CLI's in-process runner, whose PID 1 is Python) must print the same:
-capabilities, no_new_privs, seccomp, ids, /dev, the mounts, stdio, sessions (root only).
+`contained run --explain` (each step shown as it runs, by a Python PID 1) must print the same:
+capabilities, no_new_privs, seccomp, ids, /dev, the mounts, stdio, sessions (root only). A plain
+`contained run` takes a C PID 1 too, made on the spot by its runner (`run_at_once`).
 """
 
 import os
@@ -20,7 +21,7 @@ import pytest
 from conftest import needs_root
 
 from contained.errors import ContainedError
-from contained.runtime import container, spare_init
+from contained.runtime import container, spare_init, spares
 
 pytestmark = needs_root
 
@@ -85,7 +86,7 @@ def through_the_cli(home: Path, *argv) -> subprocess.CompletedProcess:
 
 def test_a_spares_c_pid_one_sets_up_the_container_the_python_one_does(helper, busybox_home):
     result, spared = on_a_spare(helper, ["sh", "-c", PROBE])
-    cli = through_the_cli(busybox_home, "busybox", "sh", "-c", PROBE)
+    cli = through_the_cli(busybox_home, "--explain", "busybox", "sh", "-c", PROBE)
     assert result.status == 0 and cli.returncode == 0, (spared, cli.stderr)
     first, _, spared_rest = spared.partition("\n")
     python_first, _, cli_rest = cli.stdout.partition("\n")
@@ -141,6 +142,7 @@ def test_a_root_that_cannot_be_built_is_refused_and_the_runner_stays_in_its_moun
     """The runner builds the root inside PID 1's mount namespace: an error there (a volume
     that would land in /proc) reaches the caller, and the runner is back in its own mounts,
     with nothing mounted on the host, and runs the next container."""
+    on_a_spare(helper, ["true"])  # the helper runs, and has a spare for the next request
     with pytest.raises(ContainedError) as refused:
         on_a_spare(helper, ["true"], volumes=[f"{tmp_path}:/proc/sys:ro"])
     assert "/proc" in str(refused.value)
@@ -221,3 +223,20 @@ def test_a_c_pid_one_refuses_a_request_it_cannot_read(compiled, tmp_path):
                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [null.fileno()] * 5))])
         assert link.recv(64) == b"request 0"
     assert os.waitpid(pid, 0)[1] != 0
+
+
+def test_contained_run_takes_a_c_pid_one_made_on_the_spot(compiled, busybox_home):
+    containers = busybox_home / "containers"
+    before = set(os.listdir(containers))
+    done = through_the_cli(busybox_home, "busybox", "sh", "-c", PROBE)
+    assert done.returncode == 0, done.stderr
+    first, _, rest = done.stdout.partition("\n")
+    assert first.strip() == C_PID_ONE
+    assert "CapEff:\t00000000a80425fb" in rest and "Seccomp:\t2" in rest
+    missing = through_the_cli(busybox_home, "busybox", "no-such-command")
+    assert missing.returncode == 127 and "no-such-command" in missing.stderr
+    # `contained run --rm` returns once its container is removed: nothing of either is left
+    # (a live spare's directory is the helper's, made meanwhile)
+    left = [name for name in set(os.listdir(containers)) - before
+            if not spares.is_live_spare(name.lstrip("."))]
+    assert not left, left

@@ -340,7 +340,7 @@ def test_a_spares_supervisor_takes_no_more_than_a_marker_from_pid_one(tmp_path):
                                   directory=str(directory), lowers=[], args=["true"], env=[])
     try:
         pid_one_end.sendall(b"x" * 100_000)
-        assert prepared.on_link(spares._wait_status) is True  # the status function kills
+        assert prepared.on_link(spares.wait_status) is True  # the status function kills
         pid_one.returncode = -9  # reaped there: the Popen must not wait for it again
         assert os.WIFSIGNALED(prepared.status) and os.WTERMSIG(prepared.status) == 9
         event = wire.decode(caller.recv(4096).split(b"\n")[0])
@@ -391,7 +391,7 @@ def test_a_spares_pid_one_is_killed_and_reaped_once_only(tmp_path, monkeypatch):
 
     def status_of(pid):
         waited.append(pid)
-        return spares._wait_status(pid)
+        return spares.wait_status(pid)
 
     try:
         assert prepared._reap(status_of) == 9  # SIGKILLed

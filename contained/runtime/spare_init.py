@@ -39,6 +39,7 @@ from contained.errors import ContainedError
 from contained.runtime import (
     cgroups,
     init,
+    overlay,
     pid1,
     process,
     rootfs,
@@ -114,9 +115,13 @@ def usable() -> bool:
 
 
 def suits(spec: ContainerSpec, request: dict) -> bool:
-    """What the C PID 1 does: a throwaway command on the caller's stdio (no -t)."""
-    return not spec.tty and not spec.persistent and not request.get("explain") \
-        and not any("\0" in arg for arg in spec.args)
+    """What the C PID 1 does: a throwaway command on the caller's stdio, with no network, in a
+    root it pivots into. Not -t (the pty is opened inside), --explain (each step shown as it
+    runs), --chroot (the tutorial's escapable way, notebook 07) or a fuse-overlayfs root (its
+    daemon must run in the container's PID namespace)."""
+    return not (spec.tty or spec.persistent or request.get("explain") or spec.chroot
+                or spec.net != "none" or overlay.use_fuse(spec.rootless)
+                or any("\0" in arg for arg in spec.args))
 
 
 class CSpare(spares.Prepared):
@@ -312,6 +317,34 @@ class CSpare(spares.Prepared):
                                         f"{reason}); run it again, or report it")
         return init.start_failure(stage, number, self.spec.args[0], self.spec.working_dir,
                                   self.spec.name)
+
+
+def run_at_once(request: dict, fds: list[int]) -> bool:
+    """A throwaway `run` done by this process (a runner: the CLI's worker, or one the server
+    forked) with a C PID 1, as a spare made on the spot and used at once; False, with nothing
+    of `fds` used, where it cannot be (then the Python PID 1 does it, `runner.run_container`).
+    The caller hears "started" and the end from PID 1, and `Cleaned` from here."""
+    spec = ContainerSpec.from_json(request["spec"])
+    if not usable() or not suits(spec, request):
+        return False
+    unused, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        spare = CSpare.make(theirs)
+    except (OSError, ContainedError):
+        return False
+    finally:
+        unused.close()
+        theirs.close()
+    spare.requests.close()
+    spare.requests = None
+    if not spare._wait_ready():
+        spare.discard(spares.wait_status)
+        spare.close()
+        return False
+    spare._start(request, spec, fds)
+    while not spare.on_readable(spare.link, spares.wait_status):
+        pass
+    return True
 
 
 def staging_ops(staging: Path) -> list[tuple]:

@@ -95,7 +95,7 @@ class Prepared:
         try:
             prepared._after_start(requests)
         except BaseException:
-            prepared.discard(_wait_status)
+            prepared.discard(wait_status)
             raise
         return prepared
 
@@ -145,7 +145,7 @@ class Prepared:
     def supervise(self) -> int:
         """In a rootless spare's own process: stay beside PID 1 until its container has ended,
         and clean up; the exit code for that process."""
-        while not self.on_link(_wait_status):
+        while not self.on_link(wait_status):
             pass
         return 1 if self.failed else 0
 
@@ -187,16 +187,19 @@ class Prepared:
         tear the container down, say `Cleaned`."""
         status = self._reap(status_of)
         final = self._final_event(status)
-        if final is not None:
+        # An exit is told at once; an error once the container is gone, as a runner tells it:
+        # a caller that stops at an error (the CLI's `run --rm`) must find nothing left.
+        if final is not None and not isinstance(final, wire.Error):
             _tell(self.reply, final)
+            final = None
         if self.forget is None or not self.spec.remove or _has_at_most(
                 Path(self.spec.directory) / "upper", INLINE_REMOVAL_ENTRIES):
-            self._tear_down()
+            self._tear_down(final)
         elif os.fork() == 0:  # a big tree: its rm -rf must not hold up the server's loop
             code = 1
             try:
                 self.forget(keep=self.reply)
-                self._tear_down()
+                self._tear_down(final)
                 code = 0
             except BaseException as error:  # noqa: BLE001 — the caller hears of it
                 _tell(self.reply, wire.Error("InternalError",
@@ -222,9 +225,11 @@ class Prepared:
                 self.status = signal.SIGKILL  # never that it succeeded (a wait status: 137)
         return self.status
 
-    def _tear_down(self) -> None:
+    def _tear_down(self, error=None) -> None:
         runner.tear_down(self.spec, self.group, None)
         remove_tree(self.skeleton)  # still there if the container had its own
+        if error is not None:
+            _tell(self.reply, error)
         _tell(self.reply, wire.Cleaned())
 
     def _fail(self, error: BaseException, status_of) -> None:
@@ -279,7 +284,7 @@ def _tell(reply: socket.socket, event) -> None:
         pass
 
 
-def _wait_status(pid: int) -> int:
+def wait_status(pid: int) -> int:
     """Kill child `pid` and reap it; in a process where nothing else reaps it, its pid is
     still its own here (a zombie keeps it)."""
     runner.kill(pid)  # one that is exiting already ignores the signal
