@@ -53,7 +53,7 @@ true
 
 
 @pytest.fixture(scope="module")
-def compiled():
+def compiled(busybox_home):  # the module's home: nothing made in the machine's default one
     if not spare_init.usable():
         pytest.skip("the tiny init is not compiled here (needs gcc and libc6-dev)")
 

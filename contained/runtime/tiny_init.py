@@ -42,16 +42,17 @@ SOURCE = Path(__file__).with_name("tiny_init.c")
 def open_binary() -> int | None:
     """A descriptor (close-on-exec) of the compiled init, compiling it on first use; None
     where it cannot be had (then PID 1 stays Python)."""
-    installed = SOURCE.with_name(_file_name())
-    for path in (installed, _cached_path()):
-        if path is None:
-            continue
-        fd = _open_trusted(path)
-        if fd is None and path != installed and _compile_once(path):
-            fd = _open_trusted(path)
-        if fd is not None:
-            return fd
-    return None
+    fd = _open_trusted(SOURCE.with_name(_file_name()))
+    if fd is not None:
+        return fd
+    # Only now the home's cache: looking there makes the home (and its cache directory).
+    cached = _cached_path()
+    if cached is None:
+        return None
+    fd = _open_trusted(cached)
+    if fd is None and _compile_once(cached):
+        fd = _open_trusted(cached)
+    return fd
 
 
 def _compile_once(path: Path) -> bool:
