@@ -392,7 +392,9 @@ def test_memory_limit_oom_kills_and_counts(make_group, spawn):
     assert group.oom_kills() == 0
     hog = spawn(group, [BUSYBOX, "sh", "-c", "x=$(head -c 64000000 /dev/zero | tr \\\\0 a)"])
     assert hog.wait(timeout=20) == -9
-    assert group.oom_kills() == 1
+    # sh, head and tr all hold memory: the OOM killer may take a second one (seen: 2 in 1 of
+    # ~10 full runs); the counter counts each
+    assert group.oom_kills() >= 1
     assert group.usage().memory_peak in (None, 16 * MiB)
 
 

@@ -93,6 +93,14 @@ def allowed_names(rules) -> set[str]:
             for name in rule.names}
 
 
+@pytest.fixture(autouse=True)
+def _a_home_of_its_own(tmp_path, monkeypatch):
+    """Compiled filters are cached in the home: a test without one gets a temporary one,
+    never the machine's default (/var/lib/contained)."""
+    if "CONTAINED_HOME" not in os.environ:
+        monkeypatch.setenv("CONTAINED_HOME", str(tmp_path / "home"))
+
+
 def test_the_default_profile_allows_none_of_the_calls_docker_refuses():
     rules = seccomp.default_profile().rules_for(DOCKER_DEFAULT_CAPABILITIES, arch="amd64",
                                                 kernel=(6, 1))
