@@ -21,7 +21,7 @@ import pytest
 from conftest import needs_root
 
 from contained.errors import ContainedError
-from contained.runtime import container, spare_init, spares
+from contained.runtime import container, served, spare_init, spares
 
 pytestmark = needs_root
 
@@ -240,3 +240,23 @@ def test_contained_run_takes_a_c_pid_one_made_on_the_spot(compiled, busybox_home
     left = [name for name in set(os.listdir(containers)) - before
             if not spares.is_live_spare(name.lstrip("."))]
     assert not left, left
+
+
+def test_a_nul_in_a_spec_field_cannot_rewrite_what_pid_one_is_told(helper, busybox_home):
+    """The spec crosses to the runner as JSON, where any string may hold a NUL; PID 1 reads
+    NUL-terminated fields. A hostname carrying its own fields after a NUL (a root, all the
+    capabilities, a command) must not become them: the command asked for runs, or the run is
+    refused; never the one smuggled in (which printed CapEff 000001fffeffffff here)."""
+    root = busybox_home / "containers" / ".staging" / "root"
+    fields = [str(root), "1", str((1 << 41) - 1), "40", "x", "0",  # the rest of the header
+              "0", "0", "0", "-1", "0", "/", "3", "/bin/sh", "-c",  # and a request of its own
+              "grep CapEff /proc/self/status"]
+    hostname = "h\0" + "\0".join(fields)
+    try:
+        result, out = on_a_spare(helper, ["true"], hostname=hostname,
+                                 security_opt=["seccomp=unconfined"])
+    except ContainedError:
+        return
+    assert result.status == 0 and "CapEff" not in out, out
+    with pytest.raises(ContainedError):  # and the encoder itself refuses such a field
+        served.nul_terminated("h\0/", 1)

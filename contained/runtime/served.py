@@ -32,7 +32,7 @@ from array import array
 from pathlib import Path
 
 from contained import procfs
-from contained.errors import ContainerNotRunning
+from contained.errors import ContainedError, ContainerNotRunning
 from contained.runtime import client, process, state, wire
 from contained.runtime.cgroups import files
 from contained.runtime.spec import ContainerSpec
@@ -59,7 +59,7 @@ def start(spec: ContainerSpec, args: list[str], env: list[str], working_dir: str
     """Send the command to PID 1; None where PID 1 does not serve it (then join from outside)."""
     record = state.read(spec.id, spec.directory) or {}
     pid, started = record.get("init_pid"), record.get("init_start_time")
-    if not pid or any("\0" in arg for arg in args):
+    if not pid or not encodable(*args, *env, working_dir):
         return None
     payload = _payload(spec, pid, started, args, env, working_dir, user, detached)
     if len(payload) > MAX_REQUEST:
@@ -94,9 +94,25 @@ def encode_request(identity: tuple, env: list[str], args: list[str], working_dir
     switch = (uid, gid) != (0, 0)  # PID 1 is the container's root, as `enter` would be
     if not switch or not setgroups:
         groups = None
-    fields = [int(switch), uid, gid, -1 if groups is None else len(groups), *(groups or ()),
-              int(detached), working_dir, len(args), *args, *environment]
-    return b"".join(os.fsencode(str(field)) + b"\0" for field in fields)
+    return nul_terminated(int(switch), uid, gid, -1 if groups is None else len(groups),
+                          *(groups or ()), int(detached), working_dir, len(args), *args,
+                          *environment)
+
+
+def encodable(*fields) -> bool:
+    """Whether each field can be one of tiny_init.c's: none may hold a NUL."""
+    return not any("\0" in str(field) for field in fields)
+
+
+def nul_terminated(*fields) -> bytes:
+    """Fields as tiny_init.c reads them: each NUL-terminated, None as an empty one. A field
+    holding a NUL would end early and shift every field after it (a hostname could become
+    a root, a capability set and a command): refused, whatever the caller checked."""
+    if not encodable(*fields):
+        raise ContainedError("a value for the container's PID 1 holds a NUL byte, which no "
+                             "name, path or argument may hold: remove it")
+    return b"".join(os.fsencode("" if field is None else str(field)) + b"\0"
+                    for field in fields)
 
 
 def _resolve_user(spec: ContainerSpec, pid: int, started: int | None, user: str):

@@ -121,7 +121,8 @@ def suits(spec: ContainerSpec, request: dict) -> bool:
     daemon must run in the container's PID namespace)."""
     return not (spec.tty or spec.persistent or request.get("explain") or spec.chroot
                 or spec.net != "none" or overlay.use_fuse(spec.rootless)
-                or any("\0" in arg for arg in spec.args))
+                or not served.encodable(spec.hostname, spec.working_dir, *spec.args,
+                                        *spec.env))
 
 
 class CSpare(spares.Prepared):
@@ -175,7 +176,7 @@ class CSpare(spares.Prepared):
         self.requests = requests.dup()  # the caller's end of the spare: its request comes here
         ops = [("unshare", _namespace_flags()), ("loopback",),
                *staging_ops(self.staging)]
-        self.link.sendall(b"".join(_items(*op) for op in ops))
+        self.link.sendall(b"".join(served.nul_terminated(*op) for op in ops))
 
     def sockets(self) -> list[socket.socket]:
         return [self.link] + ([self.requests] if self.requests is not None else [])
@@ -282,7 +283,7 @@ class CSpare(spares.Prepared):
         header = [spec.hostname, str(root), self.pid,
                   process.capability_mask(process.DOCKER_DEFAULT_CAPABILITIES),
                   process.last_capability(), oom_exit, len(program)]
-        message = _items(*header) + command + program
+        message = served.nul_terminated(*header) + command + program
         if len(message) > served.MAX_REQUEST:
             raise ContainedError(f"the command and its environment take {len(message)} bytes, "
                                  f"more than a container's PID 1 takes ({served.MAX_REQUEST}):"
@@ -410,12 +411,6 @@ def _namespace_flags() -> int:
     from contained.runtime import namespaces
 
     return namespaces.flags_for(steps.CONTAINER_NAMESPACES)
-
-
-def _items(*fields) -> bytes:
-    """Fields as tiny_init.c reads them: each NUL-terminated, None as an empty one."""
-    return b"".join(os.fsencode("" if field is None else str(field)) + b"\0"
-                    for field in fields)
 
 
 def _fd_array(*fds: int):
