@@ -260,3 +260,15 @@ def test_a_nul_in_a_spec_field_cannot_rewrite_what_pid_one_is_told(helper, busyb
     assert result.status == 0 and "CapEff" not in out, out
     with pytest.raises(ContainedError):  # and the encoder itself refuses such a field
         served.nul_terminated("h\0/", 1)
+
+
+def test_a_command_too_large_for_one_message_runs_with_the_python_pid_one(helper, busybox_home):
+    """PID 1 reads one message of at most 128 KiB; a bigger environment still runs, as it did
+    before there was a C PID 1 (through the helper and `contained run` alike)."""
+    big = [f"BIG{i}=" + "x" * 40000 for i in range(4)]  # each under the kernel's 128 KiB
+    count = 'echo $((${#BIG0} + ${#BIG1} + ${#BIG2} + ${#BIG3}))'
+    result, out = on_a_spare(helper, ["sh", "-c", count], env=big)
+    assert result.status == 0 and out.split() == ["160000"], out
+    options = [word for variable in big for word in ("-e", variable)]
+    done = through_the_cli(busybox_home, *options, "busybox", "sh", "-c", count)
+    assert done.returncode == 0 and done.stdout.split() == ["160000"], done.stderr

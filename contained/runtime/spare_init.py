@@ -59,6 +59,7 @@ from contained.runtime.status import EXIT_KILLED, ContainerSetupFailed
 LINK_FD = 3  # tiny_init.c's LINK_FD, followed by the launcher's other descriptors
 HIGH_FD = 64  # where descriptors wait, so that none is overwritten as they are moved
 READY = b"ready"
+MESSAGE_ROOM = 48 * 1024  # in PID 1's message, what is not the spec's strings, at most
 # How long a request waits for a PID 1 still getting ready (its ahead steps take ~1 ms); one
 # that is not ready by then is given up, and the request gets a runner of its own.
 READY_TIMEOUT = 10
@@ -122,7 +123,17 @@ def suits(spec: ContainerSpec, request: dict) -> bool:
     return not (spec.tty or spec.persistent or request.get("explain") or spec.chroot
                 or spec.net != "none" or overlay.use_fuse(spec.rootless)
                 or not served.encodable(spec.hostname, spec.working_dir, *spec.args,
-                                        *spec.env))
+                                        *spec.env)
+                or not _fits_one_message(spec))
+
+
+def _fits_one_message(spec: ContainerSpec) -> bool:
+    """Whether the message to PID 1 (`CSpare._prepare`) surely fits in the one it reads: the
+    spec's strings, and room for the rest (a seccomp program of up to 4096 instructions, the
+    root's path, groups, Docker's default variables)."""
+    strings = sum(len(os.fsencode(text)) + 1
+                  for text in (spec.hostname, spec.working_dir, *spec.args, *spec.env))
+    return strings <= served.MAX_REQUEST - MESSAGE_ROOM
 
 
 class CSpare(spares.Prepared):
