@@ -134,7 +134,8 @@ class Runner:
         while True:
             wait = SPARE_WAIT if self._owed and not self._spares else 0
             if not select.select([control], [], [], wait)[0]:
-                self._owed = 0 if wait else self._owed  # late: it is taken when it comes
+                if wait:  # late: it is taken when it comes, not waited for again
+                    self._owed = 0
                 break
             received = wire.receive_request(control)
             if received is None:

@@ -72,7 +72,7 @@ def handle(request: dict, fds: list[int]) -> int:
     explain = _explainer(explain_fd) if request.get("explain") else None
     try:
         spec = ContainerSpec.from_json(request["spec"]) if request["op"] != "exec" else None
-        if request["op"] == "run" and _run_on_c_init(request, fds):
+        if request["op"] == "run" and _run_on_c_init(request, spec, fds):
             return 0
         if request["op"] == "run":
             final = run_container(spec, reply, explain, request.get("owner"))
@@ -95,11 +95,11 @@ def handle(request: dict, fds: list[int]) -> int:
         return 1
 
 
-def _run_on_c_init(request: dict, fds: list[int]) -> bool:
+def _run_on_c_init(request: dict, spec: ContainerSpec, fds: list[int]) -> bool:
     """A plain throwaway run with the tiny C init as PID 1 from birth (`spare_init`)."""
     from contained.runtime import spare_init  # it imports this module
 
-    return spare_init.run_at_once(request, fds)
+    return spare_init.run_at_once(request, spec, fds)
 
 
 def _explainer(fd: int):

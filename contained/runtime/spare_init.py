@@ -39,6 +39,7 @@ from contained.errors import ContainedError
 from contained.runtime import (
     cgroups,
     init,
+    namespaces,
     overlay,
     pid1,
     process,
@@ -103,13 +104,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:  # the server's loop reaped it already
-        pass
-
-
 def usable() -> bool:
     """Whether this server makes its spares with a C PID 1: as root, with the compiled init."""
     return not pid1.ROOTLESS and _refused is None and _binary() is not None
@@ -172,7 +166,7 @@ class CSpare(spares.Prepared):
             os.close(write_pid)
             opened.remove(write_pid)
             said = _read_all(read_pid)
-            _reap(launcher)
+            runner.reap(launcher)
         finally:
             for fd in opened:
                 os.close(fd)
@@ -183,9 +177,10 @@ class CSpare(spares.Prepared):
             raise OSError(-pid, f"cannot start a spare's PID 1: {reason}")
         return pid
 
-    def _after_start(self, requests: socket.socket) -> None:
-        self.requests = requests.dup()  # the caller's end of the spare: its request comes here
-        ops = [("unshare", _namespace_flags()), ("loopback",),
+    def _after_start(self, requests: socket.socket | None) -> None:
+        # The caller's end of the spare: its request comes here (none: used at once).
+        self.requests = requests.dup() if requests is not None else None
+        ops = [("unshare", namespaces.flags_for(steps.CONTAINER_NAMESPACES)), ("loopback",),
                *staging_ops(self.staging)]
         self.link.sendall(b"".join(served.nul_terminated(*op) for op in ops))
 
@@ -275,8 +270,8 @@ class CSpare(spares.Prepared):
 
     def _prepare(self, spec: ContainerSpec) -> bytes:
         """PID 1's root built in its mount namespace; the message with everything else."""
-        plan = steps.build(spec, with_cgroup=False, staged=self.staging)
-        run_steps(plan.host.steps)  # upper/ and work/ (the skeleton has them already)
+        _, host = steps.host_steps(spec, with_cgroup=False, staged=self.staging)
+        run_steps(host)  # upper/ and work/ (the skeleton has them already)
         limits = cgroups.Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids_limit)
         run_steps(self.group.limit_steps(limits))
         program = seccomp.program_for(spec.seccomp)
@@ -331,24 +326,17 @@ class CSpare(spares.Prepared):
                                   self.spec.name)
 
 
-def run_at_once(request: dict, fds: list[int]) -> bool:
+def run_at_once(request: dict, spec: ContainerSpec, fds: list[int]) -> bool:
     """A throwaway `run` done by this process (a runner: the CLI's worker, or one the server
     forked) with a C PID 1, as a spare made on the spot and used at once; False, with nothing
     of `fds` used, where it cannot be (then the Python PID 1 does it, `runner.run_container`).
     The caller hears "started" and the end from PID 1, and `Cleaned` from here."""
-    spec = ContainerSpec.from_json(request["spec"])
     if not usable() or not suits(spec, request):
         return False
-    unused, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        spare = CSpare.make(theirs)
+        spare = CSpare.make(None)
     except (OSError, ContainedError):
         return False
-    finally:
-        unused.close()
-        theirs.close()
-    spare.requests.close()
-    spare.requests = None
     if not spare._wait_ready():
         spare.discard(spares.wait_status)
         spare.close()
@@ -416,12 +404,6 @@ def _refuse(said: bytes) -> None:
     """A C PID 1 could not get ready: this server's later spares are Python ones."""
     global _refused
     _refused = said.decode(errors="replace") or "it exited"
-
-
-def _namespace_flags() -> int:
-    from contained.runtime import namespaces
-
-    return namespaces.flags_for(steps.CONTAINER_NAMESPACES)
 
 
 def _fd_array(*fds: int):

@@ -1,6 +1,6 @@
 /*
  * contained's PID 1 for a named container, once the container is set up (notebook 06); and,
- * with --spare, a spare's PID 1 from birth (below, "A spare's PID 1").
+ * started by --launch-spare, a spare's PID 1 from birth (below, "A spare's PID 1").
  *
  * A named container keeps its PID 1 for as long as it lives: while it is idle, PID 1 is all it
  * costs. A copy of the runner's Python process costs ~15 MiB; this costs what podman's
@@ -398,8 +398,8 @@ static void caller_spoke(int i)
 
 /* ---- A spare's PID 1: this program from birth (contained/runtime/spare_init.py) ----
  *
- * Forked by the server into a new PID namespace and its cgroup, it executes this program at
- * once, with the link to the server as descriptor 3 (a SOCK_SEQPACKET socket). Then:
+ * Cloned by the launcher (below) into a new PID namespace and its cgroup, with the link to the
+ * server as descriptor 3 (a SOCK_SEQPACKET socket). Then:
  *   1. the server sends the staging plan, which runs now, before anyone asks for a container:
  *      NUL-terminated items, an operation's name followed by its arguments (`run_ops`);
  *      PID 1 answers "ready", or "ahead INDEX ERRNO" and exits;
@@ -503,7 +503,7 @@ static const char *or_null(const char *item)
     return *item ? item : NULL;
 }
 
-/* One operation of the staging plan; `a` holds its arguments (see spare_init.staging_plan). */
+/* One operation of the staging plan; `a` holds its arguments (see spare_init.staging_ops). */
 static int run_op(const char *op, char **a)
 {
     unsigned long long x, y;

@@ -1,6 +1,6 @@
 """The tiny C init a named container's PID 1 becomes once it is set up (`tiny_init.c`).
 
-A spare's PID 1 runs it from birth, with ``--spare`` (`contained.runtime.spare_init`).
+A spare's PID 1 runs it from birth, started by ``--launch-spare`` (`contained.runtime.spare_init`).
 
 Taught in notebook 06. An idle named container is only its PID 1, and a copy of the runner's
 Python process costs ~15 MiB of memory; podman keeps ~0.5 MiB per container (catatonit and
