@@ -6,8 +6,8 @@ It builds (once, cached in ~/.cache/contained-bench) an image of 4 gzip layers f
 then times, in the same run, medians of a few runs each:
 
 - per-layer unpack, cold (``cached_layers``: what the first container pays; independent
-  layers unpacked side by side), and one layer at a time (``cached_layer`` in turn) for
-  reference
+  layers unpacked side by side, one thread each), and one layer at a time (two threads each,
+  ``PARALLEL_LAYERS = 1``) for reference
 - the same call again (what every later container pays: nothing is unpacked)
 - the same cold unpack of the same layers compressed with zstd, beside ``tar --zstd -xf``
   (when the ``zstd`` program is installed: it builds the zstd copy of the image)
@@ -17,21 +17,32 @@ then times, in the same run, medians of a few runs each:
 
 and our peak memory (ru_maxrss of a child process doing the cold unpack).
 
-Every run unpacks into a directory of its own, and all of them are removed at the end, not
-between runs. Where the time goes depends on the filesystem more than on the unpacker: on an
-ext4 without a journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``, as on this VM),
-creating a file first walks past every recently freed inode of its group
-(``recently_deleted``, one buffer lookup each; the kernel's window is 30-35 s, yet here 2,000
-creates still took 330 ms instead of ~25 ms 150-240 s after 50,000 files were deleted), so
-right after a previous run's ``rm -rf`` one ``open(O_CREAT)`` took 570-650 µs here, against
-6 µs on a tmpfs, and such lookups were 55% of our CPU. Removing each run's tree before the
-next would measure the benchmark's own deletions (4× the CPU after a few rounds, for tar and
-us alike), not what a user's first pull pays. Run it again no sooner than a few minutes after
-the last run's removal, for the same reason. It needs about 1.5 GB of free space per run
-(`--runs`).
+Where the time goes depends on the machine's state more than on the unpacker, so by default
+(as root, with ``mkfs.ext4``) every run unpacks into a fresh ext4 with a journal, made for the
+benchmark on a loop device (what Debian's and Ubuntu's installers make, so what a lab VM has),
+and each run's tree is removed right after it is timed. Two effects of this VM, each larger
+than the difference between the unpackers, are what that leaves out:
+
+- Its root ext4 has no journal (``cat /sys/fs/ext4/DEV/journal_task`` says ``<none>``): there
+  creating a file first walks past every recently freed inode of its group
+  (``recently_deleted``, one buffer lookup each; 2,000 creates still took 330 ms instead of
+  ~25 ms 150-240 s after 50,000 files were deleted), so right after an ``rm -rf`` one
+  ``open(O_CREAT)`` took 570-650 µs against 6 µs on a tmpfs. With a journal the kernel skips
+  that walk.
+- Page cache taken from memory the VM had not used for a while costs far more to fill (the
+  hypervisor backs it on first touch): keeping every run's tree, after ~5 GB of them our
+  unpack's system time grew from 0.3 s to 0.9-1.1 s on the same filesystem, and fell back to
+  0.3 s after ``drop_caches``. tar hides such costs behind ``gzip -d`` on its second core; we
+  use both cores, so they land on our wall time. Removing each tree recycles the same pages.
+
+``--dir DIR`` unpacks in DIR's filesystem instead, keeping every run's tree until the end (on
+a journal-less ext4, removing them between runs would charge each run the last one's deletions;
+run it again no sooner than a few minutes after the last run's removal, for the same reason);
+it needs about 1.5 GB of free space per run (`--runs`).
 """
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -173,8 +184,8 @@ start = time.perf_counter()
 if {mode!r} == "cached":
     unpack.cached_layers(Path({target!r}), args)
 elif {mode!r} == "one at a time":
-    for a in args:
-        unpack.cached_layer(Path({target!r}), *a)
+    unpack.PARALLEL_LAYERS = 1
+    unpack.cached_layers(Path({target!r}), args)
 else:
     unpack.apply_layers(args, Path({target!r}))
 import resource
@@ -196,6 +207,25 @@ def run_ours(specs, mode: str, target: Path, media_type: str = oci.MEDIA_TYPE_LA
     return float(seconds)
 
 
+@contextlib.contextmanager
+def scratch_ext4(size: str = "4G"):
+    """A fresh journaled ext4 on a loop device, mounted on a temporary directory (root only)."""
+    base = Path(tempfile.mkdtemp(prefix="contained-bench-fs-"))
+    image, mountpoint = base / "ext4.img", base / "mnt"
+    mountpoint.mkdir()
+    try:
+        subprocess.run(["truncate", "-s", size, str(image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True,
+                       capture_output=True)
+        try:
+            yield mountpoint
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    finally:
+        shutil.rmtree(base)
+
+
 def sync() -> None:
     subprocess.run(["sync"], check=True)
 
@@ -210,10 +240,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--dir", type=Path, default=None,
-                        help="unpack on this directory's filesystem (default: the temporary"
-                             " directory's); e.g. a journaled ext4, to leave out the"
-                             " journal-less one's recently_deleted walk")
+                        help="unpack on this directory's filesystem, keeping every run's tree"
+                             " until the end (default: a fresh journaled ext4 on a loop device"
+                             " when root, else the temporary directory's)")
     options = parser.parse_args()
+    options.remove_each = False
+    with contextlib.ExitStack() as stack:
+        if options.dir is None and os.geteuid() == 0 and shutil.which("mkfs.ext4"):
+            try:
+                options.dir = stack.enter_context(scratch_ext4())
+                options.remove_each = True
+            except subprocess.CalledProcessError as err:
+                print(f"no scratch ext4 ({err}); unpacking in the temporary directory",
+                      file=sys.stderr)
+        measure(options)
+
+
+def measure(options: argparse.Namespace) -> None:
     root, source = rootfs()
     layout = build_image(root)
     specs = image_layers(layout)
@@ -232,9 +275,12 @@ def main() -> None:
     else:
         print("zstd: not installed, zstd layers not measured (apt-get install zstd)")
     work = Path(tempfile.mkdtemp(prefix="contained-bench-", dir=options.dir))
+    remove_each = options.remove_each
     where = subprocess.run(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "-T", str(work)],
                            capture_output=True, text=True).stdout.split()
-    print(f"unpacking in {work.parent}, on {' '.join(where) or 'an unknown filesystem'}")
+    print(f"unpacking in {work.parent}, on {' '.join(where) or 'an unknown filesystem'}"
+          + (", a fresh journaled ext4; each run's tree removed after it" if remove_each
+             else ", every run's tree kept until the end"))
     results: dict[str, list[float]] = {}
     try:
         counter = iter(range(10**6))
@@ -293,6 +339,9 @@ def main() -> None:
             for name in names[round_number % len(names):] + names[:round_number % len(names)]:
                 sync()
                 results.setdefault(name, []).append(contenders[name]())
+                if remove_each:
+                    for tree in work.iterdir():
+                        subprocess.run(["rm", "-rf", str(tree)], check=True)
         peak_kib = max(PEAKS)
     finally:
         subprocess.run(["rm", "-rf", str(work)], check=True)

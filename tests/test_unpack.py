@@ -4,6 +4,7 @@ Every layer here is built by tests/layerkit.py (how one entry is extracted is te
 test_tar_extract.py).
 """
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -92,90 +93,89 @@ def _sha256_file(path: Path) -> str:
 SIMPLE = make_tar(directory("etc"), file("etc/hostname", b"box\n"))
 
 
-def test_digest_mismatch(tmp_path):
+@pytest.fixture(params=["alone", "side by side"])
+def unpacker(request):
+    """Unpack layers the way `apply_layers` does, as a layer alone (a thread inflating, the
+    caller's parsing) or as one of several side by side (the caller's thread doing it all)."""
+    def unpack_all(layers, dest):
+        dest.mkdir(exist_ok=True)
+        return [unpack.unpack_layer(*layer, dest, whiteouts="apply",
+                                    side_by_side=request.param == "side by side")
+                for layer in layers]
+    return unpack_all
+
+
+def test_digest_mismatch(tmp_path, unpacker):
     layer = layer_blob(tmp_path, SIMPLE)
     bad = oci.Descriptor(layer.descriptor.media_type, "sha256:" + "0" * 64, layer.descriptor.size)
     with pytest.raises(unpack.LayerDigestMismatch, match="does not match its digest"):
-        unpack.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
+        unpacker([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
 
 
 @pytest.mark.parametrize("delta", [-1, 1])
-def test_size_mismatch(tmp_path, delta):
+def test_size_mismatch(tmp_path, delta, unpacker):
     layer = layer_blob(tmp_path, SIMPLE)
     bad = oci.Descriptor(layer.descriptor.media_type, layer.descriptor.digest,
                          layer.descriptor.size + delta)
     with pytest.raises(unpack.LayerSizeMismatch, match=layer.descriptor.digest):
-        unpack.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
+        unpacker([(layer.blob, bad, layer.diff_id)], tmp_path / "dest")
 
 
-def test_diff_id_mismatch(tmp_path):
+def test_diff_id_mismatch(tmp_path, unpacker):
     layer = layer_blob(tmp_path, SIMPLE, diff_id="sha256:" + "1" * 64)
     with pytest.raises(unpack.LayerDiffIDMismatch, match="diff_id"):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
-@pytest.mark.parametrize("side_by_side", [False, True])
-def test_the_diff_id_is_checked_whichever_thread_hashes_it(tmp_path, side_by_side):
-    # Alone, the parser's thread hashes the tar; side by side, the inflating thread does.
-    good = layer_blob(tmp_path / "good", SIMPLE)
-    (tmp_path / "a").mkdir()
-    report = unpack.unpack_layer(*good.args(), tmp_path / "a", side_by_side=side_by_side)
-    assert report.entries and (tmp_path / "a/etc/hostname").read_bytes() == b"box\n"
-    bad = layer_blob(tmp_path / "bad", SIMPLE, diff_id="sha256:" + "1" * 64)
-    (tmp_path / "b").mkdir()
-    with pytest.raises(unpack.LayerDiffIDMismatch, match=good.diff_id.split(":")[1]):
-        unpack.unpack_layer(*bad.args(), tmp_path / "b", side_by_side=side_by_side)
-
-
-def test_truncated_gzip(tmp_path):
+def test_truncated_gzip(tmp_path, unpacker):
     from contained.images import build
     layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE)[:-30])
     with pytest.raises(unpack.LayerTruncated, match="gzip stream ends early"):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
 @pytest.mark.parametrize("cut", [700, 1024 + 100, 1536])
-def test_truncated_tar_with_consistent_digests(tmp_path, cut):
+def test_truncated_tar_with_consistent_digests(tmp_path, cut, unpacker):
     truncated = make_tar(file("a", b"x" * 2000), file("b", b"y"))[:cut]
     layer = layer_blob(tmp_path, truncated)
     with pytest.raises(unpack.LayerTruncated):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
 @pytest.mark.parametrize("garbage", [b"\0\0\0\0", b"garbage", b"\x1f\x8b\x08"])
-def test_bytes_after_the_gzip_stream(tmp_path, garbage):
+def test_bytes_after_the_gzip_stream(tmp_path, garbage, unpacker):
     from contained.images import build
     layer = layer_blob(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE) + garbage)
     with pytest.raises((unpack.LayerCorrupt, unpack.LayerTruncated)):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
-def test_data_after_the_tar_end_marker(tmp_path):
+def test_data_after_the_tar_end_marker(tmp_path, unpacker):
     layer = layer_blob(tmp_path, SIMPLE + b"hidden" + bytes(506))
     with pytest.raises(unpack.LayerCorrupt, match="after the tar's end"):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
-def test_not_a_tar(tmp_path):
+def test_not_a_tar(tmp_path, unpacker):
     layer = layer_blob(tmp_path, b"x" * 4096)
     with pytest.raises(unpack.LayerCorrupt):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
-def test_multi_member_gzip_and_uncompressed_layers(tmp_path):
+def test_multi_member_gzip_and_uncompressed_layers(tmp_path, unpacker):
     half = len(SIMPLE) // 2
     multi = layer_blob(tmp_path, SIMPLE, blob_bytes=gzip_multi(SIMPLE[:half], SIMPLE[half:]))
     plain = layer_blob(tmp_path, make_tar(file("plain", b"p")), compress=False)
-    unpack.apply_layers([multi.args(), plain.args()], tmp_path / "dest")
+    unpacker([multi.args(), plain.args()], tmp_path / "dest")
     assert (tmp_path / "dest/etc/hostname").read_bytes() == b"box\n"
     assert (tmp_path / "dest/plain").read_bytes() == b"p"
 
 
-def test_foreign_layers_are_refused_by_media_type(tmp_path):
+def test_foreign_layers_are_refused_by_media_type(tmp_path, unpacker):
     layer = layer_blob(tmp_path, SIMPLE,
                        media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
     with pytest.raises(unpack.UnsupportedLayerType, match="media type"):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
 # --- zstd layers (application/vnd.oci.image.layer.v1.tar+zstd) --------------------------------
@@ -184,53 +184,53 @@ def zstd_layer(directory_path: Path, tar_bytes: bytes, **options):
     return layer_blob(directory_path, tar_bytes, media_type=oci.MEDIA_TYPE_LAYER_ZSTD, **options)
 
 
-def test_zstd_layers_unpack_to_the_same_tree_as_gzip_ones(tmp_path):
+def test_zstd_layers_unpack_to_the_same_tree_as_gzip_ones(tmp_path, unpacker):
     gzipped = [layer_blob(tmp_path / "gz", tar).args() for tar in MULTI]
     zstd = [zstd_layer(tmp_path / "zst", tar, blob_bytes=zstd_bytes(tar)).args() for tar in MULTI]
-    from_gzip = unpack.apply_layers(gzipped, tmp_path / "from-gzip")
-    from_zstd = unpack.apply_layers(zstd, tmp_path / "from-zstd")
+    from_gzip = unpacker(gzipped, tmp_path / "from-gzip")
+    from_zstd = unpacker(zstd, tmp_path / "from-zstd")
     assert tree(tmp_path / "from-zstd") == tree(tmp_path / "from-gzip")
     assert [r.entries for r in from_zstd] == [r.entries for r in from_gzip] == [14, 7, 6]
 
 
-def test_zstd_layer_of_several_frames_and_a_skippable_frame_unpacks(tmp_path):
+def test_zstd_layer_of_several_frames_and_a_skippable_frame_unpacks(tmp_path, unpacker):
     half = len(SIMPLE) // 2
     blob = zstd_bytes(SIMPLE[:half], SIMPLE[half:], checksum=False, skippable=b"note")
-    unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()], tmp_path / "dest")
+    unpacker([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()], tmp_path / "dest")
     assert (tmp_path / "dest/etc/hostname").read_bytes() == b"box\n"
 
 
-def test_zstd_layer_digest_and_diff_id_are_verified(tmp_path):
+def test_zstd_layer_digest_and_diff_id_are_verified(tmp_path, unpacker):
     layer = zstd_layer(tmp_path, SIMPLE, blob_bytes=zstd_bytes(SIMPLE))
     bad = oci.Descriptor(layer.descriptor.media_type, "sha256:" + "0" * 64, layer.descriptor.size)
     with pytest.raises(unpack.LayerDigestMismatch):
-        unpack.apply_layers([(layer.blob, bad, layer.diff_id)], tmp_path / "a")
+        unpacker([(layer.blob, bad, layer.diff_id)], tmp_path / "a")
     with pytest.raises(unpack.LayerDiffIDMismatch):
-        unpack.apply_layers([(layer.blob, layer.descriptor, "sha256:" + "1" * 64)], tmp_path / "b")
+        unpacker([(layer.blob, layer.descriptor, "sha256:" + "1" * 64)], tmp_path / "b")
 
 
 @pytest.mark.parametrize("cut", [2, 4, 20])
-def test_truncated_zstd_stream_is_refused_even_with_consistent_digests(tmp_path, cut):
+def test_truncated_zstd_stream_is_refused_even_with_consistent_digests(tmp_path, cut, unpacker):
     # Cutting 2 or 4 bytes loses only the frame's checksum: the tar comes out whole and the
     # diff_id matches, so only following the frames tells the blob is cut short.
     blob = zstd_bytes(SIMPLE)[:-cut]
     with pytest.raises(unpack.LayerTruncated):
-        unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
+        unpacker([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
                             tmp_path / "dest")
 
 
 @pytest.mark.parametrize("garbage", [b"\0\0\0\0", b"garbage!", b"\x28\xb5\x2f"])
-def test_bytes_after_the_zstd_stream_are_refused(tmp_path, garbage):
+def test_bytes_after_the_zstd_stream_are_refused(tmp_path, garbage, unpacker):
     blob = zstd_bytes(SIMPLE) + garbage
     with pytest.raises((unpack.LayerCorrupt, unpack.LayerTruncated)):
-        unpack.apply_layers([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
+        unpacker([zstd_layer(tmp_path, SIMPLE, blob_bytes=blob).args()],
                             tmp_path / "dest")
 
 
-def test_not_zstd_at_all_is_refused(tmp_path):
+def test_not_zstd_at_all_is_refused(tmp_path, unpacker):
     layer = zstd_layer(tmp_path, SIMPLE, blob_bytes=build.gzip_bytes(SIMPLE))
     with pytest.raises(unpack.LayerCorrupt, match="not a zstd frame"):
-        unpack.apply_layers([layer.args()], tmp_path / "dest")
+        unpacker([layer.args()], tmp_path / "dest")
 
 
 def test_zstd_layers_without_the_zstandard_module_say_what_to_install(tmp_path, monkeypatch):
@@ -363,7 +363,11 @@ def test_cached_layers_start_the_biggest_layers_first(tmp_path, monkeypatch):
               for n in sizes]
     started = []
     real = unpack.unpack_layer
-    monkeypatch.setattr(unpack, "PARALLEL_LAYERS", 1)  # one worker: it takes them in its order
+    monkeypatch.setattr(unpack, "PARALLEL_LAYERS", 2)
+    # ...with a pool of one worker, which takes them in the order they were handed over
+    pool = concurrent.futures.ThreadPoolExecutor
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor",
+                        lambda workers, **options: pool(1, **options))
     monkeypatch.setattr(unpack, "unpack_layer",
                         lambda *a, **o: started.append(a[1].size) or real(*a, **o))
     dirs = unpack.cached_layers(tmp_path / "cache", layers)

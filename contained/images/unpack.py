@@ -8,21 +8,18 @@ Taught in notebooks 04 ("Images") and 07 ("Safety"). The tutorial's step is::
 
 This module does the three in one streaming pass, for any image, as umoci's ``unpack.go`` does;
 `contained.images.tar_extract` creates each entry without trusting it. The blob's size and
-digest, and the uncompressed stream's digest (the diff_id), are checked while extracting: a
-thread reads, hashes and decompresses (zlib releases the GIL, so this uses the second core)
-while the caller's thread parses the tar and writes files (and, for a layer unpacked alone,
-hashes the tar: `_VerifiedStream`). A truncated gzip or tar stream,
+digest, and the uncompressed stream's digest (the diff_id), are checked while extracting: for
+a layer unpacked alone, a thread reads, hashes and decompresses (zlib releases the GIL, so
+this uses the second core) while the caller's thread hashes the tar, parses it and writes
+files (`_VerifiedStream`). A truncated gzip or tar stream,
 bytes after the end, or any mismatch is an error naming the blob. Extracting before the
 digests are known is safe because extraction itself trusts nothing: a blob that fails
 verification only ever wrote inside the destination, and `cached_layer` then throws the
 half-made directory away.
 
 The decompression itself (gzip, zstd, or none, by media type) is `contained.images.decompress`.
-A container's missing layers are unpacked side by side (`cached_layers`): in per-layer
-directories no layer depends on another. The gain is bounded by the GIL (tar headers are
-parsed in Python) and by the biggest layer: on two cores, 0.6-0.96× the time of one layer
-after another on this VM's ext4 (benchmarks/unpack.py); on a tmpfs, where writing costs
-next to nothing, the threads only contend (1.08-1.17 s against 0.91-0.98 s one at a time).
+In per-layer directories no layer depends on another, so `cached_layers` unpacks a
+container's missing layers side by side, one thread each (see PARALLEL_LAYERS).
 
 OCI whiteouts (``.wh.NAME`` deletes NAME from the layers below; ``.wh..wh..opq`` hides the
 directory's lower contents) have two forms, one implementation (in `tar_extract`):
@@ -62,8 +59,13 @@ from contained.images.trees import remove_tree
 
 #: decompressed chunks waiting for the tar parser; bounds memory to a few MiB
 QUEUE_DEPTH = 4
-#: layers `cached_layers` unpacks at once: each keeps about one core busy (a thread inflating
-#: and hashing, the caller's thread parsing and writing), so more than the cores only contends
+#: layers `cached_layers` unpacks at once, one thread each (a layer alone has two: see
+#: `_VerifiedStream`). Side by side, where creating files is cheap, costs a little: the
+#: benchmark image (benchmarks/unpack.py, 4 layers, 204 MB) took 0.52 s, one thread per
+#: layer two at a time, against 0.48 s one layer after another with two threads each, or
+#: 0.55 s two at a time with two threads each (tmpfs, medians of 8). Where the kernel's side
+#: is dear, as on this VM's journal-less ext4 after many deletions, it is what counts: 1.66 s
+#: against 2.83 s and 1.88 s. So: side by side, one thread per layer, up to the cores.
 PARALLEL_LAYERS = max(1, min(4, os.cpu_count() or 1))
 #: an all-zero block of this size in a regular file becomes a hole
 HOLE_BLOCK = 64 * 1024
@@ -92,14 +94,14 @@ def unpack_layer(blob: Path, descriptor: oci.Descriptor, diff_id: str, dest: Pat
 
     whiteouts="overlay": whiteouts become overlayfs markers (`dest` should start empty);
     whiteouts="apply": whiteouts delete from `dest`, which holds the layers below.
-    `side_by_side`: other layers unpack at the same time (`_VerifiedStream` says what changes).
+    `side_by_side`: other layers unpack at the same time, so this one takes one thread, not two.
     """
     if whiteouts not in ("overlay", "apply"):
         raise ValueError(f"whiteouts must be 'overlay' or 'apply', not {whiteouts!r}")
     oci.validate_digest(descriptor.digest)
     oci.validate_digest(diff_id)
     report = LayerReport(descriptor.digest)
-    stream = _VerifiedStream(Path(blob), descriptor, diff_id, side_by_side)
+    stream = _VerifiedStream(Path(blob), descriptor, diff_id, threaded=not side_by_side)
     try:
         extractor = TarExtractor(Path(dest), whiteouts, report)
         try:
@@ -155,8 +157,8 @@ def cached_layer(cache: Path, blob: Path, descriptor: oci.Descriptor, diff_id: s
 
 
 def cached_layers(cache: Path, layers: list[tuple[Path, oci.Descriptor, str]]) -> list[Path]:
-    """Every layer's `cached_layer` directory, bottom first; the missing ones unpacked side by
-    side, up to PARALLEL_LAYERS at a time.
+    """Every layer's `cached_layer` directory, bottom first; the missing ones unpacked up to
+    PARALLEL_LAYERS at a time.
 
     Per-layer directories make layers independent (a layer's whiteouts become markers in its
     own directory, applied by the overlay mount, not deletions in the layers below), so they
@@ -171,9 +173,9 @@ def cached_layers(cache: Path, layers: list[tuple[Path, oci.Descriptor, str]]) -
                     if not cached_path(cache, layer[2]).is_dir()}.values())
     # Biggest first (by compressed size, the best guess of the work before inflating): the
     # pool ends when its last layer does, and a big layer started last would run alone while
-    # the other core idles. On the 4-layer benchmark image: 0.59-0.70 s, not 0.63-0.80 s.
+    # the other core idles.
     missing.sort(key=lambda layer: layer[1].size, reverse=True)
-    if len(missing) > 1:
+    if len(missing) > 1 and PARALLEL_LAYERS > 1:
         # Loaded here: the runtime imports this module (remove_tree) on every `contained` run.
         from concurrent.futures import ThreadPoolExecutor
 
@@ -208,23 +210,24 @@ def apply_layers(layers: list[tuple[Path, oci.Descriptor, str]], dest: Path) -> 
 # --- the verified stream: bytes in, hashes checked, tar bytes out ------------------------------
 
 class _VerifiedStream:
-    """Decompresses the blob in a thread, hashing both sides; the tar parser reads from it.
+    """The blob read, hashed and decompressed as the tar parser reads it; the tar hashed too.
 
-    The thread hands over chunks through a small queue; `read`, `skip` and `copy_to` are the
-    forward-only file interface tarfile and the extractor use. `finish` drains what the parser
-    left (the tar's end padding) and raises if any digest, size or stream end was wrong.
+    `read`, `skip` and `copy_to` are the forward-only file interface tarfile and the extractor
+    use. `finish` drains what the parser left (the tar's end padding) and raises if any digest,
+    size or stream end was wrong.
 
-    Who hashes the uncompressed stream (the diff_id) depends on `side_by_side`. A layer alone
-    has two threads on two cores: the inflating thread, which also reads and hashes the blob,
-    was the slower one, so the parser's thread hashes what it takes (sha256 releases the GIL);
-    on a journaled ext4, the 4-layer benchmark image one layer at a time took 0.69-0.71 s
-    instead of 0.81-0.93 s, its 87 MB layer 0.19 s instead of 0.26. Layers side by side keep
-    every core busy already: there the parsers hashing too only contended for the GIL (0.85 s
-    against 0.74).
+    With `threaded` (a layer unpacked alone), a thread reads, hashes and decompresses the blob
+    and hands chunks over through a small queue, so inflating uses the second core. The
+    parser's thread hashes the tar as it takes it: the inflating thread was the slower one,
+    and sha256 releases the GIL (on a journaled ext4, the 4-layer benchmark image one layer at
+    a time took 0.69-0.71 s instead of 0.81-0.93 s). Handing each chunk to whichever thread
+    would otherwise wait, in order, changed nothing measurable (0.507 s against 0.503, medians
+    of 15 on a tmpfs). Without `threaded` (layers side by side, every core busy already) the
+    parser's thread does it all: a second thread per layer only contended for the GIL.
     """
 
     def __init__(self, blob: Path, descriptor: oci.Descriptor, diff_id: str,
-                 side_by_side: bool = False):
+                 threaded: bool = True):
         self.blob = blob
         self.descriptor = descriptor
         self.diff_id = diff_id
@@ -238,7 +241,6 @@ class _VerifiedStream:
         self._ended = False
         self._result: tuple[str, str] | None = None
         self._diff_hash = hashlib.new(oci.validate_digest(diff_id)[0])
-        self._parser_hashes = not side_by_side
         self.last_read = b""
         self._fd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
         size = os.fstat(self._fd).st_size
@@ -247,34 +249,39 @@ class _VerifiedStream:
             raise LayerSizeMismatch(
                 f"layer {self.label} is {size} bytes but its descriptor says {descriptor.size}:"
                 " the blob is corrupt or incomplete; remove the image and pull it again")
-        self._thread = threading.Thread(target=self._produce, name=f"inflate {self.label[:19]}",
-                                        daemon=True)
-        self._thread.start()
+        self._items = self._blob_items()
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._produce, daemon=True,
+                                            name=f"inflate {self.label[:19]}")
+            self._thread.start()
 
-    # producer side (thread)
+    # producer side (the thread, or the parser's own when not threaded)
+
+    def _blob_items(self):
+        """The tar's chunks, then the blob's hex digest (a str): the end of the stream."""
+        compressed = hashlib.new(oci.validate_digest(self.descriptor.digest)[0])
+        remaining = self.descriptor.size
+
+        def read(size: int) -> bytes:
+            nonlocal remaining
+            # One byte more than promised is enough to know the blob grew under us.
+            data = os.read(self._fd, min(size, remaining + 1))
+            remaining -= len(data)
+            if remaining < 0:
+                raise LayerSizeMismatch(
+                    f"layer {self.label} is longer than its descriptor's"
+                    f" {self.descriptor.size} bytes: remove the image and pull it again")
+            compressed.update(data)
+            return data
+
+        yield from self._decompress(read, self.label)
+        yield compressed.hexdigest()
 
     def _produce(self) -> None:
         try:
-            compressed = hashlib.new(oci.validate_digest(self.descriptor.digest)[0])
-            remaining = self.descriptor.size
-
-            def read(size: int) -> bytes:
-                nonlocal remaining
-                # One byte more than promised is enough to know the blob grew under us.
-                data = os.read(self._fd, min(size, remaining + 1))
-                remaining -= len(data)
-                if remaining < 0:
-                    raise LayerSizeMismatch(
-                        f"layer {self.label} is longer than its descriptor's"
-                        f" {self.descriptor.size} bytes: remove the image and pull it again")
-                compressed.update(data)
-                return data
-
-            for chunk in self._decompress(read, self.label):
-                if not self._parser_hashes:
-                    self._diff_hash.update(chunk)
-                self._put(chunk)
-            self._put(compressed.hexdigest())  # the end: after every chunk, in queue order
+            for item in self._items:
+                self._put(item)
         except BaseException as err:  # handed to the parser's thread, which raises it
             self._put(err)
 
@@ -291,7 +298,7 @@ class _VerifiedStream:
     def _next_chunk(self) -> bool:
         if self._ended:
             return False
-        item = self._queue.get()
+        item = self._queue.get() if self._thread else next(self._items)
         if isinstance(item, BaseException):
             self._ended = True
             raise item
@@ -299,8 +306,7 @@ class _VerifiedStream:
             self._ended = True
             self._result = (item, self._diff_hash.hexdigest())
             return False
-        if self._parser_hashes:
-            self._diff_hash.update(item)
+        self._diff_hash.update(item)
         self._chunk = memoryview(item)
         self._pos = 0
         return True
@@ -341,15 +347,19 @@ class _VerifiedStream:
             self._offset += step
             size -= step
 
-    def copy_to(self, fd: int, size: int) -> None:
-        """Write the next `size` bytes at fd's current offset; all-zero blocks become holes."""
+    def copy_to(self, fd: int, size: int) -> bool:
+        """Write the next `size` bytes at fd's current offset; all-zero blocks become holes.
+        True if it ended by skipping one (the file is then shorter than its end: truncate it)."""
+        hole = False
         while size > 0:
             if self._pos >= len(self._chunk) and not self._next_chunk():
                 raise LayerTruncated(f"layer {self.label}: the tar stream ends inside a file;"
                                      " the blob is truncated, pull the image again")
             piece = self._chunk[self._pos:self._pos + min(size, HOLE_BLOCK)]
             count = len(piece)
-            if count == HOLE_BLOCK and not piece[0] and not piece[-1] and piece.tobytes() == _ZEROS:
+            hole = (count == HOLE_BLOCK and not piece[0] and not piece[-1]
+                    and piece.tobytes() == _ZEROS)
+            if hole:
                 os.lseek(fd, count, os.SEEK_CUR)
             else:
                 while piece:
@@ -357,6 +367,7 @@ class _VerifiedStream:
             self._pos += count
             self._offset += count
             size -= count
+        return hole
 
     def at_clean_end(self) -> bool:
         """After tarfile stopped: was that a real end-of-archive block, not a cut-off header?"""
@@ -385,6 +396,10 @@ class _VerifiedStream:
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is None:
+            self._items.close()
+            os.close(self._fd)
+            return
         while self._thread.is_alive():
             try:
                 self._queue.get(timeout=0.1)
