@@ -329,17 +329,18 @@ def test_interrupt_kills_the_container_within_a_second(busybox_home, runner_proc
         "from contained.runtime import container, spec as s\n"
         f"sp = s.ContainerSpec.from_json({spec.to_json()!r})\n"
         "container.start_spec(sp).wait()\n")
+    others = set(_sleepers())  # an earlier test's container may still be going away
     client = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not _sleepers():
+    while time.monotonic() < deadline and not _sleepers(others):
         time.sleep(0.05)
-    assert _sleepers(), "the container never started"
+    assert _sleepers(others), "the container never started"
     client.send_signal(signal.SIGKILL)
     client.wait()
     deadline = time.monotonic() + 1.5
-    while time.monotonic() < deadline and _sleepers():
+    while time.monotonic() < deadline and _sleepers(others):
         time.sleep(0.05)
-    assert not _sleepers()
+    assert not _sleepers(others)
     # Its runner tears the container down (or, had it died too, gc would): nothing stays.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and Path(spec.directory).exists():
@@ -381,6 +382,7 @@ def test_a_killed_client_leaves_its_runner_to_tear_down_and_exit(busybox_home):
         "e.wait_started()\n"
         "print(runner._process.pid, e.spec.directory, flush=True)\n"
         "e.wait()\n")
+    others = set(_sleepers())
     client = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         server, directory = client.stdout.readline().split()
@@ -393,10 +395,10 @@ def test_a_killed_client_leaves_its_runner_to_tear_down_and_exit(busybox_home):
         client.wait()
         client.stdout.close()
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (Path(directory).exists() or _sleepers()
+    while time.monotonic() < deadline and (Path(directory).exists() or _sleepers(others)
                                            or procfs.running(int(server))):
         time.sleep(0.05)
-    assert not _sleepers()
+    assert not _sleepers(others)
     assert not Path(directory).exists()
     assert not any(path.exists() for path in group.paths)
     assert not procfs.running(int(server))
@@ -457,10 +459,11 @@ def _parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def _sleepers() -> list[int]:
+def _sleepers(others: set[int] = frozenset()) -> list[int]:
+    """Every ``sleep 300`` running on the machine, but `others` (those seen before a test)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) not in others:
             try:
                 if (entry / "cmdline").read_bytes() == b"sleep\x00300\x00":
                     found.append(int(entry.name))
@@ -525,6 +528,7 @@ def test_a_container_is_on_record_once_it_has_started(busybox_home, runner_proce
 
 def test_a_pid_one_killed_from_outside_is_reported_by_its_runner(busybox_home, runner_process):
     """PID 1 answers the caller itself; SIGKILLed, it cannot, and its runner does instead."""
+    others = set(_sleepers())
     with open(os.devnull) as null:
         execution = container.start("busybox", ["sleep", "300"], stdin=null, stdout=null,
                                     runner_=runner_process)
@@ -534,7 +538,7 @@ def test_a_pid_one_killed_from_outside_is_reported_by_its_runner(busybox_home, r
         result = execution.wait(settle=True)
     assert (result.status, result.oom) == (137, False)
     assert not Path(execution.spec.directory).exists()
-    assert not _sleepers()
+    assert not _sleepers(others)
 
 
 # ---------------------------------------------------------------------------------------------
