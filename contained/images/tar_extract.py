@@ -22,6 +22,7 @@ Taught in notebook 07 ("Safety"). The tutorial's step trusts every name, link an
   and other ``security.*`` (SELinux/IMA labels are the host's policy) are dropped with a warning.
 - As root, owners, modes (setuid included), xattrs and mtimes are restored, directories' last
   (after their children). Unprivileged, chown is skipped silently: rootless mode maps ids.
+  Owners, mtimes and xattrs are `contained.images.entry_metadata`.
 - Files stream in chunks (bounded memory); sparse members and 64 KiB zero runs become holes.
 - Whiteouts (``.wh.NAME``, ``.wh..wh..opq``) become overlayfs markers or deletions, the two
   forms `contained.images.unpack` describes; either way they only hide what *lower* layers
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import safepath
+from contained.images.entry_metadata import EntryMetadata, creator_ids, ns
 from contained.records import field, record
 
 #: how many directories' fds the extractor keeps open to avoid re-walking their path
@@ -51,10 +53,6 @@ OPAQUE_MARKER = ".wh..wh..opq"
 #: char devices a container may need and that give no access to host hardware:
 #: null, zero, full, random, urandom, tty
 ALLOWED_DEVICES = {(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)}
-KEPT_XATTRS = ("user.",)
-DROPPED_XATTRS = ("user.overlay.",)
-KEPT_SECURITY_XATTRS = ("security.capability",)
-XATTR_PAX_PREFIX = "SCHILY.xattr."
 
 
 class LayerError(ContainedError):
@@ -86,7 +84,7 @@ class LayerReport:
             logging.getLogger(__name__).warning("layer %s: %s", self.digest, message)
 
 
-class TarExtractor:
+class TarExtractor(EntryMetadata):
     """Creates entries inside `dest` without ever leaving it (see the module docstring).
 
     `add` takes one tar entry and the stream its bytes come from: anything with
@@ -101,16 +99,8 @@ class TarExtractor:
         self.privileged = os.geteuid() == 0
         self.opaque_xattr = "trusted.overlay.opaque" if self.privileged else "user.overlay.opaque"
         self.root_fd = safepath.open_root(dest)
-        # Who owns what we create, when nothing can change it: in the overlay form the
-        # destination starts empty, so every directory below it is ours, made 0700 (no
-        # setgid bit to pass its group on) until `finish_layer`. An entry owned by exactly
-        # these ids then needs no chown: a fifth of a regular file's system calls, and each
-        # call hands the GIL to the other layers' threads.
-        self.creator_ids = None
-        if self.privileged and not self.apply and not os.fstat(self.root_fd).st_mode & stat.S_ISGID:
-            with os.scandir(dest) as entries:
-                if next(entries, None) is None:
-                    self.creator_ids = (os.geteuid(), os.getegid())
+        self.creator_ids = creator_ids(dest, self.root_fd, privileged=self.privileged,
+                                       apply=self.apply)
         # Paths this layer created, and all their ancestors: whiteouts and opaque markers
         # must spare them (they only hide what lower layers made).
         self.written: set[str] = set()
@@ -354,7 +344,7 @@ class TarExtractor:
                 os.fchown(out, info.uid, info.gid)
             os.fchmod(out, info.mode & 0o7777)  # after chown, which clears setuid bits
             self.set_xattrs(out, info)
-            os.utime(out, ns=(_ns(info.mtime),) * 2)
+            os.utime(out, ns=(ns(info.mtime),) * 2)
         finally:
             os.close(out)
 
@@ -379,40 +369,6 @@ class TarExtractor:
             os.unlink(base, dir_fd=fd)
         if stat.S_ISDIR(existing.st_mode) or stat.S_ISLNK(existing.st_mode):
             self._forget_dirs()  # a cached directory may have been under (or behind) it
-
-    # metadata
-
-    def needs_owner(self, info: tarfile.TarInfo) -> bool:
-        """Does this entry need a chown (see `creator_ids`)? Never when unprivileged."""
-        return self.privileged and (info.uid, info.gid) != self.creator_ids
-
-    def set_owner(self, fd, base, info) -> None:
-        if self.needs_owner(info):
-            try:
-                os.chown(base, info.uid, info.gid, dir_fd=fd, follow_symlinks=False)
-            except OSError as err:  # e.g. an id unmapped in a user namespace
-                self.warn_once("chown", f"cannot chown to {info.uid}:{info.gid}: {err.strerror}")
-
-    def set_times(self, fd, base, info) -> None:
-        try:
-            os.utime(base, ns=(_ns(info.mtime),) * 2, dir_fd=fd, follow_symlinks=False)
-        except (OSError, OverflowError, ValueError):
-            self.warn_once("mtime", f"cannot set mtime {info.mtime} on {info.name!r}")
-
-    def set_xattrs(self, fd: int, info: tarfile.TarInfo) -> None:
-        for key, value in info.pax_headers.items():
-            if not key.startswith(XATTR_PAX_PREFIX):
-                continue
-            attr = key[len(XATTR_PAX_PREFIX):]
-            kept = (attr.startswith(KEPT_XATTRS) and not attr.startswith(DROPPED_XATTRS)
-                    or attr in KEPT_SECURITY_XATTRS)
-            if not kept:
-                self.report.warn(f"dropped xattr {attr} of {info.name!r}")
-                continue
-            try:
-                os.setxattr(fd, attr, value.encode("utf-8", "surrogateescape"))
-            except OSError as err:
-                self.warn_once(f"xattr {attr}", f"cannot set xattr {attr}: {err.strerror}")
 
     def set_opaque(self, name: str) -> None:
         fd = self.open_dir(name)
@@ -449,7 +405,7 @@ class TarExtractor:
             try:
                 self.set_xattrs(fd, info)
                 os.fchmod(fd, info.mode & 0o7777)
-                os.utime(fd, ns=(_ns(info.mtime),) * 2)
+                os.utime(fd, ns=(ns(info.mtime),) * 2)
             except (OSError, OverflowError, ValueError) as err:
                 self.warn_once("dirmeta", f"cannot set mode/mtime of {name or '/'}: {err}")
             finally:
@@ -522,7 +478,3 @@ def _lstat_at(fd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
-
-
-def _ns(mtime: float | int) -> int:
-    return int(mtime) * 1_000_000_000 if isinstance(mtime, int) else int(mtime * 1e9)

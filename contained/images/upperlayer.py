@@ -31,14 +31,8 @@ from pathlib import Path
 
 from contained.errors import ContainedError
 from contained.images import build, oci
-from contained.images.tar_extract import (
-    DROPPED_XATTRS,
-    KEPT_SECURITY_XATTRS,
-    KEPT_XATTRS,
-    OPAQUE_MARKER,
-    WHITEOUT_PREFIX,
-    XATTR_PAX_PREFIX,
-)
+from contained.images.entry_metadata import XATTR_PAX_PREFIX, kept_xattr
+from contained.images.tar_extract import OPAQUE_MARKER, WHITEOUT_PREFIX
 from contained.records import field, record
 
 #: overlayfs marks opaque directories with this xattr (``user.`` when mounted with userxattr)
@@ -290,8 +284,7 @@ def _pax_xattrs(xattrs: dict[str, bytes]) -> dict[str, str]:
     records; binary values travel as surrogate-escaped strings, as tarfile expects."""
     kept = {}
     for name, value in sorted(xattrs.items()):
-        if (name.startswith(KEPT_XATTRS) and not name.startswith(DROPPED_XATTRS)) \
-                or name in KEPT_SECURITY_XATTRS:
+        if kept_xattr(name):
             kept[XATTR_PAX_PREFIX + name] = value.decode("utf-8", "surrogateescape")
     return kept
 
