@@ -254,16 +254,19 @@ class TarExtractor(EntryMetadata):
         else:
             self.make_special(fd, base, info)
 
-    def in_place(self, fd: int, base: str, create):
+    def in_place(self, fd: int, base: str, create, keep=None):
         """`create()` the entry (O_EXCL or the like, never following); if a name is in the
         way (a duplicate entry, a type change, a lower layer's file in the apply form), unlink
         it and create again: the last entry wins, as with tar. Creating first, not looking
-        first, spares an lstat per entry, nearly always of nothing."""
+        first, spares an lstat per entry, nearly always of nothing. What is in the way stays
+        if `keep(its st_mode)` says so (a directory over a directory); None is returned then."""
         try:
             return create()
         except FileExistsError:
             existing = _lstat_at(fd, base)
             if existing is not None:
+                if keep is not None and keep(existing.st_mode):
+                    return None
                 self.remove(fd, base, existing)
             return create()
 
@@ -290,14 +293,9 @@ class TarExtractor(EntryMetadata):
         return False
 
     def make_dir(self, fd, base, name, info) -> None:
-        try:
-            # 0700 until the end of the layer: a read-only directory must stay writable to
-            # us (unprivileged) while its children are unpacked.
-            os.mkdir(base, 0o700, dir_fd=fd)
-        except FileExistsError:
-            existing = _lstat_at(fd, base)
-            if existing is None or not stat.S_ISDIR(existing.st_mode):
-                self.in_place(fd, base, lambda: os.mkdir(base, 0o700, dir_fd=fd))
+        # 0700 until the end of the layer: a read-only directory must stay writable to us
+        # (unprivileged) while its children are unpacked. One already there is kept.
+        self.in_place(fd, base, lambda: os.mkdir(base, 0o700, dir_fd=fd), keep=stat.S_ISDIR)
         self.set_owner(fd, base, info)
         self.prepare_dir_meta(name, info)
         if not self.apply and name in self.whited:
